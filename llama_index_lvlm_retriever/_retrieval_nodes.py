@@ -1,0 +1,107 @@
+"""What the retriever returns: node metadata keys, the captioned image node, the head merge.
+
+Private module of :mod:`llama_index_lvlm_retriever.retriever`, which re-exports the public names
+(the ``HEAD_*`` and ``META_*`` constants); read node metadata through those constants.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.llms.types import BaseContentBlock, TextBlock
+from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore
+
+from llama_index_lvlm_retriever.data.records import KBItem
+
+if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
+    from llama_index_lvlm_retriever.knowledge_base import SearchHit
+
+# Head names; each is also the ``modality`` of the index that head searches.
+HEAD_IMAGE = "image"
+HEAD_TEXT = "text"
+HEADS: tuple[str, ...] = (HEAD_IMAGE, HEAD_TEXT)
+
+# Node metadata keys written by the retriever (read them through these names, not literals).
+META_KB_ID = "kb_id"
+META_SOURCE = "source"
+META_LABEL = "label"
+META_HEADS = "heads"
+META_IMAGE_SCORE = "image_score"
+META_TEXT_SCORE = "text_score"
+META_IMAGE_RANK = "image_rank"
+META_TEXT_RANK = "text_rank"
+META_KB_METADATA = "kb_metadata"
+SCORE_KEYS: dict[str, str] = {HEAD_IMAGE: META_IMAGE_SCORE, HEAD_TEXT: META_TEXT_SCORE}
+RANK_KEYS: dict[str, str] = {HEAD_IMAGE: META_IMAGE_RANK, HEAD_TEXT: META_TEXT_RANK}
+
+# Bookkeeping the LLM should not read; source and label stay visible as short provenance.
+_EXCLUDED_LLM_KEYS = [
+    META_KB_ID,
+    META_HEADS,
+    META_IMAGE_SCORE,
+    META_TEXT_SCORE,
+    META_IMAGE_RANK,
+    META_TEXT_RANK,
+    META_KB_METADATA,
+]
+# Embedding text is the caption alone.
+_EXCLUDED_EMBED_KEYS = [*_EXCLUDED_LLM_KEYS, META_SOURCE, META_LABEL]
+
+
+class CaptionedImageNode(ImageNode):
+    """An ``ImageNode`` whose content blocks carry its caption after the image.
+
+    ``ImageNode.get_content_blocks`` (llama-index-core 0.14) returns metadata and the image only, so
+    a multimodal synthesizer would never see the caption; the pair is the retrieval unit here.
+    It serialises as an ``ImageNode`` (same type tag), so a docstore reloads it as a plain one.
+    """
+
+    def get_content_blocks(self, metadata_mode: MetadataMode = MetadataMode.NONE) -> list[BaseContentBlock]:
+        blocks = list(super().get_content_blocks(metadata_mode))
+        if self.text:
+            blocks.append(TextBlock(text=self.text))
+        return blocks
+
+
+def merge_hits(per_head: dict[str, list[SearchHit]]) -> list[NodeWithScore]:
+    """Merge per-head hit lists by KB id; best head score wins, both scores are kept."""
+    items: dict[str, KBItem] = {}
+    scores: dict[str, dict[str, float]] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for head in HEADS:
+        for rank, hit in enumerate(per_head.get(head, []), start=1):
+            item_id = hit.item.id
+            items.setdefault(item_id, hit.item)
+            scores.setdefault(item_id, {})[head] = float(hit.score)
+            ranks.setdefault(item_id, {})[head] = rank
+    # Best score first; ties go to the better rank, then the id, so the order is deterministic.
+    order = sorted(items, key=lambda i: (-max(scores[i].values()), min(ranks[i].values()), i))
+    return [to_node(items[i], scores[i], ranks[i]) for i in order]
+
+
+def to_node(item: KBItem, scores: dict[str, float], ranks: dict[str, int]) -> NodeWithScore:
+    """One knowledge-base pair as a scored node; ``scores``/``ranks`` hold the heads that found it."""
+    metadata: dict[str, Any] = {
+        META_KB_ID: item.id,
+        META_SOURCE: item.source,
+        META_HEADS: [head for head in HEADS if head in scores],
+    }
+    if item.label is not None:
+        metadata[META_LABEL] = item.label
+    for head in HEADS:
+        if head in scores:
+            metadata[SCORE_KEYS[head]] = scores[head]
+            metadata[RANK_KEYS[head]] = ranks[head]
+    if item.metadata:
+        metadata[META_KB_METADATA] = dict(item.metadata)
+    # An empty source would show the LLM a bare "source: " line.
+    excluded_llm = _EXCLUDED_LLM_KEYS if item.source else [*_EXCLUDED_LLM_KEYS, META_SOURCE]
+    node = CaptionedImageNode(
+        id_=item.id,
+        text=item.text,
+        image_path=item.image_path,
+        metadata=metadata,
+        excluded_llm_metadata_keys=list(excluded_llm),
+        excluded_embed_metadata_keys=list(_EXCLUDED_EMBED_KEYS),
+    )
+    return NodeWithScore(node=node, score=max(scores.values()))

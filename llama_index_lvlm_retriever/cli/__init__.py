@@ -1,0 +1,78 @@
+"""The ``lvlm-retriever`` command: argparse subcommands with thin handlers.
+
+Each subcommand lives in its own module (``kb.py``, ...) that registers its parser and calls one
+library function. ``main(argv)`` returns an exit code so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from llama_index_lvlm_retriever.cli import kb
+from llama_index_lvlm_retriever.cli._common import CLIError, apply_config_defaults
+from llama_index_lvlm_retriever.version import __version__
+
+__all__ = ["build_parser", "main"]
+
+# Modules that contribute subcommands, in the order --help lists them.
+_COMMAND_MODULES = [kb]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """Build the top-level parser; returns it and a map of subcommand name -> subparser."""
+    parser = argparse.ArgumentParser(
+        prog="lvlm-retriever",
+        description="LVLM-aware multimodal retrieval for medical image diagnosis (LlamaIndex).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    registry: dict[str, argparse.ArgumentParser] = {}
+    for module in _COMMAND_MODULES:
+        registry.update(module.register(subparsers))
+    return parser, registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, registry = build_parser()
+    try:
+        command, config = _peek_command_and_config(argv, registry)
+        if command is not None and config is not None:
+            # --config supplies defaults before parsing, so flags on the command line still win
+            # and options it provides are no longer required.
+            apply_config_defaults(registry[command], config)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return int(args.handler(args) or 0)
+    except CLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _peek_command_and_config(
+    argv: Sequence[str], registry: dict[str, argparse.ArgumentParser]
+) -> tuple[str | None, str | None]:
+    command = next((a for a in argv if a in registry), None)
+    config = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            config = argv[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+    return command, config
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Helpers shared by the CLI subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+class CLIError(Exception):
+    """A usage error reported as ``error: ...`` with exit code 2."""
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE``: a JSON object whose keys are this command's option names."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of option defaults (keys = option names with '_' for '-'); flags override it",
+    )
+
+
+def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> dict[str, Any]:
+    """Load ``config_path`` and set its values as the parser's defaults; returns them."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise CLIError(f"config file not found: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{path}: not valid JSON ({err.msg})") from err
+    if not isinstance(values, dict):
+        raise CLIError(f"{path}: expected a JSON object of option defaults")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CLIError(f"{path}: unknown option(s) {unknown}; known: {sorted(known - {'help'})}")
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        # A required option satisfied by the config file is no longer required on the command line.
+        if action.dest in values:
+            action.required = False
+    return values
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's effective options, JSON-serialisable, for writing next to its outputs."""
+    return {k: v for k, v in vars(args).items() if k not in {"handler", "command", "config"} and _jsonable(v)}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True

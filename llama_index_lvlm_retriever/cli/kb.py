@@ -1,0 +1,177 @@
+"""``build-kb``, ``query`` and ``info``: the knowledge base from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from llama_index_lvlm_retriever.cli._common import CLIError, add_config_option, resolved_config
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
+    """Add the knowledge-base subcommands; returns name -> parser."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    build = subparsers.add_parser(
+        "build-kb",
+        help="embed image-text pairs and persist a knowledge base",
+        description="Embed every image and caption once (batched) and write a KB directory "
+        "(vectors, faiss indexes, items, manifest). The write is atomic.",
+        formatter_class=fmt,
+    )
+    src = build.add_argument_group("input")
+    src.add_argument("--items", required=True, help="KB file: the paper's JSONL, a CSV (with --image-dir) or a MedMNIST .npz (with --image-dir)")
+    src.add_argument("--image-dir", default=None, help="CSV: folder the image column is relative to; .npz: folder to write PNGs into")
+    src.add_argument("--image-column", default="image", help="CSV column with the image file name")
+    src.add_argument("--text-column", default="text", help="CSV column with the caption")
+    src.add_argument("--label-column", default=None, help="CSV column with the label (optional)")
+    src.add_argument("--split", default="train", help=".npz split to load (train/val/test)")
+    src.add_argument("--skip-bad", action="store_true", help="skip (and report) items whose image is missing or unreadable instead of failing")
+    model = build.add_argument_group("encoder")
+    model.add_argument("--embed-model", required=True, help="CLIP/SigLIP checkpoint: hub name (e.g. openai/clip-vit-base-patch16) or local directory")
+    model.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, auto")
+    model.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype")
+    model.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass")
+    index = build.add_argument_group("index")
+    index.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="faiss index kind (ivf/hnsw for large KBs)")
+    build.add_argument("--out", required=True, help="KB directory to write")
+    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_option(build)
+    build.set_defaults(handler=_build_kb)
+
+    query = subparsers.add_parser(
+        "query",
+        help="retrieve image-text pairs for a query image",
+        description="Embed a query image (and optional question) and print its nearest KB pairs from both heads.",
+        formatter_class=fmt,
+    )
+    query.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    query.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
+    query.add_argument("--question", default="", help="question about the image (used when --question-weight > 0)")
+    query.add_argument("--top-k", type=int, default=2, help="neighbours per head (image head and text head)")
+    query.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector (0 = image only)")
+    query.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
+    query.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
+    query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose pixels equal the query image")
+    query.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
+    query.add_argument("--device", default="cpu", help="torch device")
+    query.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    add_config_option(query)
+    query.set_defaults(handler=_query)
+
+    info = subparsers.add_parser("info", help="describe a KB directory", description="Print a KB's manifest: encoder, dimension, counts, index.", formatter_class=fmt)
+    info.add_argument("--kb", required=True, help="KB directory")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(handler=_info)
+    return {"build-kb": build, "query": query, "info": info}
+
+
+def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_column: str, label_column: str | None, split: str) -> list[Any]:
+    """Load KB items from a JSONL, CSV or MedMNIST ``.npz`` file, chosen by suffix."""
+    from llama_index_lvlm_retriever.data.loaders import load_kb_csv, load_kb_jsonl, load_medmnist_npz
+
+    suffix = Path(path).suffix.lower()
+    if suffix in {".jsonl", ".json"}:
+        return load_kb_jsonl(path)
+    if suffix in {".csv", ".npz"} and image_dir is None:
+        raise CLIError(f"--items {path}: a {suffix} file needs --image-dir")
+    if suffix == ".csv":
+        return load_kb_csv(path, image_dir, image_column=image_column, text_column=text_column, label_column=label_column)
+    if suffix == ".npz":
+        return load_medmnist_npz(path, split=split, image_dir=image_dir)
+    raise CLIError(f"--items {path}: unknown format {suffix!r}; use .jsonl, .csv or .npz")
+
+
+def _build_kb(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    from llama_index_lvlm_retriever.knowledge_base import IndexConfig, KnowledgeBase
+
+    items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
+    embed_model = CLIPEmbedding.from_pretrained(args.embed_model, device=args.device, dtype=args.dtype, embed_batch_size=args.batch_size)
+    kb = KnowledgeBase.build(items, embed_model, index_config=IndexConfig(kind=args.index), batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
+    kb.persist(args.out)
+    (Path(args.out) / "build_config.json").write_text(json.dumps(resolved_config(args), indent=2))
+    print(f"built {len(kb)} items ({kb.dim}-d, {args.index}) -> {args.out}")
+    for item_id, reason in kb.skipped:
+        print(f"skipped {item_id}: {reason}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from llama_index.core.schema import QueryBundle
+
+    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.query_heads import QueryHead
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+
+    if args.top_k < 1:
+        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    model_name = args.embed_model or KnowledgeBase.read_manifest(args.kb).get("encoder", {}).get("model_name")
+    if not model_name:
+        raise CLIError(f"{args.kb}: the manifest records no encoder name; pass --embed-model")
+    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device)
+    kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
+    retriever = LVLMAwareRetriever(
+        knowledge_base=kb,
+        image_head=QueryHead.from_pretrained(args.image_head) if args.image_head else None,
+        text_head=QueryHead.from_pretrained(args.text_head) if args.text_head else None,
+        k_image=args.top_k,
+        k_text=args.top_k,
+        question_weight=args.question_weight,
+        exclude_self=args.exclude_self,
+    )
+    nodes = retriever.retrieve(QueryBundle(query_str=args.question, image_path=args.image))
+    rows = [node_summary(n) for n in nodes]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows, ["rank", "id", "head", "score", "source", "text"]))
+    return 0
+
+
+def node_summary(node_with_score: Any) -> dict[str, Any]:
+    """The JSON row the CLI prints for one retrieved node."""
+    from llama_index_lvlm_retriever.retriever import META_HEADS, META_KB_ID, META_SOURCE
+
+    node = node_with_score.node
+    meta = node.metadata
+    return {
+        "id": meta.get(META_KB_ID, node.node_id),
+        "source": meta.get(META_SOURCE, ""),
+        "head": "+".join(meta.get(META_HEADS, [])),
+        "score": round(float(node_with_score.score or 0.0), 6),
+        "text": node.get_content(),
+        "image_path": getattr(node, "image_path", None),
+    }
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str], *, width: int = 60) -> str:
+    """A plain fixed-width text table; long cells are cut with an ellipsis."""
+    cells = [[str(i + 1) if c == "rank" else _cut(str(r.get(c, "")), width) for c in columns] for i, r in enumerate(rows)]
+    widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+
+    manifest = KnowledgeBase.read_manifest(args.kb)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    for key, value in manifest.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0

@@ -1,0 +1,257 @@
+"""Per-case records of an evaluation: the reader's per-neighbour output in, one scored row out.
+
+:class:`CasePrediction` is what a system produced for a case (one reader distribution per
+retrieved neighbour); :func:`score_case` turns it into a :class:`CaseResult` with the aggregated
+answer and the consistency statistics, using :mod:`llama_index_lvlm_retriever.aggregation`, the
+same code ``LVLMRerank`` runs at inference time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llama_index_lvlm_retriever.aggregation import (
+    DEFAULT_TEMPERATURE,
+    AggregationMethod,
+    aggregate,
+    consistency,
+    label_set_from_code,
+    predict_label,
+    predict_label_set,
+)
+
+__all__ = ["CasePrediction", "CaseResult", "score_case"]
+
+
+@dataclass(frozen=True, eq=False)
+class CasePrediction:
+    """What one system produced for one case, before aggregation.
+
+    Args:
+        case_id: Id of the case (the same id across systems).
+        gold: Gold label names (exactly one for single-label tasks).
+        distributions: ``(k, n_labels)`` reader probabilities given each neighbour alone
+            (multi-label: per-label yes-probabilities). ``k == 1`` for a closed-book system.
+        retrieval_scores: ``(k,)`` retrieval scores of the neighbours, or ``None`` (uniform weights).
+        neighbour_ids: Knowledge-base ids of the ``k`` neighbours (empty when there are none,
+            e.g. closed-book).
+        neighbour_labels: Knowledge-base labels of the neighbours (``None`` where unknown); empty
+            when unknown for all.
+
+    Example:
+        >>> import numpy as np
+        >>> CasePrediction("c1", ("yes",), np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([0.9, 0.8]),
+        ...                ("kb1", "kb2"), ("yes", "no")).distributions.shape
+        (2, 2)
+    """
+
+    case_id: str
+    gold: tuple[str, ...]
+    distributions: np.ndarray
+    retrieval_scores: np.ndarray | None = None
+    neighbour_ids: tuple[str, ...] = ()
+    neighbour_labels: tuple[str | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One scored row: a case under one system.
+
+    Label values are names. ``prediction``, ``majority`` and each ``neighbour_predictions`` entry
+    are tuples of names: one name for single-label tasks, the predicted set (possibly empty) for
+    multi-label tasks.
+
+    Args:
+        case_id: Id of the case.
+        gold: Gold label names.
+        prediction: The aggregated answer.
+        correct: ``prediction`` equals the gold label (multi-label: the gold set exactly).
+        probability: Aggregated probability of ``prediction`` (multi-label: of exactly that set,
+            labels taken as independent).
+        distribution: Aggregated ``(n_labels,)`` probabilities.
+        neighbour_ids: Knowledge-base ids of the neighbours (may be empty).
+        neighbour_labels: Knowledge-base labels of the neighbours (may be empty).
+        retrieval_scores: Retrieval scores of the neighbours, or ``None``.
+        neighbour_distributions: ``(k, n_labels)`` reader probabilities per neighbour.
+        neighbour_predictions: The reader's answer given each neighbour alone.
+        neighbour_correct: Whether each of those answers is correct.
+        consistent: All neighbours led to the same answer.
+        agreement: Share of neighbours voting for the majority answer.
+        vote_entropy: Normalised vote entropy in ``[0, 1]``.
+        n_distinct: Number of distinct answers among the neighbours.
+        majority: The majority answer (ties broken by summed probability).
+    """
+
+    case_id: str
+    gold: tuple[str, ...]
+    prediction: tuple[str, ...]
+    correct: bool
+    probability: float
+    distribution: tuple[float, ...]
+    neighbour_ids: tuple[str, ...]
+    neighbour_labels: tuple[str | None, ...]
+    retrieval_scores: tuple[float, ...] | None
+    neighbour_distributions: tuple[tuple[float, ...], ...]
+    neighbour_predictions: tuple[tuple[str, ...], ...]
+    neighbour_correct: tuple[bool, ...]
+    consistent: bool
+    agreement: float
+    vote_entropy: float
+    n_distinct: int
+    majority: tuple[str, ...]
+
+    @property
+    def k(self) -> int:
+        """Number of neighbours (reader passes) behind this row."""
+        return len(self.neighbour_distributions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return {
+            "case_id": self.case_id,
+            "gold": list(self.gold),
+            "prediction": list(self.prediction),
+            "correct": self.correct,
+            "probability": self.probability,
+            "distribution": list(self.distribution),
+            "neighbour_ids": list(self.neighbour_ids),
+            "neighbour_labels": list(self.neighbour_labels),
+            "retrieval_scores": None if self.retrieval_scores is None else list(self.retrieval_scores),
+            "neighbour_distributions": [list(row) for row in self.neighbour_distributions],
+            "neighbour_predictions": [list(p) for p in self.neighbour_predictions],
+            "neighbour_correct": list(self.neighbour_correct),
+            "consistent": self.consistent,
+            "agreement": self.agreement,
+            "vote_entropy": self.vote_entropy,
+            "n_distinct": self.n_distinct,
+            "majority": list(self.majority),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> CaseResult:
+        """Inverse of :meth:`to_dict`."""
+        scores = record["retrieval_scores"]
+        return cls(
+            case_id=str(record["case_id"]),
+            gold=tuple(record["gold"]),
+            prediction=tuple(record["prediction"]),
+            correct=bool(record["correct"]),
+            probability=float(record["probability"]),
+            distribution=tuple(float(x) for x in record["distribution"]),
+            neighbour_ids=tuple(record["neighbour_ids"]),
+            neighbour_labels=tuple(record["neighbour_labels"]),
+            retrieval_scores=None if scores is None else tuple(float(x) for x in scores),
+            neighbour_distributions=tuple(
+                tuple(float(x) for x in row) for row in record["neighbour_distributions"]
+            ),
+            neighbour_predictions=tuple(tuple(p) for p in record["neighbour_predictions"]),
+            neighbour_correct=tuple(bool(x) for x in record["neighbour_correct"]),
+            consistent=bool(record["consistent"]),
+            agreement=float(record["agreement"]),
+            vote_entropy=float(record["vote_entropy"]),
+            n_distinct=int(record["n_distinct"]),
+            majority=tuple(record["majority"]),
+        )
+
+
+def score_case(
+    prediction: CasePrediction,
+    labels: Sequence[str],
+    multi_label: bool,
+    method: AggregationMethod = "weighted",
+    temperature: float = DEFAULT_TEMPERATURE,
+    system: str = "",
+) -> CaseResult:
+    """Aggregate one case's per-neighbour distributions and score the answer against the gold.
+
+    Args:
+        prediction: The system's per-neighbour output for the case.
+        labels: The task's label names, in the order of the distributions' last axis.
+        multi_label: Whether the distributions are per-label yes-probabilities.
+        method: Aggregation method (see :func:`~llama_index_lvlm_retriever.aggregation.aggregate`).
+        temperature: Softmax temperature over retrieval scores for ``"weighted"``.
+        system: System name, used in error messages only.
+
+    Returns:
+        The scored :class:`CaseResult`.
+
+    Raises:
+        ValueError: The gold labels are not in ``labels`` (or not exactly one for a single-label
+            task), the distributions do not have ``len(labels)`` columns, or the neighbour ids,
+            labels or scores do not have one entry per neighbour.
+    """
+    where = f"case {prediction.case_id!r}" + (f" of system {system!r}" if system else "")
+    _check_gold(prediction, labels, multi_label, where)
+    p = np.asarray(prediction.distributions, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(labels) or p.shape[0] == 0:
+        raise ValueError(
+            f"{where}: distributions must have shape (k >= 1, {len(labels)} labels), got {p.shape}"
+        )
+    k = p.shape[0]
+    for name, values in (("neighbour_ids", prediction.neighbour_ids), ("neighbour_labels", prediction.neighbour_labels)):
+        if values and len(values) != k:
+            raise ValueError(
+                f"{where}: {name} has {len(values)} entries for {k} neighbours; give one per neighbour or none"
+            )
+    scores = prediction.retrieval_scores
+    try:
+        aggregated = aggregate(p, scores, method, temperature, multi_label)
+        stats = consistency(p, multi_label)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+    gold = tuple(prediction.gold)
+    if multi_label:
+        predicted = predict_label_set(aggregated)
+        answer = tuple(labels[i] for i in predicted)
+        chosen = np.isin(np.arange(len(labels)), predicted)  # (L,) labels in the predicted set
+        probability = float(np.prod(np.where(chosen, aggregated, 1.0 - aggregated)))
+        neighbour_answers = tuple(tuple(labels[i] for i in predict_label_set(row)) for row in p)
+        majority = tuple(labels[i] for i in label_set_from_code(stats.majority_label))
+        gold_set = set(gold)
+        correct = set(answer) == gold_set
+        neighbour_correct = tuple(set(a) == gold_set for a in neighbour_answers)
+    else:
+        index = predict_label(aggregated)
+        answer = (labels[index],)
+        probability = float(aggregated[index])
+        neighbour_answers = tuple((labels[v],) for v in stats.votes)
+        majority = (labels[stats.majority_label],)
+        correct = answer == gold
+        neighbour_correct = tuple(a == gold for a in neighbour_answers)
+    return CaseResult(
+        case_id=prediction.case_id,
+        gold=gold,
+        prediction=answer,
+        correct=bool(correct),
+        probability=probability,
+        distribution=tuple(float(x) for x in aggregated),
+        neighbour_ids=tuple(prediction.neighbour_ids),
+        neighbour_labels=tuple(prediction.neighbour_labels),
+        retrieval_scores=None if scores is None else tuple(float(x) for x in np.asarray(scores).ravel()),
+        neighbour_distributions=tuple(tuple(float(x) for x in row) for row in p),
+        neighbour_predictions=neighbour_answers,
+        neighbour_correct=neighbour_correct,
+        consistent=stats.consistent,
+        agreement=float(stats.agreement),
+        vote_entropy=float(stats.vote_entropy),
+        n_distinct=int(stats.n_distinct),
+        majority=majority,
+    )
+
+
+def _check_gold(prediction: CasePrediction, labels: Sequence[str], multi_label: bool, where: str) -> None:
+    unknown = [g for g in prediction.gold if g not in labels]
+    if unknown:
+        raise ValueError(
+            f"{where} has gold label(s) {unknown} outside the task's labels {list(labels)}; "
+            "fix the case labels or evaluate with the matching task"
+        )
+    if not multi_label and len(prediction.gold) != 1:
+        raise ValueError(
+            f"{where} has {len(prediction.gold)} gold labels {list(prediction.gold)}; a single-label "
+            "task needs exactly one per case"
+        )

@@ -1,0 +1,535 @@
+"""KnowledgeBase: image-text pairs with a frozen image index and a frozen text index.
+
+Both indexes hold L2-normalised embeddings from one dual encoder (any LlamaIndex
+``MultiModalEmbedding``) and are searched by inner product, so every score is a cosine. Search
+can exclude items by id and by exact image content, which keeps a query image (or a re-encoded
+copy of it) from retrieving itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field
+from llama_index.core.embeddings import MultiModalEmbedding
+
+from llama_index_lvlm_retriever import _kb_checks as checks
+from llama_index_lvlm_retriever import _kb_encoding as enc
+from llama_index_lvlm_retriever import _kb_storage as store
+from llama_index_lvlm_retriever._vector_index import VectorIndex
+from llama_index_lvlm_retriever.data.images import (
+    ImageInput,
+    image_content_hash,
+)
+from llama_index_lvlm_retriever.data.records import KBItem
+
+__all__ = ["EncoderMismatchError", "IndexConfig", "KnowledgeBase", "SearchHit"]
+
+logger = logging.getLogger(__name__)
+
+Modality = Literal["image", "text"]
+MODALITIES: tuple[str, ...] = ("image", "text")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result.
+
+    Args:
+        item: The retrieved image-text pair.
+        score: Inner product of the normalised query and item vectors (a cosine in ``[-1, 1]``).
+        position: The item's row in the knowledge base.
+    """
+
+    item: KBItem
+    score: float
+    position: int
+
+
+class IndexConfig(BaseModel):
+    """Which faiss index each modality uses (all inner product over normalised vectors).
+
+    ``flat`` is exact and right up to a few hundred thousand pairs; ``ivf`` and ``hnsw`` are
+    approximate and faster on large knowledge bases.
+
+    Example:
+        >>> IndexConfig(kind="hnsw", ef_search=128).kind
+        'hnsw'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["flat", "ivf", "hnsw"] = Field(
+        default="flat", description="faiss index kind: flat (exact), ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)."
+    )
+    nlist: int = Field(default=100, gt=0, description="IVF: number of inverted lists (capped to the number of vectors).")
+    nprobe: int = Field(default=8, gt=0, description="IVF: lists visited per query (capped to nlist).")
+    hnsw_m: int = Field(default=32, gt=1, description="HNSW: neighbours per node in the graph.")
+    ef_search: int = Field(default=64, gt=0, description="HNSW: candidate list size at search time.")
+
+
+class EncoderMismatchError(ValueError):
+    """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
+
+
+class KnowledgeBase:
+    """Image-text pairs plus an image index and a text index over their embeddings.
+
+    Usually made with :meth:`build` (embeds everything) or :meth:`from_persist_dir`; the
+    constructor takes ready vectors.
+
+    Args:
+        embed_model: Any LlamaIndex ``MultiModalEmbedding``; it embeds the pairs and must be the
+            model queries are embedded with. A model with array methods
+            ``embed_images(images)``/``embed_texts(texts)`` is called through them.
+        items: The pairs, row order.
+        image_vectors: ``(n, dim)`` image embeddings of ``items`` (normalised here).
+        text_vectors: ``(n, dim)`` text embeddings of ``items`` (normalised here).
+        image_hashes: ``image_content_hash`` of every item's image; computed from the files
+            when omitted.
+        index_config: Index kind and parameters (default: exact flat index).
+        encoder_info: Encoder record to persist (default: derived from ``embed_model``).
+
+    Raises:
+        TypeError: ``embed_model`` is not a ``MultiModalEmbedding``.
+        ValueError: Vectors are missing or of the wrong shape, or ids repeat.
+
+    Example:
+        >>> from llama_index_lvlm_retriever.data.loaders import load_kb_jsonl
+        >>> from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+        >>> embed = CLIPEmbedding.from_pretrained("openai/clip-vit-base-patch16")  # doctest: +SKIP
+        >>> kb = KnowledgeBase.build(load_kb_jsonl("kb.jsonl"), embed)  # doctest: +SKIP
+        >>> kb.persist("kb_dir")  # doctest: +SKIP
+        >>> query = embed.embed_images(["query.png"])  # doctest: +SKIP
+        >>> hits = kb.search(query, "image", k=2,  # doctest: +SKIP
+        ...                  exclude_hashes=[[kb.content_hash_of("query.png")]])
+        >>> [(h.item.id, round(h.score, 3)) for h in hits[0]]  # doctest: +SKIP
+        [('roco-118', 0.912), ('roco-7', 0.887)]
+    """
+
+    def __init__(
+        self,
+        embed_model: MultiModalEmbedding,
+        items: Sequence[KBItem] = (),
+        image_vectors: np.ndarray | None = None,
+        text_vectors: np.ndarray | None = None,
+        image_hashes: Sequence[str] | None = None,
+        index_config: IndexConfig | None = None,
+        encoder_info: dict[str, Any] | None = None,
+    ) -> None:
+        items = list(items)
+        if items and (image_vectors is None or text_vectors is None):
+            raise ValueError(
+                f"got {len(items)} items but no image_vectors/text_vectors; pass both, or use "
+                "KnowledgeBase.build(items, embed_model) to embed them"
+            )
+        if image_hashes is None:
+            image_hashes = [enc.hash_item(item) for item in items]
+        self._setup(
+            embed_model,
+            index_config or IndexConfig(),
+            dict(encoder_info) if encoder_info else None,
+            items,
+            None if image_vectors is None else enc.unit_rows(checks.as_vectors("image_vectors", image_vectors, len(items))),
+            None if text_vectors is None else enc.unit_rows(checks.as_vectors("text_vectors", text_vectors, len(items))),
+            list(image_hashes),
+        )
+
+    def _setup(
+        self,
+        embed_model: MultiModalEmbedding,
+        config: IndexConfig,
+        encoder_info: dict[str, Any] | None,
+        items: list[KBItem],
+        image_vectors: np.ndarray | None,
+        text_vectors: np.ndarray | None,
+        image_hashes: list[str],
+        indexes: dict[str, VectorIndex] | None = None,
+    ) -> None:
+        if not isinstance(embed_model, MultiModalEmbedding):
+            raise TypeError(
+                "embed_model must be a LlamaIndex MultiModalEmbedding (e.g. CLIPEmbedding), got "
+                f"{type(embed_model).__name__}"
+            )
+        checks.check_items(items)
+        n = len(items)
+        vectors = {
+            "image": checks.as_vectors("image_vectors", image_vectors, n),
+            "text": checks.as_vectors("text_vectors", text_vectors, n),
+        }
+        if indexes is None:
+            indexes = {name: VectorIndex(config) for name in MODALITIES}
+            for name in MODALITIES:
+                indexes[name].add(vectors[name])
+        checks.check_state(vectors, image_hashes, indexes, n)
+        self._embed_model = embed_model
+        self._config = config
+        self._encoder_info = encoder_info
+        self._items = items
+        self._vectors = vectors
+        self._hashes = image_hashes
+        self._indexes = indexes
+        self._dim: int | None = vectors["image"].shape[1] or None
+        self._positions = {item.id: i for i, item in enumerate(items)}
+        self._hash_positions: dict[str, list[int]] = {}
+        for i, h in enumerate(image_hashes):
+            self._hash_positions.setdefault(h, []).append(i)
+        self._skipped: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        items: Iterable[KBItem],
+        embed_model: MultiModalEmbedding,
+        *,
+        index_config: IndexConfig | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+        skip_bad: bool = False,
+    ) -> KnowledgeBase:
+        """Embed every pair's image and text in batches and index them.
+
+        Args:
+            items: The pairs (e.g. from :func:`~llama_index_lvlm_retriever.data.loaders.load_kb_jsonl`).
+            embed_model: Any LlamaIndex ``MultiModalEmbedding``.
+            index_config: Index kind and parameters (default: exact flat index).
+            batch_size: Pairs per embedding call (default: the model's ``embed_batch_size``).
+            show_progress: Show a tqdm progress bar.
+            skip_bad: Skip (log, and list in :attr:`skipped`) items whose image is missing,
+                truncated or not an image, instead of raising.
+
+        Returns:
+            The knowledge base.
+
+        Raises:
+            ValueError: No items (or all skipped), repeated ids, or image and text embeddings of
+                different dimensions.
+            ImageLoadError: An image cannot be read (``skip_bad=False``); names the item and file.
+
+        Example:
+            >>> kb = KnowledgeBase.build(items, embed, index_config=IndexConfig(kind="hnsw"),  # doctest: +SKIP
+            ...                          batch_size=64, skip_bad=True)
+            >>> kb.skipped  # doctest: +SKIP
+            [('roco-9', 'cannot read image /data/roco/9.png: ...')]
+        """
+        items = list(items)
+        if not items:
+            raise ValueError("knowledge base is empty: build() got no items; check the loader's input file")
+        kb = cls(embed_model, index_config=index_config)
+        kb.add(items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad)
+        if len(kb) == 0:
+            first_id, first_reason = kb.skipped[0]
+            raise ValueError(
+                f"knowledge base is empty: all {len(items)} items were skipped as unreadable "
+                f"(first: {first_id!r}: {first_reason})"
+            )
+        return kb
+
+    def add(
+        self,
+        items: Iterable[KBItem],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+        skip_bad: bool = False,
+    ) -> list[str]:
+        """Embed and append more pairs; existing vectors are not touched.
+
+        An IVF index keeps the lists it was trained with. Nothing changes if an error is raised.
+
+        Args:
+            items: New pairs; their ids must not be in the knowledge base yet.
+            batch_size: Pairs per embedding call (default: the model's ``embed_batch_size``).
+            show_progress: Show a tqdm progress bar.
+            skip_bad: Skip unreadable images (see :meth:`build`).
+
+        Returns:
+            The ids added, in order.
+
+        Raises:
+            ValueError: An id repeats, or the embeddings' dimension differs from the KB's.
+            ImageLoadError: An image cannot be read (``skip_bad=False``).
+
+        Example:
+            >>> kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)  # doctest: +SKIP
+            ['roco-2001', 'roco-2002']
+        """
+        items = list(items)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        checks.check_items(items, existing=self._positions)
+        embedded = enc.embed_items(
+            self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad
+        )
+        kept, image, text, hashes = embedded.items, embedded.image, embedded.text, embedded.hashes
+        self._skipped = embedded.skipped
+        if not kept:
+            return []
+        if self._dim is not None and image.shape[1] != self._dim:
+            raise ValueError(
+                f"the embedding model returns {image.shape[1]}-d vectors but the knowledge base is "
+                f"{self._dim}-d; add items with the encoder that built it"
+            )
+        start = len(self._items)
+        for name, new in (("image", image), ("text", text)):
+            self._indexes[name].add(new)
+            self._vectors[name] = new if start == 0 else np.concatenate([self._vectors[name], new])
+        self._dim = image.shape[1]
+        self._items.extend(kept)
+        self._hashes.extend(hashes)
+        for offset, (item, h) in enumerate(zip(kept, hashes)):
+            self._positions[item.id] = start + offset
+            self._hash_positions.setdefault(h, []).append(start + offset)
+        logger.info("added %d pairs to the knowledge base (%d skipped, %d total)", len(kept), len(self._skipped), len(self))
+        return [item.id for item in kept]
+
+    # ------------------------------------------------------------------ access
+    @property
+    def items(self) -> list[KBItem]:
+        """The pairs in row order (a copy; the knowledge base is changed only through :meth:`add`)."""
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._positions
+
+    def __repr__(self) -> str:
+        dim = self._dim if self._dim is not None else "?"
+        return f"KnowledgeBase(n={len(self)}, dim={dim}, index={self._config.kind!r}, encoder={type(self._embed_model).__name__})"
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (raises while the knowledge base is still empty)."""
+        if self._dim is None:
+            raise ValueError("knowledge base is empty; its dimension is set by the first add()")
+        return self._dim
+
+    @property
+    def embed_model(self) -> MultiModalEmbedding:
+        """The embedding model the pairs were embedded with (embed queries with it too)."""
+        return self._embed_model
+
+    @property
+    def index_config(self) -> IndexConfig:
+        """The index kind and parameters."""
+        return self._config
+
+    @property
+    def image_vectors(self) -> np.ndarray:
+        """``(n, dim)`` float32 L2-normalised image embeddings, row order (read-only view)."""
+        return checks.read_only(self._vectors["image"])
+
+    @property
+    def text_vectors(self) -> np.ndarray:
+        """``(n, dim)`` float32 L2-normalised text embeddings, row order (read-only view)."""
+        return checks.read_only(self._vectors["text"])
+
+    @property
+    def image_hashes(self) -> list[str]:
+        """Content hash of every item's image, row order."""
+        return list(self._hashes)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(item id, reason)`` of items skipped by the last :meth:`build`/:meth:`add` with ``skip_bad``."""
+        return list(self._skipped)
+
+    def get(self, item_id: str) -> KBItem:
+        """The item with this id; raises ``KeyError`` naming it when absent."""
+        return self._items[self.position(item_id)]
+
+    def position(self, item_id: str) -> int:
+        """The row of the item with this id; raises ``KeyError`` naming it when absent."""
+        try:
+            return self._positions[item_id]
+        except KeyError:
+            raise KeyError(f"no knowledge-base item with id {item_id!r} ({len(self)} items)") from None
+
+    def content_hash_of(self, image: ImageInput) -> str:
+        """The content hash (of decoded pixels) used by ``exclude_hashes`` for any image input."""
+        return image_content_hash(image)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: np.ndarray,
+        modality: Modality,
+        k: int,
+        *,
+        exclude_ids: Sequence[Collection[str] | None] | None = None,
+        exclude_hashes: Sequence[Collection[str] | None] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Nearest pairs of each query in the image or the text index.
+
+        Excluded items are removed after over-retrieving ``k`` plus the number of excluded items
+        that exist, so each list still has ``k`` hits when the knowledge base has enough.
+
+        Args:
+            queries: ``(n, dim)`` query embeddings (normalised here).
+            modality: ``"image"`` searches image vectors, ``"text"`` the caption vectors.
+            k: Hits per query.
+            exclude_ids: One collection of item ids to skip per query (or ``None``).
+            exclude_hashes: One collection of image content hashes to skip per query (or
+                ``None``), e.g. ``[[kb.content_hash_of(query_image)]]`` to drop the query itself.
+
+        Returns:
+            ``n`` lists of at most ``k`` hits, best first (ties: lower position first).
+
+        Raises:
+            ValueError: Empty knowledge base, bad modality/k/shape, or exclusion lists whose
+                length is not ``n``.
+
+        Example:
+            >>> hits = kb.search(query_vectors, "text", 2, exclude_ids=[{"case-17"}])  # doctest: +SKIP
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2:
+            raise ValueError(f"queries must have shape (n, dim), got {queries.shape}")
+        n = queries.shape[0]
+        ids = checks.per_query("exclude_ids", exclude_ids, n)
+        hashes = checks.per_query("exclude_hashes", exclude_hashes, n)
+        if not self._items:
+            raise ValueError("knowledge base is empty; add items before searching")
+        if queries.shape[1] != self.dim:
+            raise ValueError(
+                f"queries are {queries.shape[1]}-d but the knowledge base is {self.dim}-d; "
+                "embed queries with the encoder that built it"
+            )
+        if n == 0 or k == 0:
+            return [[] for _ in range(n)]
+        excluded = [self._excluded_positions(ids[i], hashes[i]) for i in range(n)]
+        fetch = min(len(self), k + max(len(e) for e in excluded))
+        scores, positions = self._indexes[modality].search(enc.unit_rows(queries), fetch)  # (n, fetch) each
+        results: list[list[SearchHit]] = []
+        for i in range(n):
+            hits = [
+                SearchHit(item=self._items[p], score=float(s), position=int(p))
+                for s, p in zip(scores[i].tolist(), positions[i].tolist())
+                if p >= 0 and p not in excluded[i]  # -1: an approximate index found fewer
+            ]
+            hits.sort(key=lambda h: (-h.score, h.position))
+            results.append(hits[:k])
+        return results
+
+    def _excluded_positions(self, ids: Collection[str], hashes: Collection[str]) -> set[int]:
+        positions = {self._positions[i] for i in ids if i in self._positions}
+        for h in hashes:
+            positions.update(self._hash_positions.get(h, ()))
+        return positions
+
+    # ------------------------------------------------------------------ persistence
+    def persist(self, persist_dir: str | Path) -> None:
+        """Write the knowledge base to a directory, atomically.
+
+        Everything is written into a temp directory next to ``persist_dir`` and then renamed
+        into place (an existing knowledge base there is replaced), so an interrupted write
+        leaves the old directory or none, never half of one. No pickle: JSON, safetensors and
+        faiss's own index format.
+
+        Args:
+            persist_dir: Target directory (new, empty, or an existing knowledge base).
+
+        Raises:
+            ValueError: The knowledge base is empty, or some metadata is not JSON-serialisable.
+            FileExistsError: ``persist_dir`` is a non-empty directory that is not a knowledge base.
+
+        Example:
+            >>> kb.persist("kb/roco-clip")  # doctest: +SKIP
+        """
+        if not self._items:
+            raise ValueError("knowledge base is empty; nothing to persist")
+        manifest = store.make_manifest(
+            encoder=self._encoder_record(), dim=self.dim, items=self._items, index=self._config.model_dump()
+        )
+        store.write_knowledge_base(
+            Path(persist_dir),
+            manifest=manifest,
+            items=self._items,
+            image_vectors=self._vectors["image"],
+            text_vectors=self._vectors["text"],
+            image_hashes=self._hashes,
+            write_indexes={name: self._indexes[name].write for name in MODALITIES},
+        )
+        logger.info("persisted knowledge base (%d pairs, %d-d, %s) to %s", len(self), self.dim, self._config.kind, persist_dir)
+
+    def _encoder_record(self) -> dict[str, Any]:
+        info = dict(self._encoder_info or {})
+        if "probe" not in info or "class_name" not in info:
+            derived = enc.describe_encoder(self._embed_model, with_probe="probe" not in info)
+            info = {**derived, **info}
+        self._encoder_info = info
+        return info
+
+    @staticmethod
+    def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
+        """The manifest of a persisted knowledge base (encoder, dim, counts, index) without loading it.
+
+        Raises:
+            FileNotFoundError: No such directory, or it has no manifest.
+            ValueError: The manifest is not a knowledge-base manifest of a readable version.
+
+        Example:
+            >>> KnowledgeBase.read_manifest("kb/roco-clip")["encoder"]["model_name"]  # doctest: +SKIP
+            'openai/clip-vit-base-patch16'
+        """
+        return store.read_manifest(persist_dir)
+
+    @classmethod
+    def from_persist_dir(cls, persist_dir: str | Path, embed_model: MultiModalEmbedding) -> KnowledgeBase:
+        """Load a knowledge base written by :meth:`persist`.
+
+        Args:
+            persist_dir: The directory.
+            embed_model: The encoder that built it (checked: weights fingerprint when both the
+                record and the model have one, else the embeddings of a fixed probe image and
+                text must match to cosine 0.999).
+
+        Returns:
+            The knowledge base, with the persisted indexes (nothing is re-embedded).
+
+        Raises:
+            FileNotFoundError: No such directory, or it lacks a manifest or data file.
+            EncoderMismatchError: ``embed_model`` is not the encoder that built the knowledge base.
+            ValueError: The files are inconsistent with each other.
+
+        Example:
+            >>> kb = KnowledgeBase.from_persist_dir("kb/roco-clip", embed)  # doctest: +SKIP
+        """
+        persist_dir = Path(persist_dir)
+        manifest = store.read_manifest(persist_dir)
+        store.require_files(persist_dir)
+        encoder = dict(manifest.get("encoder") or {})
+        reason = enc.encoder_mismatch(encoder, embed_model)
+        if reason is not None:
+            given = enc.describe_encoder(embed_model, with_probe=False)
+            raise EncoderMismatchError(
+                f"knowledge base {persist_dir} was built with {enc.encoder_label(encoder)}, but the "
+                f"given embed model is {enc.encoder_label(given)} ({reason}). Load it with the encoder "
+                "that built it, or rebuild the knowledge base with this one."
+            )
+        config = _index_config_from(manifest.get("index") or {}, persist_dir)
+        items, image, text, hashes = store.read_knowledge_base(persist_dir, manifest)
+        indexes = {name: VectorIndex.read(persist_dir / store.INDEX_FILES[name], config) for name in MODALITIES}
+        kb = cls.__new__(cls)
+        kb._setup(embed_model, config, encoder, items, image, text, list(hashes), indexes=indexes)
+        logger.info("loaded knowledge base (%d pairs, %d-d, %s) from %s", len(kb), kb.dim, config.kind, persist_dir)
+        return kb
+
+
+def _index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConfig:
+    unknown = sorted(set(recorded) - set(IndexConfig.model_fields))
+    if unknown:
+        logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
+    return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})

@@ -1,0 +1,548 @@
+"""LVLMAwareRetriever: query image (+ question) -> image head and text head -> merged image nodes.
+
+The dual-head retriever of arXiv 2508.17394 as a LlamaIndex ``BaseRetriever``. The query image is
+embedded once by the knowledge base's frozen encoder (optionally fused with the question's text
+embedding, which the paper lacks); an *image head* maps it to a vector that searches the image index
+and a *text head* maps it to one that searches the caption index. Either way the unit returned is the
+whole knowledge-base pair: an ``ImageNode`` with the image path, the caption as text, and provenance
+plus per-head scores in its metadata. Without trained heads (``None``) this is standard RAG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import llama_index.core.instrumentation as instrument
+import numpy as np
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
+from llama_index.core.callbacks.base import CallbackManager
+from llama_index.core.instrumentation.events.retrieval import (
+    RetrievalEndEvent,
+    RetrievalStartEvent,
+)
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from PIL import Image, UnidentifiedImageError
+
+from llama_index_lvlm_retriever._retrieval_nodes import (
+    HEAD_IMAGE,
+    HEAD_TEXT,
+    HEADS,
+    META_HEADS,
+    META_IMAGE_RANK,
+    META_IMAGE_SCORE,
+    META_KB_ID,
+    META_KB_METADATA,
+    META_LABEL,
+    META_SOURCE,
+    META_TEXT_RANK,
+    META_TEXT_SCORE,
+    RANK_KEYS,
+    SCORE_KEYS,
+    merge_hits,
+)
+from llama_index_lvlm_retriever.data.images import ImageInput, load_image
+from llama_index_lvlm_retriever.query_heads import QueryHead
+
+if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
+    from llama_index.core.embeddings import MultiModalEmbedding
+
+    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase, SearchHit
+
+dispatcher = instrument.get_dispatcher(__name__)
+
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+NO_IMAGE_MESSAGE = "LVLMAwareRetriever needs a query image: QueryBundle(query_str=..., image_path=...)"
+
+
+class LVLMAwareRetrieverConfig(BaseModel):
+    """Settings of an :class:`LVLMAwareRetriever` (validated eagerly; bad values raise).
+
+    Example:
+        >>> LVLMAwareRetrieverConfig(k_image=2, k_text=0).k_text
+        0
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k_image: int = Field(
+        default=2, ge=0, description="Neighbours from the image head (image index); 0 disables the head."
+    )
+    k_text: int = Field(
+        default=2, ge=0, description="Neighbours from the text head (caption index); 0 disables the head."
+    )
+    question_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight w of the question in the query: normalize((1 - w) * image + w * question); "
+        "0 = image only (the paper).",
+    )
+    exclude_self: bool = Field(
+        default=False,
+        description="Drop knowledge-base items whose decoded pixels equal the query image (leakage guard).",
+    )
+    show_progress: bool = Field(default=False, description="Show progress bars while embedding queries.")
+
+    @model_validator(mode="after")
+    def _check_some_head(self) -> LVLMAwareRetrieverConfig:
+        if self.k_image == 0 and self.k_text == 0:
+            raise ValueError("k_image and k_text are both 0, so nothing would be retrieved; set one of them >= 1")
+        return self
+
+
+class LVLMAwareRetriever(BaseRetriever):
+    """Dual-head multimodal retriever: a query image in, knowledge-base image-caption pairs out.
+
+    For each query image: embed it with the knowledge base's frozen encoder (fused with the
+    question's text embedding when ``question_weight > 0``), apply ``image_head`` and search the
+    image index for ``k_image`` neighbours, apply ``text_head`` and search the caption index for
+    ``k_text`` neighbours, then merge. A pair found by both heads appears once, scored by its best
+    head, with both per-head scores in its metadata; nodes are ordered by score, best first. Scores
+    are cosine similarities; the text head's cross-modal cosines are usually lower than the image
+    head's, so its hits tend to come after the image head's.
+
+    Nodes are ``ImageNode`` s: ``id_`` and metadata ``kb_id`` are the pair's id, ``text`` is the
+    caption, ``image_path`` the image; metadata also holds ``source``, ``label`` (when known),
+    ``heads`` (which heads found it), ``image_score``/``text_score`` and ``image_rank``/``text_rank``
+    (1 = best) for the heads that found it, and ``kb_metadata`` (the pair's own metadata). The
+    ``META_*`` constants of this module name these keys. Their content blocks are the image then the
+    caption, so ``RetrieverQueryEngine.from_args(..., multimodal=True)`` shows both to a chat LLM.
+
+    Args:
+        knowledge_base: The pairs and their frozen image and text indexes; its ``embed_model``
+            embeds the queries.
+        image_head: Head for the image index; ``None`` is the identity (standard RAG).
+        text_head: Head for the text index; ``None`` is the identity (standard RAG).
+        k_image: Neighbours from the image head (the paper: 2); 0 disables the head.
+        k_text: Neighbours from the text head (the paper: 2); 0 disables the head.
+        question_weight: Weight of the question's text embedding in the query vector (0 = image only).
+        exclude_self: Drop pairs whose decoded image equals the query image (needs the query image
+            to be decodable by :func:`~llama_index_lvlm_retriever.data.images.load_image`).
+        show_progress: Show progress bars while embedding query batches.
+        callback_manager: LlamaIndex callback manager.
+        verbose: LlamaIndex verbose flag.
+
+    Raises:
+        ValueError: A setting is out of range, or a head's dimensions do not fit the knowledge base.
+        TypeError: A head is not a :class:`~llama_index_lvlm_retriever.query_heads.QueryHead`.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core.schema import QueryBundle
+            from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+            from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+
+            retriever = LVLMAwareRetriever.from_persist_dir(
+                "kb/", CLIPEmbedding.from_pretrained("openai/clip-vit-base-patch16"),
+                image_head_dir="heads/image", text_head_dir="heads/text",
+            )
+            nodes = retriever.retrieve(QueryBundle(query_str="Which DR grade?", image_path="eye.png"))
+            for n in nodes:
+                print(n.node.node_id, n.score, n.node.metadata["heads"], n.node.text[:60])
+    """
+
+    def __init__(
+        self,
+        knowledge_base: KnowledgeBase,
+        image_head: QueryHead | None = None,
+        text_head: QueryHead | None = None,
+        *,
+        k_image: int = 2,
+        k_text: int = 2,
+        question_weight: float = 0.0,
+        exclude_self: bool = False,
+        show_progress: bool = False,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._config = LVLMAwareRetrieverConfig(
+            k_image=k_image,
+            k_text=k_text,
+            question_weight=question_weight,
+            exclude_self=exclude_self,
+            show_progress=show_progress,
+        )
+        self._kb = knowledge_base
+        self._image_head = _check_head("image_head", image_head, knowledge_base.dim)
+        self._text_head = _check_head("text_head", text_head, knowledge_base.dim)
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Stable name of the component."""
+        return "LVLMAwareRetriever"
+
+    @classmethod
+    def from_persist_dir(
+        cls,
+        kb_dir: str | Path,
+        embed_model: MultiModalEmbedding,
+        image_head_dir: str | Path | None = None,
+        text_head_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> LVLMAwareRetriever:
+        """Load a persisted knowledge base and (optionally) trained heads.
+
+        Args:
+            kb_dir: Folder written by ``KnowledgeBase.persist``.
+            embed_model: The encoder that built the knowledge base.
+            image_head_dir: Folder written by ``QueryHead.save_pretrained``; ``None`` = identity.
+            text_head_dir: Same, for the text head.
+            **kwargs: Any other constructor argument (``k_image``, ``question_weight``, ...).
+
+        Returns:
+            The retriever.
+        """
+        from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+
+        kb = KnowledgeBase.from_persist_dir(kb_dir, embed_model=embed_model)
+        image_head = QueryHead.from_pretrained(image_head_dir) if image_head_dir is not None else None
+        text_head = QueryHead.from_pretrained(text_head_dir) if text_head_dir is not None else None
+        return cls(kb, image_head, text_head, **kwargs)
+
+    @property
+    def knowledge_base(self) -> KnowledgeBase:
+        """The knowledge base searched."""
+        return self._kb
+
+    @property
+    def image_head(self) -> QueryHead | None:
+        """The image head (``None`` = identity)."""
+        return self._image_head
+
+    @property
+    def text_head(self) -> QueryHead | None:
+        """The text head (``None`` = identity)."""
+        return self._text_head
+
+    @property
+    def config(self) -> LVLMAwareRetrieverConfig:
+        """The validated settings."""
+        return self._config
+
+    @property
+    def k_image(self) -> int:
+        """Neighbours from the image head."""
+        return self._config.k_image
+
+    @property
+    def k_text(self) -> int:
+        """Neighbours from the text head."""
+        return self._config.k_text
+
+    @property
+    def question_weight(self) -> float:
+        """Weight of the question in the query vector."""
+        return self._config.question_weight
+
+    def embed_queries(self, images: Sequence[ImageInput], questions: Sequence[str] | None = None) -> np.ndarray:
+        """Frozen query embeddings, fused with the questions, before any head.
+
+        Args:
+            images: Query images (paths, bytes, ``BytesIO`` or PIL images), embedded in one batch.
+            questions: One question per image, or ``None``. Used only when ``question_weight > 0``;
+                an empty question leaves its image embedding alone.
+
+        Returns:
+            float32 array ``(n, dim)``, rows L2-normalised.
+
+        Raises:
+            ValueError: ``questions`` does not have one entry per image.
+        """
+        images = list(images)
+        _check_questions(questions, len(images))
+        if not images:
+            return np.zeros((0, self._query_dim()), dtype=np.float32)
+        emb = _unit_rows(self._embed_images(images))  # (n, dim)
+        weight = self._config.question_weight
+        if weight > 0 and questions is not None:
+            asked = [i for i, q in enumerate(questions) if q and q.strip()]
+            if asked:
+                text = _unit_rows(self._embed_texts([questions[i] for i in asked]))  # (m, dim)
+                if text.shape[1] != emb.shape[1]:
+                    raise ValueError(
+                        f"question embeddings are {text.shape[1]}-d but image embeddings are "
+                        f"{emb.shape[1]}-d; question fusion needs a dual encoder with one shared space"
+                    )
+                emb[asked] = _unit_rows((1.0 - weight) * emb[asked] + weight * text)
+        return emb
+
+    def search_heads(
+        self,
+        query_embeddings: np.ndarray,
+        k_image: int | None = None,
+        k_text: int | None = None,
+        *,
+        exclude_ids: Sequence[Collection[str]] | None = None,
+        exclude_hashes: Sequence[Collection[str]] | None = None,
+    ) -> dict[str, list[list[SearchHit]]]:
+        """Run both heads on precomputed frozen query embeddings and search their indexes.
+
+        This is the raw view the training loop needs (e.g. 50 candidates per head with their scores).
+
+        Args:
+            query_embeddings: Output of :meth:`embed_queries`, shape ``(n, dim)`` (or ``(dim,)``).
+            k_image: Hits from the image head; ``None`` uses the retriever's ``k_image``.
+            k_text: Hits from the text head; ``None`` uses the retriever's ``k_text``.
+            exclude_ids: One collection of KB ids to skip per query.
+            exclude_hashes: One collection of image content hashes to skip per query.
+
+        Returns:
+            ``{HEAD_IMAGE: hits, HEAD_TEXT: hits}`` where ``hits[i]`` lists query ``i``'s hits, best
+            first (empty lists for a head whose k is 0).
+
+        Raises:
+            ValueError: Bad shapes, bad k, or per-query lists of the wrong length.
+        """
+        settings = self._settings(k_image=k_image, k_text=k_text)
+        queries = np.asarray(query_embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]  # (dim,) -> (1, dim)
+        if queries.ndim != 2:
+            raise ValueError(f"query_embeddings must have shape (n, dim), got {queries.shape}")
+        n = queries.shape[0]
+        exclude_ids = _per_query("exclude_ids", exclude_ids, n)
+        exclude_hashes = _per_query("exclude_hashes", exclude_hashes, n)
+        results: dict[str, list[list[SearchHit]]] = {}
+        for name, head, k in (
+            (HEAD_IMAGE, self._image_head, settings.k_image),
+            (HEAD_TEXT, self._text_head, settings.k_text),
+        ):
+            if k == 0 or n == 0:
+                results[name] = [[] for _ in range(n)]
+                continue
+            vectors = self._apply_head(name, head, queries)  # (n, kb dim)
+            results[name] = self._kb.search(
+                vectors, name, k, exclude_ids=exclude_ids, exclude_hashes=exclude_hashes
+            )
+        return results
+
+    @dispatcher.span
+    def retrieve_batch(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str] | None = None,
+        *,
+        k_image: int | None = None,
+        k_text: int | None = None,
+        exclude_ids: Sequence[Collection[str]] | None = None,
+        exclude_self: bool | None = None,
+    ) -> list[list[NodeWithScore]]:
+        """Retrieve for many query images at once (one embedding batch, one search per head).
+
+        Like :meth:`retrieve`, this fires a ``RetrievalStartEvent`` and a ``RetrievalEndEvent`` per
+        query (with a ``QueryBundle(question, image_path)``) inside one instrumentation span, so
+        tracing sees batch retrievals too; it skips the legacy callback-manager events and the
+        recursive ``IndexNode`` expansion of ``retrieve``, which never apply to image pairs.
+
+        Args:
+            images: Query images (paths, bytes, ``BytesIO`` or PIL images).
+            questions: One question per image, or ``None``.
+            k_image: Override the image head's k for this call.
+            k_text: Override the text head's k for this call.
+            exclude_ids: One collection of KB ids to skip per query (e.g. the case's own pair).
+            exclude_self: Override ``exclude_self`` for this call.
+
+        Returns:
+            One node list per image, best first.
+
+        Example:
+            .. code-block:: python
+
+                nodes_per_case = retriever.retrieve_batch(
+                    ["a.png", "b.png"], ["Which grade?", "Which grade?"],
+                    exclude_ids=[{"kb-17"}, set()],
+                )
+        """
+        images = list(images)
+        _check_questions(questions, len(images))
+        bundles = [
+            QueryBundle(
+                query_str=questions[i] if questions is not None else "",
+                image_path=str(img) if isinstance(img, (str, Path)) else None,
+            )
+            for i, img in enumerate(images)
+        ]
+        for bundle in bundles:
+            dispatcher.event(RetrievalStartEvent(str_or_query_bundle=bundle))
+        results = self._retrieve_batch(
+            images, questions, k_image=k_image, k_text=k_text, exclude_ids=exclude_ids, exclude_self=exclude_self
+        )
+        for bundle, nodes in zip(bundles, results):
+            dispatcher.event(RetrievalEndEvent(str_or_query_bundle=bundle, nodes=nodes))
+        return results
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        if not query_bundle.image_path:
+            raise ValueError(NO_IMAGE_MESSAGE)
+        return self._retrieve_batch([query_bundle.image_path], [query_bundle.query_str])[0]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # Embedding and faiss search are blocking CPU/GPU work: keep them off the event loop.
+        return await asyncio.to_thread(self._retrieve, query_bundle)
+
+    def _retrieve_batch(
+        self,
+        images: list[ImageInput],
+        questions: Sequence[str] | None,
+        *,
+        k_image: int | None = None,
+        k_text: int | None = None,
+        exclude_ids: Sequence[Collection[str]] | None = None,
+        exclude_self: bool | None = None,
+    ) -> list[list[NodeWithScore]]:
+        settings = self._settings(k_image=k_image, k_text=k_text, exclude_self=exclude_self)
+        n = len(images)
+        exclude_ids = _per_query("exclude_ids", exclude_ids, n)
+        hashes = [[self._kb.content_hash_of(img)] for img in images] if settings.exclude_self else None
+        embeddings = self.embed_queries(images, questions)  # (n, dim)
+        hits = self.search_heads(
+            embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes
+        )
+        return [merge_hits({name: hits[name][i] for name in HEADS}) for i in range(n)]
+
+    def _settings(self, **overrides: Any) -> LVLMAwareRetrieverConfig:
+        values = self._config.model_dump()
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return LVLMAwareRetrieverConfig(**values)
+
+    def _query_dim(self) -> int:
+        head = self._image_head or self._text_head
+        return head.dim if head is not None else int(self._kb.dim)
+
+    def _apply_head(self, name: str, head: QueryHead | None, queries: np.ndarray) -> np.ndarray:
+        if head is None:
+            if queries.shape[1] != self._kb.dim:
+                raise ValueError(
+                    f"query embeddings are {queries.shape[1]}-d but the knowledge base is "
+                    f"{self._kb.dim}-d; embed queries with the encoder that built it"
+                )
+            return _unit_rows(queries)
+        if queries.shape[1] != head.dim:
+            raise ValueError(
+                f"query embeddings are {queries.shape[1]}-d but the {name} head expects {head.dim}-d; "
+                "the head was trained for another encoder"
+            )
+        return head.encode(queries)
+
+    def _embed_images(self, images: list[ImageInput]) -> np.ndarray:
+        model = self._kb.embed_model
+        embed_images = getattr(model, "embed_images", None)
+        if callable(embed_images):
+            vectors = embed_images(images)
+        else:
+            vectors = model.get_image_embedding_batch(
+                [_embeddable(img) for img in images], show_progress=self._config.show_progress
+            )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(images), -1)  # (n, dim)
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        # Questions go through the same path as the KB's captions (CLIP-family dual encoders embed
+        # queries and documents alike), so they land in the caption index's space.
+        model = self._kb.embed_model
+        embed_texts = getattr(model, "embed_texts", None)
+        if callable(embed_texts):
+            vectors = embed_texts(texts)
+        else:
+            vectors = model.get_text_embedding_batch(texts, show_progress=self._config.show_progress)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)  # (m, dim)
+
+
+def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | None:
+    if head is None:
+        return None
+    if not isinstance(head, QueryHead):
+        raise TypeError(f"{name} must be a QueryHead or None (identity), got {type(head).__name__}")
+    if head.out_dim != kb_dim:
+        raise ValueError(
+            f"{name} produces {head.out_dim}-d query vectors but the knowledge base indexes are "
+            f"{kb_dim}-d; use a head trained for this knowledge base (config out_dim={kb_dim})"
+        )
+    return head
+
+
+def _check_questions(questions: Sequence[str] | None, n: int) -> None:
+    if questions is None:
+        return
+    if isinstance(questions, str):
+        raise TypeError("questions must be a sequence with one question per image, got a single str")
+    if len(questions) != n:
+        raise ValueError(f"got {len(questions)} questions for {n} query images; pass one per image (or None)")
+
+
+def _per_query(
+    name: str, values: Sequence[Collection[str]] | None, n: int
+) -> list[Collection[str]] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must hold one collection per query (e.g. [{{'kb-1'}}, set()]), got a str")
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} queries; pass one collection per query")
+    for entry in values:
+        if isinstance(entry, (str, bytes)):
+            raise ValueError(
+                f"{name} must hold one collection per query (e.g. [{{'kb-1'}}, set()]), "
+                f"got the string {entry!r} as an entry; wrap it: [{{{entry!r}}}]"
+            )
+    return values
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)  # (n, 1)
+    # eps keeps an all-zero row at zero instead of NaN.
+    return x / np.maximum(norms, 1e-12)
+
+
+def _embeddable(image: ImageInput) -> str | io.BytesIO:
+    """Turn any supported image input into what ``MultiModalEmbedding`` accepts (path or BytesIO)."""
+    if isinstance(image, (str, Path)):
+        if Path(image).suffix.lower() not in _DICOM_SUFFIXES:  # PIL's probe warns on DICOM files
+            try:
+                with Image.open(image):
+                    return str(image)
+            except (UnidentifiedImageError, OSError):
+                pass
+        # Not PIL-readable (e.g. DICOM) or missing: decode it ourselves, which also gives the
+        # clear ImageLoadError for a missing or broken file.
+        image = load_image(image)
+    if isinstance(image, (bytes, bytearray)):
+        return io.BytesIO(bytes(image))
+    if isinstance(image, io.BytesIO):
+        return io.BytesIO(image.getvalue())  # a fresh stream: the caller's position is untouched
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        buffer.seek(0)
+        return buffer
+    raise TypeError(f"unsupported query image of type {type(image).__name__}; pass a path, bytes, BytesIO or PIL image")
+
+
+__all__ = [
+    "HEAD_IMAGE",
+    "HEAD_TEXT",
+    "HEADS",
+    "LVLMAwareRetriever",
+    "LVLMAwareRetrieverConfig",
+    "META_HEADS",
+    "META_IMAGE_RANK",
+    "META_IMAGE_SCORE",
+    "META_KB_ID",
+    "META_KB_METADATA",
+    "META_LABEL",
+    "META_SOURCE",
+    "META_TEXT_RANK",
+    "META_TEXT_SCORE",
+    "NO_IMAGE_MESSAGE",
+    "RANK_KEYS",
+    "SCORE_KEYS",
+]

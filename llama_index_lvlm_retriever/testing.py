@@ -1,0 +1,43 @@
+"""Tiny offline models and tokenizers for tests, examples and the offline demo.
+
+Everything here is built from configs with random (seeded) weights and an offline-trained
+tokenizer, saved with ``save_pretrained`` and meant to be loaded back through the same
+``from_pretrained`` path a real checkpoint takes. Nothing downloads.
+
+Example:
+    >>> import tempfile
+    >>> from llama_index_lvlm_retriever.testing import build_tiny_clip
+    >>> from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    >>> embed = CLIPEmbedding.from_pretrained(build_tiny_clip(tempfile.mkdtemp()))
+    >>> len(embed.get_text_embedding("chest x-ray"))
+    16
+"""
+
+from __future__ import annotations
+
+from llama_index_lvlm_retriever._testing.clip import build_tiny_clip, build_tiny_siglip
+from llama_index_lvlm_retriever._testing.lvlm import (
+    TinyQwen2VLProcessor,
+    build_tiny_idefics3,
+    build_tiny_llava,
+    build_tiny_qwen2_vl,
+)
+from llama_index_lvlm_retriever._testing.tokenizer import (
+    BPEVocab,
+    build_clip_tokenizer,
+    save_clip_tokenizer,
+    train_byte_level_bpe,
+)
+
+__all__ = [
+    "BPEVocab",
+    "TinyQwen2VLProcessor",
+    "build_tiny_idefics3",
+    "build_tiny_llava",
+    "build_tiny_qwen2_vl",
+    "build_clip_tokenizer",
+    "build_tiny_clip",
+    "build_tiny_siglip",
+    "save_clip_tokenizer",
+    "train_byte_level_bpe",
+]

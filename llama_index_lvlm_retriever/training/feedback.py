@@ -1,0 +1,438 @@
+"""Collect the frozen reader's feedback on retrieved candidates: resumable, and sharded across ranks.
+
+Stage 2 of arXiv 2508.17394 trains the retriever against the reader's judgement of each candidate,
+``P_reader(gold | case, candidate)``. The reader is frozen, so these scores are computed once, here,
+and cached (:class:`~llama_index_lvlm_retriever.training.feedback_cache.FeedbackCache`); training
+then needs no reader at all.
+
+For every case: embed the query image (+ question) with the frozen encoder, retrieve
+``n_candidates`` per head with the given retriever, always excluding the case's own knowledge-base
+pair (by id = case id, and by image content hash, so a copy under another id is excluded too), and
+score every distinct candidate with the reader, one candidate per pass, many (case, candidate)
+pairs per ``reader.score`` call.
+
+Work is cut into shards of ``shard_size`` consecutive cases. Each finished shard is written
+atomically; a rerun after a crash or Ctrl-C skips finished shards and, because every shard is
+computed the same way whatever ran before it, produces byte-identical files. Under ``torchrun``
+(``RANK``/``WORLD_SIZE`` set) rank ``r`` takes shards ``r, r + W, r + 2W, ...`` and rank 0 writes
+the manifest once all are finished; one process runs the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.training._distributed import _DistContext, _distributed_context
+from llama_index_lvlm_retriever.training._feedback_shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GOLD_LOG_PROBS,
+    LABEL_LOG_PROBS,
+    MANIFEST_FILE,
+    MASK,
+    POSITIONS,
+    QUERY_EMBEDDINGS,
+    RETRIEVAL_SCORES,
+    atomic_write,
+    json_bytes,
+    plan_fingerprint,
+    read_shard_meta,
+    shard_is_finished,
+    shard_name,
+    write_shard,
+)
+from llama_index_lvlm_retriever.training._identity import (
+    describe_identity,
+    identity_mismatch,
+    package_versions,
+    reader_identity,
+    retriever_identity,
+    task_identity,
+)
+from llama_index_lvlm_retriever.training.config import FeedbackConfig
+from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from llama_index_lvlm_retriever.knowledge_base import SearchHit
+    from llama_index_lvlm_retriever.readers.base import Reader
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "collection.json"
+"""Written when a collection starts; lets a rerun check it continues the same run."""
+_RUNTIME_ONLY_FIELDS = ("embed_batch_size", "reader_batch_size")
+
+
+def collect_feedback(
+    cases: Sequence[Case],
+    retriever: LVLMAwareRetriever,
+    reader: Reader,
+    cache_dir: str | Path,
+    config: FeedbackConfig | None = None,
+    show_progress: bool = True,
+) -> FeedbackCache:
+    """Retrieve candidates for every case, score them with the frozen reader, and cache the result.
+
+    Args:
+        cases: Labelled training cases; ids must be unique; gold labels must be in the reader's task.
+        retriever: The retriever whose candidates are scored (its heads are applied, so a trained
+            retriever can collect feedback for another round).
+        reader: The frozen reader (LVLM).
+        cache_dir: Folder of the cache, on a filesystem every rank sees. An unfinished collection
+            there is resumed; a finished one with the same retriever, reader, config and cases is
+            returned as is.
+        config: Candidates per head, heads, batch and shard sizes; ``None`` = defaults.
+        show_progress: Show a tqdm bar (cases, with ETA) on rank 0.
+
+    Returns:
+        The cache, loaded from ``cache_dir``.
+
+    Raises:
+        ValueError: No cases, duplicate case ids, a gold label outside the task's label set, or
+            ``cache_dir`` holds feedback from another retriever, reader, config or case list.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
+
+            cache = collect_feedback(train_cases, retriever, reader, "runs/feedback",
+                                     FeedbackConfig(n_candidates=50, shard_size=512))
+            # Many GPUs: torchrun --nproc_per_node=8 collect.py  (same call in the script)
+    """
+    config = config or FeedbackConfig()
+    cases = list(cases)
+    if not cases:
+        raise ValueError("collect_feedback got no cases, so the feedback cache would be empty; pass training cases")
+    _check_unique_ids(cases)
+    targets = _gold_targets(cases, reader)  # (n, L)
+    folder = Path(cache_dir)
+    plan = _plan(cases, retriever, reader, config)
+    fingerprint = plan_fingerprint(plan)
+    shard_ranges = [(s, min(s + config.shard_size, len(cases))) for s in range(0, len(cases), config.shard_size)]
+
+    with _distributed_context() as ctx:
+        finished = _run_on_main(ctx, lambda: _prepare_folder(folder, plan))
+        if not finished:
+            mine = [i for i in range(len(shard_ranges)) if i % ctx.world_size == ctx.rank]
+            pending = [
+                i
+                for i in mine
+                if not shard_is_finished(folder, i, fingerprint, plan["case_ids"][slice(*shard_ranges[i])])
+            ]
+            skipped = len(mine) - len(pending)
+            if skipped:
+                logger.info("rank %d: resuming, %d of its %d shards already finished", ctx.rank, skipped, len(mine))
+            _all_ranks(
+                ctx,
+                lambda: _collect_shards(
+                    pending, shard_ranges, cases, targets, retriever, reader, config, folder, fingerprint,
+                    show_progress=show_progress and ctx.is_main,
+                ),
+            )
+            _run_on_main(ctx, lambda: _write_manifest(folder, plan, fingerprint, shard_ranges))
+        ctx.barrier()
+    return FeedbackCache.from_persist_dir(folder)
+
+
+# ---------------------------------------------------------------------- validation and plan
+def _check_unique_ids(cases: list[Case]) -> None:
+    seen: set[str] = set()
+    for case in cases:
+        if case.id in seen:
+            raise ValueError(f"case id {case.id!r} appears more than once; case ids must be unique")
+        seen.add(case.id)
+
+
+def _gold_targets(cases: list[Case], reader: Reader) -> torch.Tensor:
+    """Multi-hot gold labels ``(n, L)``, checking each case's labels against the task's label set."""
+    task = reader.task
+    labels = [str(x) for x in task.labels]
+    index = {name: i for i, name in enumerate(labels)}
+    targets = torch.zeros(len(cases), len(labels), dtype=torch.bool)
+    for row, case in enumerate(cases):
+        if not case.labels:
+            raise ValueError(
+                f"case {case.id!r} has no gold label; feedback needs labelled cases (labels in {labels})"
+            )
+        if not task.multi_label and len(case.labels) != 1:
+            raise ValueError(
+                f"case {case.id!r} has {len(case.labels)} gold labels {list(case.labels)} but task "
+                f"{task.name!r} is single-label; give it exactly one of {labels}"
+            )
+        for label in case.labels:
+            if label not in index:
+                raise ValueError(
+                    f"case {case.id!r} has gold label {label!r}, which is not in the label set of task "
+                    f"{task.name!r}: {labels}; fix the case's label or use a task that has it"
+                )
+            targets[row, index[label]] = True
+    return targets
+
+
+def _plan(cases: list[Case], retriever: LVLMAwareRetriever, reader: Reader, config: FeedbackConfig) -> dict[str, Any]:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "retriever": retriever_identity(retriever),
+        "reader": reader_identity(reader),
+        "task": task_identity(reader),
+        # Batch sizes change speed and memory, not results: a rerun may change them (e.g. after OOM).
+        "config": config.model_dump(mode="json", exclude=set(_RUNTIME_ONLY_FIELDS)),
+        "heads": list(config.heads),
+        "n_candidates": config.n_candidates,
+        "retriever_k": {"image": retriever.k_image, "text": retriever.k_text},
+        "case_ids": [case.id for case in cases],
+    }
+
+
+# ---------------------------------------------------------------------- rank coordination
+def _run_on_main(ctx: _DistContext, fn: Any) -> Any:
+    """Run ``fn`` on rank 0; every rank gets its result, or raises when it failed anywhere."""
+    result: Any = None
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except BaseException as err:  # re-raised below, after the other ranks are told
+            error = err
+    ok = ctx.all_ok(error is None)
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError("feedback collection failed on rank 0; see its error")
+    return ctx.broadcast(result)
+
+
+def _all_ranks(ctx: _DistContext, fn: Any) -> None:
+    """Run ``fn`` on every rank; if it fails on any, every rank raises (none waits forever)."""
+    error: BaseException | None = None
+    try:
+        fn()
+    except BaseException as err:
+        error = err
+    ok = ctx.all_ok(error is None)
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError("feedback collection failed on another rank; its finished shards are kept, rerun to resume")
+
+
+def _prepare_folder(folder: Path, plan: dict[str, Any]) -> bool:
+    """Check ``folder`` against the plan; return True when the collection is already finished."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST_FILE, PLAN_FILE):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err}); delete {folder} (or pick a new cache_dir) and collect again"
+            ) from err
+        saved_plan = {key: saved.get(key) for key in plan}
+        _raise_on_plan_mismatch(folder, saved_plan, plan)
+        if name == MANIFEST_FILE:
+            logger.info("feedback cache %s is already complete; loading it", folder)
+            return True
+    atomic_write(folder / PLAN_FILE, json_bytes(plan))
+    return False
+
+
+def _raise_on_plan_mismatch(folder: Path, saved: dict[str, Any], plan: dict[str, Any]) -> None:
+    for part, noun in (("retriever", "retriever"), ("reader", "reader")):
+        diff = identity_mismatch(saved.get(part) or {}, plan[part])
+        if diff is not None:
+            raise ValueError(
+                f"{folder} holds feedback collected with another {noun}: cache: "
+                f"[{describe_identity(saved.get(part) or {})}]; given: [{describe_identity(plan[part])}]; "
+                f"differences: {diff}. Use a new cache_dir, or delete this one to start over."
+            )
+    diff = identity_mismatch({k: saved[k] for k in plan if k not in ("retriever", "reader")},
+                             {k: plan[k] for k in plan if k not in ("retriever", "reader")})
+    if diff is not None:
+        raise ValueError(
+            f"{folder} holds feedback from a run with other settings or cases ({diff}); "
+            "use a new cache_dir, or delete this one to start over"
+        )
+
+
+def _write_manifest(folder: Path, plan: dict[str, Any], fingerprint: str, ranges: list[tuple[int, int]]) -> None:
+    shards = []
+    for index, (start, stop) in enumerate(ranges):
+        if not shard_is_finished(folder, index, fingerprint, plan["case_ids"][start:stop]):
+            raise RuntimeError(f"shard {shard_name(index)} in {folder} is missing after collection; rerun to resume")
+        meta = read_shard_meta(folder, index)
+        assert meta is not None  # checked by shard_is_finished
+        shards.append({"name": shard_name(index), "start": start, "stop": stop, "sha256": meta["tensors_sha256"]})
+    record = {**plan, "shards": shards, "versions": package_versions()}
+    atomic_write(folder / MANIFEST_FILE, json_bytes(record))
+    (folder / PLAN_FILE).unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp"):  # temp files left by writes that a crash interrupted
+        stale.unlink(missing_ok=True)
+    logger.info("feedback cache complete: %d cases in %d shards at %s", len(plan["case_ids"]), len(shards), folder)
+
+
+# ---------------------------------------------------------------------- the work
+def _collect_shards(
+    pending: list[int],
+    ranges: list[tuple[int, int]],
+    cases: list[Case],
+    targets: torch.Tensor,
+    retriever: LVLMAwareRetriever,
+    reader: Reader,
+    config: FeedbackConfig,
+    folder: Path,
+    fingerprint: str,
+    *,
+    show_progress: bool,
+) -> None:
+    total = sum(stop - start for start, stop in (ranges[i] for i in pending))
+    with tqdm(total=total, desc="reader feedback", unit="case", disable=not show_progress) as bar:
+        for index in pending:
+            start, stop = ranges[index]
+            tensors, candidate_ids = _collect_shard(
+                cases[start:stop], targets[start:stop], retriever, reader, config, bar
+            )
+            write_shard(
+                folder,
+                index,
+                tensors,
+                fingerprint=fingerprint,
+                case_ids=[case.id for case in cases[start:stop]],
+                candidate_ids=candidate_ids,
+            )
+            logger.debug("wrote %s (cases %d-%d)", shard_name(index), start, stop - 1)
+
+
+def _collect_shard(
+    cases: list[Case],
+    targets: torch.Tensor,
+    retriever: LVLMAwareRetriever,
+    reader: Reader,
+    config: FeedbackConfig,
+    bar: tqdm,
+) -> tuple[dict[str, torch.Tensor], dict[str, list[list[str]]]]:
+    """Embed, retrieve and score one shard's cases; return its tensors and candidate ids."""
+    kb = retriever.knowledge_base
+    n, big_n, n_labels = len(cases), config.n_candidates, targets.shape[1]
+    embeddings = np.concatenate(
+        [
+            retriever.embed_queries(
+                [c.image_path for c in cases[s : s + config.embed_batch_size]],
+                [c.question for c in cases[s : s + config.embed_batch_size]],
+            )
+            for s in range(0, n, config.embed_batch_size)
+        ]
+    ).astype(np.float32)  # (n, d)
+    hits = retriever.search_heads(
+        embeddings,
+        k_image=big_n if "image" in config.heads else 0,
+        k_text=big_n if "text" in config.heads else 0,
+        exclude_ids=[{case.id} for case in cases],
+        exclude_hashes=[{kb.content_hash_of(case.image_path)} for case in cases],
+    )
+    # Score each distinct candidate of a case once, even when both heads return it.
+    pairs: list[tuple[int, KBItem]] = []
+    pair_of: list[dict[str, int]] = [{} for _ in range(n)]
+    for row in range(n):
+        for head in config.heads:
+            for hit in hits[head][row]:
+                if hit.item.id not in pair_of[row]:
+                    pair_of[row][hit.item.id] = len(pairs)
+                    pairs.append((row, hit.item))
+    pair_log_probs = _score_pairs(cases, pairs, reader, config.reader_batch_size, n_labels, bar)  # (P, L)
+    tensors: dict[str, torch.Tensor] = {QUERY_EMBEDDINGS: torch.from_numpy(embeddings)}
+    candidate_ids: dict[str, list[list[str]]] = {}
+    for head in config.heads:
+        per_head = _head_tensors(hits[head], pair_of, pair_log_probs, targets, big_n, reader.task.multi_label)
+        tensors.update({f"{head}.{name}": value for name, value in per_head.items()})
+        candidate_ids[head] = [[hit.item.id for hit in row_hits] for row_hits in hits[head]]
+    return tensors, candidate_ids
+
+
+def _score_pairs(
+    cases: list[Case],
+    pairs: list[tuple[int, KBItem]],
+    reader: Reader,
+    batch_size: int,
+    n_labels: int,
+    bar: tqdm,
+) -> torch.Tensor:
+    """Reader log-probabilities ``(P, L)`` of every (case, candidate) pair, in batches."""
+    out = torch.empty(len(pairs), n_labels, dtype=torch.float32)
+    last_row = -1  # the bar counts cases whose pairs are all scored
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        scores = reader.score([cases[row] for row, _ in chunk], [[item] for _, item in chunk])
+        log_probs = torch.as_tensor(np.asarray(scores.log_probs), dtype=torch.float32)  # (m, 1, L)
+        if log_probs.shape != (len(chunk), 1, n_labels):
+            raise ValueError(
+                f"{type(reader).__name__}.score returned log_probs of shape {tuple(log_probs.shape)} for "
+                f"{len(chunk)} cases with 1 candidate each and {n_labels} labels; expected "
+                f"({len(chunk)}, 1, {n_labels})"
+            )
+        bad = torch.isnan(log_probs).any(dim=-1)[:, 0]  # (m,)
+        if bad.any():
+            row, item = chunk[int(bad.nonzero()[0])]
+            raise ValueError(
+                f"the reader returned NaN log-probabilities for case {cases[row].id!r} with candidate "
+                f"{item.id!r}; check the reader's numerics (dtype, inputs)"
+            )
+        out[start : start + len(chunk)] = log_probs[:, 0]
+        done_row = chunk[-1][0] if start + len(chunk) == len(pairs) else chunk[-1][0] - 1
+        if done_row > last_row:
+            bar.update(done_row - last_row)
+            last_row = done_row
+    if len(cases) - 1 > last_row:  # cases without any candidate
+        bar.update(len(cases) - 1 - last_row)
+    return out
+
+
+def _head_tensors(
+    head_hits: list[list[SearchHit]],
+    pair_of: list[dict[str, int]],
+    pair_log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    big_n: int,
+    multi_label: bool,
+) -> dict[str, torch.Tensor]:
+    n, n_labels = targets.shape
+    positions = torch.full((n, big_n), -1, dtype=torch.long)
+    scores = torch.zeros(n, big_n, dtype=torch.float32)
+    label_lp = torch.zeros(n, big_n, n_labels, dtype=torch.float32)
+    mask = torch.zeros(n, big_n, dtype=torch.bool)
+    for row, row_hits in enumerate(head_hits):
+        for col, hit in enumerate(row_hits[:big_n]):
+            positions[row, col] = int(hit.position)
+            scores[row, col] = float(hit.score)
+            label_lp[row, col] = pair_log_probs[pair_of[row][hit.item.id]]
+            mask[row, col] = True
+    gold = _gold_log_probs(label_lp, targets, multi_label) * mask  # (n, N); 0 where no candidate
+    return {POSITIONS: positions, RETRIEVAL_SCORES: scores, GOLD_LOG_PROBS: gold, LABEL_LOG_PROBS: label_lp, MASK: mask}
+
+
+def _gold_log_probs(label_lp: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """``log P(gold | candidate)`` ``(n, N)`` from label log-probs ``(n, N, L)`` and gold ``(n, L)``."""
+    if not multi_label:
+        gold_index = targets.float().argmax(dim=-1)  # (n,)
+        return label_lp.gather(-1, gold_index[:, None, None].expand(-1, label_lp.shape[1], 1))[..., 0]
+    # Independent labels: log P(set) = sum_l [y_l log p_l + (1 - y_l) log(1 - p_l)];
+    # log1p(-exp(x)) is the stable log(1 - p), clamped so p = 1 gives a finite floor.
+    log_not = torch.log1p(-label_lp.exp().clamp(max=1.0 - 1e-7))  # (n, N, L)
+    y = targets[:, None, :]  # (n, 1, L)
+    return torch.where(y, label_lp, log_not).sum(dim=-1)
+
+
+__all__ = ["FeedbackCache", "FeedbackConfig", "collect_feedback"]
