@@ -279,7 +279,8 @@ class QueryHead(nn.Module):
             device: Where to put the weights.
 
         Returns:
-            The head, in eval mode.
+            The head, in eval mode. A folder written by ``EncoderQueryHead.save_pretrained`` (its
+            ``config.json`` names that class) loads as an ``EncoderQueryHead``.
 
         Raises:
             FileNotFoundError: The folder, its ``config.json`` or its ``model.safetensors`` is missing.
@@ -303,7 +304,12 @@ class QueryHead(nn.Module):
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path} is not valid JSON ({err}); re-save the head") from err
         record.pop(_VERSIONS_KEY, None)
-        record.pop(_CLASS_KEY, None)
+        if record.pop(_CLASS_KEY, None) == "EncoderQueryHead":
+            # A trainable image tower saved by the encoder-mode engine: dispatch to its class
+            # (imported here: the training subpackage imports this module).
+            from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
+
+            return EncoderQueryHead.from_pretrained(folder, device=device)  # type: ignore[return-value]
         head = cls(QueryHeadConfig.from_dict(record))
         state = _load_safetensors(str(weights_path), device="cpu")
         try:

@@ -128,9 +128,16 @@ class LVLMAwareRetriever(BaseRetriever):
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbose flag.
 
+    A head may also be an image-input head (any module with ``needs_image = True``, such as
+    :class:`~llama_index_lvlm_retriever.training.encoder_head.EncoderQueryHead`, the paper's trainable
+    image tower): the retriever then processes the query images with the knowledge base's embedding
+    model (``embed_model.processor.image_processor``) and calls
+    ``head.encode(embeddings, pixel_values=...)``. :meth:`search_heads` needs ``images=`` for it.
+
     Raises:
         ValueError: A setting is out of range, or a head's dimensions do not fit the knowledge base.
-        TypeError: A head is not a :class:`~llama_index_lvlm_retriever.query_heads.QueryHead`.
+        TypeError: A head is not a :class:`~llama_index_lvlm_retriever.query_heads.QueryHead` or an
+            image-input head.
 
     Example:
         .. code-block:: python
@@ -282,6 +289,7 @@ class LVLMAwareRetriever(BaseRetriever):
         *,
         exclude_ids: Sequence[Collection[str]] | None = None,
         exclude_hashes: Sequence[Collection[str]] | None = None,
+        images: Sequence[ImageInput] | None = None,
     ) -> dict[str, list[list[SearchHit]]]:
         """Run both heads on precomputed frozen query embeddings and search their indexes.
 
@@ -293,13 +301,16 @@ class LVLMAwareRetriever(BaseRetriever):
             k_text: Hits from the text head; ``None`` uses the retriever's ``k_text``.
             exclude_ids: One collection of KB ids to skip per query.
             exclude_hashes: One collection of image content hashes to skip per query.
+            images: The query images, one per embedding; needed only by an image-input head
+                (``needs_image = True``).
 
         Returns:
             ``{HEAD_IMAGE: hits, HEAD_TEXT: hits}`` where ``hits[i]`` lists query ``i``'s hits, best
             first (empty lists for a head whose k is 0).
 
         Raises:
-            ValueError: Bad shapes, bad k, or per-query lists of the wrong length.
+            ValueError: Bad shapes, bad k, per-query lists of the wrong length, or an image-input
+                head without ``images``.
         """
         settings = self._settings(k_image=k_image, k_text=k_text)
         queries = np.asarray(query_embeddings, dtype=np.float32)
@@ -318,7 +329,7 @@ class LVLMAwareRetriever(BaseRetriever):
             if k == 0 or n == 0:
                 results[name] = [[] for _ in range(n)]
                 continue
-            vectors = self._apply_head(name, head, queries)  # (n, kb dim)
+            vectors = self._apply_head(name, head, queries, images)  # (n, kb dim)
             results[name] = self._kb.search(
                 vectors, name, k, exclude_ids=exclude_ids, exclude_hashes=exclude_hashes
             )
@@ -404,7 +415,8 @@ class LVLMAwareRetriever(BaseRetriever):
         hashes = [[self._kb.content_hash_of(img)] for img in images] if settings.exclude_self else None
         embeddings = self.embed_queries(images, questions)  # (n, dim)
         hits = self.search_heads(
-            embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes
+            embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes,
+            images=images,
         )
         return [merge_hits({name: hits[name][i] for name in HEADS}) for i in range(n)]
 
@@ -417,7 +429,9 @@ class LVLMAwareRetriever(BaseRetriever):
         head = self._image_head or self._text_head
         return head.dim if head is not None else int(self._kb.dim)
 
-    def _apply_head(self, name: str, head: QueryHead | None, queries: np.ndarray) -> np.ndarray:
+    def _apply_head(
+        self, name: str, head: QueryHead | None, queries: np.ndarray, images: Sequence[ImageInput] | None = None
+    ) -> np.ndarray:
         if head is None:
             if queries.shape[1] != self._kb.dim:
                 raise ValueError(
@@ -430,7 +444,25 @@ class LVLMAwareRetriever(BaseRetriever):
                 f"query embeddings are {queries.shape[1]}-d but the {name} head expects {head.dim}-d; "
                 "the head was trained for another encoder"
             )
+        if getattr(head, "needs_image", False):
+            return head.encode(queries, pixel_values=self._pixel_values(name, images, queries.shape[0]))
         return head.encode(queries)
+
+    def _pixel_values(self, name: str, images: Sequence[ImageInput] | None, n: int) -> Any:
+        """The query images processed by the knowledge base's embedding model, ``(n, C, H, W)``."""
+        if images is None or len(images) != n:
+            got = "none" if images is None else str(len(images))
+            raise ValueError(
+                f"the {name} head reads query images (needs_image=True) but search_heads got {got} images "
+                f"for {n} query embeddings; pass images= with one image per query"
+            )
+        processor = getattr(getattr(self._kb.embed_model, "processor", None), "image_processor", None)
+        if processor is None:
+            raise ValueError(
+                f"the {name} head reads query images but the knowledge base's embedding model "
+                f"{type(self._kb.embed_model).__name__} has no processor.image_processor; use a CLIPEmbedding"
+            )
+        return processor(images=[load_image(img) for img in images], return_tensors="pt")["pixel_values"]
 
     def _embed_images(self, images: list[ImageInput]) -> np.ndarray:
         model = self._kb.embed_model
@@ -458,8 +490,13 @@ class LVLMAwareRetriever(BaseRetriever):
 def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | None:
     if head is None:
         return None
-    if not isinstance(head, QueryHead):
-        raise TypeError(f"{name} must be a QueryHead or None (identity), got {type(head).__name__}")
+    # Image-input heads (needs_image=True, e.g. training.encoder_head.EncoderQueryHead) are duck-typed:
+    # importing them here would make this module depend on the training subpackage (a cycle).
+    if not isinstance(head, QueryHead) and not getattr(head, "needs_image", False):
+        raise TypeError(
+            f"{name} must be a QueryHead, an image-input head (needs_image=True) or None (identity), "
+            f"got {type(head).__name__}"
+        )
     if head.out_dim != kb_dim:
         raise ValueError(
             f"{name} produces {head.out_dim}-d query vectors but the knowledge base indexes are "

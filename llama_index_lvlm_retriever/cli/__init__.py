@@ -11,14 +11,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from llama_index_lvlm_retriever.cli import kb
+from llama_index_lvlm_retriever.cli import demo, kb
 from llama_index_lvlm_retriever.cli._common import CLIError, apply_config_defaults
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in the order --help lists them.
-_COMMAND_MODULES = [kb]
+_COMMAND_MODULES = [kb, demo]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError) as err:
+        # OSError covers missing files and models; ValueError covers bad inputs and encoder mismatches.
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,19 @@ def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The command's effective options, JSON-serialisable, for writing next to its outputs."""
     return {k: v for k, v in vars(args).items() if k not in {"handler", "command", "config"} and _jsonable(v)}
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` via a temp file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(value: Any) -> bool:

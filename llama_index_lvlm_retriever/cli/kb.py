@@ -8,9 +8,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever.cli._common import CLIError, add_config_option, resolved_config
+from llama_index_lvlm_retriever.cli._common import (
+    CLIError,
+    add_config_option,
+    resolved_config,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
+
+# Written next to the manifest by build-kb: the options the KB was built with (dtype, model, ...).
+BUILD_CONFIG_FILE = "build_config.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -60,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose pixels equal the query image")
     query.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
     query.add_argument("--device", default="cpu", help="torch device")
+    query.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
     query.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     add_config_option(query)
     query.set_defaults(handler=_query)
@@ -73,7 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
 
 def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_column: str, label_column: str | None, split: str) -> list[Any]:
     """Load KB items from a JSONL, CSV or MedMNIST ``.npz`` file, chosen by suffix."""
-    from llama_index_lvlm_retriever.data.loaders import load_kb_csv, load_kb_jsonl, load_medmnist_npz
+    from llama_index_lvlm_retriever.data.loaders import (
+        load_kb_csv,
+        load_kb_jsonl,
+        load_medmnist_npz,
+    )
 
     suffix = Path(path).suffix.lower()
     if suffix in {".jsonl", ".json"}:
@@ -91,15 +104,38 @@ def _build_kb(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
     from llama_index_lvlm_retriever.knowledge_base import IndexConfig, KnowledgeBase
 
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
-    embed_model = CLIPEmbedding.from_pretrained(args.embed_model, device=args.device, dtype=args.dtype, embed_batch_size=args.batch_size)
+    # A local model folder is recorded as an absolute path, so `query` finds it from any directory.
+    model_dir = Path(args.embed_model).expanduser()
+    model_name = str(model_dir.resolve()) if model_dir.is_dir() else args.embed_model
+    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=args.dtype, embed_batch_size=args.batch_size)
     kb = KnowledgeBase.build(items, embed_model, index_config=IndexConfig(kind=args.index), batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
     kb.persist(args.out)
-    (Path(args.out) / "build_config.json").write_text(json.dumps(resolved_config(args), indent=2))
+    write_json_atomic(Path(args.out) / BUILD_CONFIG_FILE, {**resolved_config(args), "embed_model": model_name})
     print(f"built {len(kb)} items ({kb.dim}-d, {args.index}) -> {args.out}")
     for item_id, reason in kb.skipped:
         print(f"skipped {item_id}: {reason}")
+    if kb.skipped:
+        print(f"skipped {len(kb.skipped)} of {len(items)} items with unreadable images")
     return 0
+
+
+def recorded_dtype(kb_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """The dtype the KB's encoder ran in: ``build_config.json``, else the manifest, else float32.
+
+    The encoder's weights fingerprint depends on its dtype, so queries must load it the same way.
+    """
+    config_path = Path(kb_dir) / BUILD_CONFIG_FILE
+    if config_path.is_file():
+        try:
+            dtype = json.loads(config_path.read_text(encoding="utf-8")).get("dtype")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CLIError(f"{config_path} is not a JSON object; pass --dtype explicitly") from err
+        if dtype:
+            return str(dtype)
+    return str((manifest.get("encoder") or {}).get("dtype") or "float32")
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -112,10 +148,12 @@ def _query(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
-    model_name = args.embed_model or KnowledgeBase.read_manifest(args.kb).get("encoder", {}).get("model_name")
+    manifest = KnowledgeBase.read_manifest(args.kb)
+    model_name = args.embed_model or (manifest.get("encoder") or {}).get("model_name")
     if not model_name:
         raise CLIError(f"{args.kb}: the manifest records no encoder name; pass --embed-model")
-    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device)
+    dtype = args.dtype or recorded_dtype(args.kb, manifest)
+    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=dtype)
     kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
     retriever = LVLMAwareRetriever(
         knowledge_base=kb,
@@ -172,6 +210,16 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
-    for key, value in manifest.items():
-        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    encoder = manifest.get("encoder") or {}
+    counts = manifest.get("counts") or {}
+    lines = [
+        f"knowledge base: {args.kb}",
+        f"items: {counts.get('items', manifest.get('count'))}",
+        f"dimension: {manifest.get('dim')}",
+        f"encoder: {encoder.get('class_name')} {encoder.get('model_name')} "
+        f"(dtype {recorded_dtype(args.kb, manifest)}, fingerprint {encoder.get('fingerprint')})",
+        f"index: {(manifest.get('index') or {}).get('kind')}",
+    ]
+    lines += [f"source {name}: {n}" for name, n in sorted((counts.get("sources") or {}).items())]
+    print("\n".join(lines))
     return 0

@@ -82,7 +82,13 @@ class TrainerConfig(BaseModel):
     mode: TrainMode = Field(
         default="adapter",
         description="'adapter': a residual QueryHead on cached frozen query embeddings (fast, KB untouched); "
-        "'encoder': a trainable query tower (not available yet).",
+        "'encoder': a trainable copy of the encoder's image tower per head (the paper; needs the cases' images).",
+    )
+    encoder_last_n_blocks: int = Field(
+        default=1,
+        ge=0,
+        description="'encoder' mode: trainable transformer blocks of the tower copy, counted from the last "
+        "(the post-layernorm and projection always train).",
     )
     schedule: Schedule = Field(
         default="joint",

@@ -21,6 +21,15 @@ seen, so keep ``N`` well above ``n`` (e.g. 50 vs 20).
 computes on validation cases the RAG log-likelihood ``mean_i log sum_{c in top-k} P_retr(c) P_reader(gold_i | c)``
 (``P_retr`` = softmax of the current head's top-k scores / gamma) and the validation loss, keeps the
 best heads in memory and restores them at the end; the untrained head is a legal outcome.
+
+**Encoder mode** (``TrainerConfig(mode="encoder")``, the paper's head): each trained head is an
+:class:`~llama_index_lvlm_retriever.training.encoder_head.EncoderQueryHead`, a trainable copy of the
+knowledge base's image tower (last ``encoder_last_n_blocks`` blocks + projection trainable) whose
+output is blended with the cached frozen embedding, ``q = normalize(0.85 e + 0.15 normalize(tower(x)))``;
+scores are recomputed against the same frozen KB vectors. It reads the query *images*, so the engine
+needs ``cases=`` (the ``Case`` records of the feedback's case ids); their images are processed once
+by the embedding model and held in memory (``n x 3 x H x W`` floats: about 600 MB per 1,000 cases at
+224 px). Each step and each candidate refresh runs the tower, so it costs far more than adapter mode.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +47,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from llama_index_lvlm_retriever.data.images import load_image
+from llama_index_lvlm_retriever.data.records import Case
 from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
 from llama_index_lvlm_retriever.training._feedback_shards import atomic_write, json_bytes
 from llama_index_lvlm_retriever.training._identity import package_versions
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
+from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
 
@@ -61,6 +73,7 @@ _TRAIN_HEADS: dict[str, tuple[str, ...]] = {
 }
 _DEFAULT_GAMMA = 0.05  # the paper's softmax temperature on cosines
 _EVAL_CHUNK = 4096  # cases per no-grad scoring chunk (bounds memory on large caches)
+_ENCODER_EVAL_CHUNK = 128  # images per no-grad tower pass in encoder mode (bounds activation memory)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class _HeadData:
     mask: torch.Tensor  # (n, N) bool
     disagree: torch.Tensor  # (n,) bool
     rows: torch.Tensor  # (m,) cases with at least one candidate
+    pixels: torch.Tensor | None = None  # (n, C, H, W) processed query images (encoder mode only)
 
 
 class RetrieverFinetuneEngine:
@@ -98,10 +112,14 @@ class RetrieverFinetuneEngine:
         config: Optimisation settings; ``None`` = defaults.
         validation: Validation feedback (same retriever); ``None`` holds out
             ``config.validation_fraction`` of ``feedback`` by case (0 = no validation, no selection).
+        cases: ``"encoder"`` mode only: the cases of ``feedback`` (and ``validation``), for their
+            query images; matched to the cache's rows by case id.
 
     Raises:
         ValueError: A bad ``head`` or ``mode``, a cache from another retriever, a head the cache
-            has no candidates for, dimensions that do not fit, or no case with a candidate.
+            has no candidates for, dimensions that do not fit, no case with a candidate, or
+            (encoder mode) missing ``cases`` or a cached case id without a case.
+        TypeError: Encoder mode with an embedding model that has no CLIP image tower.
 
     Example:
         .. code-block:: python
@@ -116,6 +134,11 @@ class RetrieverFinetuneEngine:
             engine.finetune()
             trained = engine.get_finetuned_model()
             engine.save("runs/heads")  # image_head/, text_head/, trainer_config.json, training_history.json
+
+            # The paper's head: a trainable copy of the image tower (needs the cases' images).
+            engine = RetrieverFinetuneEngine(retriever, feedback, head="image", cases=train_cases,
+                                             config=TrainerConfig(mode="encoder", learning_rate=3e-4,
+                                                                  n_train_candidates=20, refresh_every=10))
     """
 
     def __init__(
@@ -126,13 +149,16 @@ class RetrieverFinetuneEngine:
         head: TrainHead = "both",
         config: TrainerConfig | None = None,
         validation: FeedbackCache | None = None,
+        cases: Sequence[Case] | None = None,
     ) -> None:
         self._config = config or TrainerConfig()
-        if self._config.mode == "encoder":
+        self._encoder = self._config.mode == "encoder"
+        if self._encoder and cases is None:
             raise ValueError(
-                "TrainerConfig(mode='encoder') (a trainable query tower) is not available yet; "
-                "use mode='adapter' (a residual head on cached frozen query embeddings)"
+                "TrainerConfig(mode='encoder') trains a copy of the image tower on the query images: pass "
+                "cases= (the Case records of the feedback cache's case ids), or use mode='adapter'"
             )
+        self._case_images = {case.id: case.image_path for case in cases or ()}
         if head not in _TRAIN_HEADS:
             raise ValueError(f"head must be one of {list(_TRAIN_HEADS)}, got {head!r}")
         self._retriever = retriever
@@ -151,7 +177,7 @@ class RetrieverFinetuneEngine:
         self._loss = loss if loss is not None else _default_loss()
         self._device = torch.device(self._config.device)
         self._seed_everything()
-        self._heads: dict[str, QueryHead] = {name: self._initial_head(name, feedback.dim) for name in self._trained}
+        self._heads: dict[str, QueryHead | EncoderQueryHead] = {name: self._initial_head(name, feedback.dim) for name in self._trained}
         fraction = self._config.validation_fraction
         if validation is None and fraction > 0:
             n_val = int(round(len(feedback) * fraction))
@@ -182,8 +208,28 @@ class RetrieverFinetuneEngine:
         torch.manual_seed(self._config.seed)
         np.random.seed(self._config.seed)
 
-    def _initial_head(self, name: str, dim: int) -> QueryHead:
+    def _initial_head(self, name: str, dim: int) -> QueryHead | EncoderQueryHead:
         current = self._retriever.image_head if name == HEAD_IMAGE else self._retriever.text_head
+        if self._encoder:
+            if isinstance(current, EncoderQueryHead):
+                return copy.deepcopy(current).to(self._device)  # continue from the retriever's tower
+            head = EncoderQueryHead.from_embedding(
+                self._retriever.knowledge_base.embed_model,
+                alpha=self._config.alpha,
+                train_last_n_blocks=self._config.encoder_last_n_blocks,
+            )
+            if head.dim != dim or head.out_dim != int(self._retriever.knowledge_base.dim):
+                raise ValueError(
+                    f"the encoder's image tower gives {head.dim}-d vectors but the feedback cache holds {dim}-d "
+                    f"query embeddings and the knowledge base {self._retriever.knowledge_base.dim}-d keys; "
+                    "encoder mode needs a retriever without question fusion over its own encoder's KB"
+                )
+            return head.to(self._device)
+        if isinstance(current, EncoderQueryHead):
+            raise ValueError(
+                f"the retriever's {name} head is an EncoderQueryHead (an image tower); continue training it "
+                "with TrainerConfig(mode='encoder') and cases=, not mode='adapter'"
+            )
         if current is not None and not current.is_identity:
             if current.dim != dim:
                 raise ValueError(
@@ -224,7 +270,30 @@ class RetrieverFinetuneEngine:
             mask=mask.to(dev),
             disagree=cache.disagree().to(dev),
             rows=rows.to(dev),
+            pixels=self._pixels(cache).to(dev) if self._encoder else None,
         )
+
+    def _pixels(self, cache: FeedbackCache) -> torch.Tensor:
+        """The cache's query images processed by the KB's embedding model, ``(n, C, H, W)``."""
+        missing = [cid for cid in cache.case_ids if cid not in self._case_images]
+        if missing:
+            raise ValueError(
+                f"encoder mode needs the query image of every cached case, but cases= has no case with id "
+                f"{missing[0]!r} ({len(missing)} missing); pass the cases the feedback was collected on"
+            )
+        processor = getattr(getattr(self._retriever.knowledge_base.embed_model, "processor", None),
+                            "image_processor", None)
+        if processor is None:
+            raise TypeError(
+                "encoder mode needs the embedding model's processor.image_processor (a CLIPEmbedding); use "
+                "mode='adapter' with this embedding model"
+            )
+        paths = [self._case_images[cid] for cid in cache.case_ids]
+        chunks = [
+            processor(images=[load_image(p) for p in paths[s : s + 256]], return_tensors="pt")["pixel_values"]
+            for s in range(0, len(paths), 256)
+        ]
+        return torch.cat(chunks).float()  # (n, C, H, W)
 
     # ------------------------------------------------------------------ public API
     @classmethod
@@ -377,8 +446,12 @@ class RetrieverFinetuneEngine:
 
     def _scores(self, name: str, data: _HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Cosine of the head's query vector with each selected candidate's key, ``(B, n)``."""
-        # Adapter mode: the query vector comes from the cached frozen embedding.
-        query = self._heads[name](data.embeddings[rows])  # (B, D)
+        if data.pixels is not None:
+            # Encoder mode: the tower reads the query images, blended with the cached frozen embedding.
+            query = self._heads[name](data.pixels[rows], data.embeddings[rows])  # (B, D)
+        else:
+            # Adapter mode: the query vector comes from the cached frozen embedding.
+            query = self._heads[name](data.embeddings[rows])  # (B, D)
         keys = data.keys[data.slots[rows].gather(1, cols)]  # (B, n, D)
         return torch.einsum("bd,bnd->bn", query, keys)  # both unit-norm: cosines
 
@@ -401,7 +474,9 @@ class RetrieverFinetuneEngine:
         all_cols = torch.arange(big_n, device=data.mask.device).expand(n, big_n)  # (n, N)
         chunks = [
             self._scores(name, data, rows, all_cols[rows])
-            for rows in torch.arange(n, device=data.mask.device).split(_EVAL_CHUNK)
+            for rows in torch.arange(n, device=data.mask.device).split(
+                _ENCODER_EVAL_CHUNK if data.pixels is not None else _EVAL_CHUNK
+            )
         ]
         return torch.cat(chunks).masked_fill(~data.mask, float("-inf"))
 
