@@ -25,6 +25,8 @@ from llama_index_lvlm_retriever.knowledge_base import (
     KnowledgeBase,
     SearchHit,
 )
+from llama_index_lvlm_retriever.postprocessor import LVLMRerank, LVLMRerankResult
+from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.readers import (
     HFLVLMReader,
@@ -51,6 +53,9 @@ __all__ = [
     "IndexConfig",
     "KBItem",
     "KnowledgeBase",
+    "LVLMDiagnosisQueryEngine",
+    "LVLMRerank",
+    "LVLMRerankResult",
     "LVLMAwareRetriever",
     "LVLMAwareRetrieverConfig",
     "LlamaIndexLLMReader",

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llama_index_lvlm_retriever._io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class TaskSpec(BaseModel):
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(target, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(target, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         return target
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,16 +303,6 @@ class TaskSpec(BaseModel):
         return cls.from_dict(record, source=str(file))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    # Temp file in the target folder + os.replace: a crash leaves the old file or the new one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _CHEST_FINDINGS = (

@@ -15,8 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,8 @@ from pathlib import Path
 
 from tokenizers import Regex, normalizers, pre_tokenizers
 from transformers import CLIPTokenizer
+
+from llama_index_lvlm_retriever._io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +256,9 @@ def write_bpe_files(bpe: BPEVocab, save_dir: str | Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     vocab_path = folder / "vocab.json"
     merges_path = folder / "merges.txt"
-    _write_text_atomic(vocab_path, json.dumps(bpe.vocab, ensure_ascii=False))
+    atomic_write_text(vocab_path, json.dumps(bpe.vocab, ensure_ascii=False))
     lines = ["#version: 0.2", *(f"{left} {right}" for left, right in bpe.merges)]
-    _write_text_atomic(merges_path, "\n".join(lines) + "\n")
+    atomic_write_text(merges_path, "\n".join(lines) + "\n")
     return vocab_path, merges_path
 
 
@@ -292,13 +292,3 @@ def save_clip_tokenizer(
     return folder
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    # Temp file in the target folder + os.replace: a crash leaves the old file or the new one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,14 +11,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from llama_index_lvlm_retriever.cli import demo, kb
+from llama_index_lvlm_retriever.cli import (
+    demo,
+    diagnose,
+    evaluate,
+    kb,
+    reader_training,
+    retriever_training,
+)
 from llama_index_lvlm_retriever.cli._common import CLIError, apply_config_defaults
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in the order --help lists them.
-_COMMAND_MODULES = [kb, demo]
+_COMMAND_MODULES = [kb, diagnose, evaluate, retriever_training, reader_training, demo]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

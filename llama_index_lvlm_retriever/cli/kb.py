@@ -65,17 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector (0 = image only)")
     query.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
     query.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
-    query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose pixels equal the query image")
+    query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose decoded pixels equal the query image (e.g. when the query comes from the KB)")
     query.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
     query.add_argument("--device", default="cpu", help="torch device")
     query.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
-    query.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    query.add_argument("--json", action="store_true", help="print a JSON list of {id, source, head, score, text, image_path}, highest score first, instead of a table")
     add_config_option(query)
     query.set_defaults(handler=_query)
 
     info = subparsers.add_parser("info", help="describe a KB directory", description="Print a KB's manifest: encoder, dimension, counts, index.", formatter_class=fmt)
     info.add_argument("--kb", required=True, help="KB directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_config_option(info)
     info.set_defaults(handler=_info)
     return {"build-kb": build, "query": query, "info": info}
 

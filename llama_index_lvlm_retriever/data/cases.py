@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data.records import Case, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -166,15 +167,11 @@ def cases_from_records(records: Iterable[dict[str, Any] | Case]) -> list[Case]:
 
 def write_cases_jsonl(cases: Sequence[Case], path: str | Path) -> Path:
     """Write cases in the paper's JSONL layout (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for case in cases:
-            record: dict[str, Any] = {"id": case.id, "image_path": case.image_path, "answers": list(case.labels)}
-            if case.question:
-                record["question"] = case.question
-            record.update(case.metadata)
-            fh.write(json.dumps(record) + "\n")
-    tmp.replace(path)
-    return path
+    lines = []
+    for case in cases:
+        record: dict[str, Any] = {"id": case.id, "image_path": case.image_path, "answers": list(case.labels)}
+        if case.question:
+            record["question"] = case.question
+        record.update(case.metadata)
+        lines.append(json.dumps(record) + "\n")
+    return atomic_write_text(path, "".join(lines))

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ImageInput = Union[str, Path, bytes, io.BytesIO, Image.Image]
+ImageInput = str | Path | bytes | io.BytesIO | Image.Image
 
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 

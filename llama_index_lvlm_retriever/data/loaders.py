@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llama_index_lvlm_retriever._io import atomic_write_bytes
 from llama_index_lvlm_retriever.data.records import KBItem, resolve_path
 
 __all__ = ["kb_item_from_record", "kb_items_from_records", "load_kb_csv", "load_kb_jsonl", "load_medmnist_npz"]
@@ -273,14 +273,7 @@ def _png_matches(path: Path, pixels: np.ndarray) -> bool:
 def _write_png_atomic(path: Path, pixels: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_medmnist_npz(

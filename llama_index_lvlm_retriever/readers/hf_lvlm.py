@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers._answer_tokens import (
     answer_prefix_for,
@@ -69,7 +70,7 @@ from llama_index_lvlm_retriever.readers.prompt import (
     ReaderPrompt,
     ReaderPromptConfig,
 )
-from llama_index_lvlm_retriever.tasks import TaskSpec, _write_text_atomic
+from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ class HFLVLMReader(Reader):
             "config": self.config.model_dump(mode="json"),
             "versions": {"llama_index_lvlm_retriever": __version__, "torch": torch.__version__},
         }
-        _write_text_atomic(folder / READER_CONFIG_NAME, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(folder / READER_CONFIG_NAME, json.dumps(record, indent=2) + "\n")
         return folder
 
     # Introspection.

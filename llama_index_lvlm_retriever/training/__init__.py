@@ -18,6 +18,12 @@ from llama_index_lvlm_retriever.training.losses import (
     LSRLoss,
     PosteriorKLLoss,
 )
+from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig, ReaderSFTEngine
+from llama_index_lvlm_retriever.training.sft_data import (
+    SFTSample,
+    build_sft_samples,
+    export_sft_jsonl,
+)
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 
 __all__ = [
@@ -32,5 +38,10 @@ __all__ = [
     "FeedbackConfig",
     "RetrieverFinetuneEngine",
     "TrainerConfig",
+    "ReaderSFTConfig",
+    "ReaderSFTEngine",
+    "SFTSample",
+    "build_sft_samples",
+    "export_sft_jsonl",
     "collect_feedback",
 ]

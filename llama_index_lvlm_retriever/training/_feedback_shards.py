@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as _safetensors_save
 
+from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
 from llama_index_lvlm_retriever.training._identity import sha256_json
 
 FORMAT_NAME = "llama-index-lvlm-retriever/feedback-cache"
@@ -59,18 +58,6 @@ def plan_fingerprint(manifest: dict[str, Any]) -> str:
     return sha256_json({key: manifest.get(key) for key in PLAN_KEYS})
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_bytes(obj: Any) -> bytes:

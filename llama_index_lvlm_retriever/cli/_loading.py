@@ -1,0 +1,133 @@
+"""Loaders shared by the CLI subcommands: task, cases, reader, and a retriever from a KB folder.
+
+Every loader turns a missing or malformed input into a :class:`CLIError` that names the option,
+the path and the fix, so handlers stay one library call long.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_index_lvlm_retriever.cli._common import CLIError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from llama_index_lvlm_retriever.data.records import Case
+    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+    from llama_index_lvlm_retriever.tasks import TaskSpec
+
+IMAGE_HEAD_DIR = "image_head"
+"""Sub-folder of a heads directory (``RetrieverFinetuneEngine.save``) holding the image head."""
+TEXT_HEAD_DIR = "text_head"
+"""Sub-folder of a heads directory holding the text head."""
+
+
+def load_task(name_or_path: str | None) -> TaskSpec | None:
+    """A built-in task by name or a task JSON file; ``None`` passes through (the reader's task).
+
+    Raises:
+        CLIError: Neither a built-in name nor an existing JSON file.
+    """
+    from llama_index_lvlm_retriever.tasks import get_task
+
+    if name_or_path is None:
+        return None
+    try:
+        return get_task(name_or_path)
+    except KeyError as err:
+        raise CLIError(f"--task {name_or_path}: {err.args[0]}") from err
+
+
+def load_cases(path: str) -> list[Case]:
+    """Labelled cases from the paper's JSONL layout (``image_path`` + ``answers``).
+
+    Raises:
+        CLIError: The file is missing or not a ``.jsonl`` file.
+    """
+    from llama_index_lvlm_retriever.data.cases import load_cases_jsonl
+
+    cases_path = Path(path)
+    if not cases_path.is_file():
+        raise CLIError(f"--cases {path}: file not found; pass a JSONL of {{'image_path', 'answers'}} lines")
+    if cases_path.suffix.lower() != ".jsonl":
+        raise CLIError(f"--cases {path}: expected a .jsonl file, got {cases_path.suffix or 'no suffix'!r}")
+    return load_cases_jsonl(cases_path)
+
+
+def load_reader(
+    name_or_dir: str, task: TaskSpec | None, *, device: str = "cpu", dtype: str = "auto", batch_size: int = 8
+) -> HFLVLMReader:
+    """A transformers LVLM reader by hub id or folder (a reader folder may carry its own task).
+
+    Raises:
+        CLIError: ``batch_size`` < 1.
+    """
+    from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+
+    if batch_size < 1:
+        raise CLIError(f"--reader-batch-size must be >= 1, got {batch_size}")
+    source = Path(name_or_dir).expanduser()
+    name = str(source.resolve()) if source.is_dir() else name_or_dir
+    return HFLVLMReader.from_pretrained(name, task, device=device, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
+
+
+def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "cpu", dtype: str | None = None) -> CLIPEmbedding:
+    """The encoder a KB was built with: its manifest's model and dtype unless overridden.
+
+    Raises:
+        CLIError: The manifest names no encoder and ``embed_model`` is not given.
+    """
+    from llama_index_lvlm_retriever.cli.kb import recorded_dtype
+    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+
+    manifest = KnowledgeBase.read_manifest(kb_dir)
+    model_name = embed_model or (manifest.get("encoder") or {}).get("model_name")
+    if not model_name:
+        raise CLIError(f"{kb_dir}: the manifest records no encoder name; pass --embed-model")
+    return CLIPEmbedding.from_pretrained(model_name, device=device, dtype=dtype or recorded_dtype(kb_dir, manifest))
+
+
+def heads_dir_paths(heads_dir: str, option: str = "--heads") -> tuple[Path, Path]:
+    """``(image_head/, text_head/)`` inside a folder written by ``RetrieverFinetuneEngine.save``.
+
+    Raises:
+        CLIError: The folder or one of its two head folders is missing.
+    """
+    root = Path(heads_dir)
+    if not root.is_dir():
+        raise CLIError(f"{option} {heads_dir}: folder not found; pass the --out folder of train-retriever")
+    paths = (root / IMAGE_HEAD_DIR, root / TEXT_HEAD_DIR)
+    for path in paths:
+        if not path.is_dir():
+            raise CLIError(
+                f"{option} {heads_dir}: no {path.name}/ inside; pass a folder written by train-retriever "
+                f"(it holds {IMAGE_HEAD_DIR}/ and {TEXT_HEAD_DIR}/)"
+            )
+    return paths
+
+
+def load_retriever(
+    kb_dir: str,
+    embed_model: CLIPEmbedding,
+    *,
+    image_head: str | Path | None = None,
+    text_head: str | Path | None = None,
+    k_image: int = 2,
+    k_text: int = 2,
+) -> LVLMAwareRetriever:
+    """An ``LVLMAwareRetriever`` over a persisted KB with optional trained heads (``None`` = identity).
+
+    Raises:
+        CLIError: A head folder is given but does not exist.
+    """
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+
+    for option, path in (("--image-head", image_head), ("--text-head", text_head)):
+        if path is not None and not Path(path).is_dir():
+            raise CLIError(f"{option} {path}: folder not found; pass a folder written by QueryHead.save_pretrained")
+    return LVLMAwareRetriever.from_persist_dir(
+        kb_dir, embed_model, image_head_dir=image_head, text_head_dir=text_head, k_image=k_image, k_text=k_text
+    )

@@ -1,0 +1,113 @@
+"""``diagnose``: answer a diagnostic question about one image with retrieval + LVLM reading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import get_args
+
+from llama_index_lvlm_retriever import metadata_keys as keys
+from llama_index_lvlm_retriever.aggregation import (
+    DEFAULT_TEMPERATURE,
+    AggregationMethod,
+    RerankMethod,
+)
+from llama_index_lvlm_retriever.cli._common import CLIError, add_config_option
+from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
+    """Add the ``diagnose`` subcommand; returns name -> parser."""
+    parser = subparsers.add_parser(
+        "diagnose",
+        help="answer a diagnostic question about an image (retrieve, read each neighbour, fuse)",
+        description="Retrieve KB pairs for the image, read the image with each pair using the LVLM reader, "
+        "fuse the per-neighbour answers and print the answer, its probability, the neighbours' "
+        "consistency and the evidence.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    inputs = parser.add_argument_group("input")
+    inputs.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    inputs.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
+    inputs.add_argument("--question", default="", help="question about the image ('' = the task's default question)")
+    inputs.add_argument("--task", required=True, help="built-in task name (e.g. retinamnist) or a TaskSpec JSON file")
+    models = parser.add_argument_group("models")
+    models.add_argument("--reader", required=True, help="LVLM reader: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
+    models.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
+    models.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
+    models.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
+    models.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
+    models.add_argument("--reader-batch-size", type=int, default=8, help="(query, neighbour) prompts per reader forward pass")
+    models.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, auto")
+    retrieval = parser.add_argument_group("retrieval and fusion")
+    retrieval.add_argument("--top-k", type=int, default=2, help="neighbours per head (image head and text head)")
+    retrieval.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector")
+    retrieval.add_argument("--aggregation", default="weighted", choices=list(get_args(AggregationMethod)), help="how per-neighbour answers are fused")
+    retrieval.add_argument("--rerank", default="posterior", choices=list(get_args(RerankMethod)), help="score the evidence is ordered by")
+    retrieval.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature over retrieval scores")
+    retrieval.add_argument("--min-agreement", type=float, default=1.0, help="recommend abstaining below this share of agreeing neighbours")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    add_config_option(parser)
+    parser.set_defaults(handler=_diagnose)
+    return {"diagnose": parser}
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from llama_index.core.schema import QueryBundle
+
+    from llama_index_lvlm_retriever.cli._loading import load_encoder, load_reader, load_task
+    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
+    from llama_index_lvlm_retriever.query_heads import QueryHead
+
+    if args.top_k < 1:
+        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    if not Path(args.image).is_file():
+        raise CLIError(f"--image {args.image}: file not found")
+    task = load_task(args.task)
+    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
+    reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
+    engine = LVLMDiagnosisQueryEngine.from_defaults(
+        knowledge_base=kb,
+        reader=reader,
+        image_head=QueryHead.from_pretrained(args.image_head) if args.image_head else None,
+        text_head=QueryHead.from_pretrained(args.text_head) if args.text_head else None,
+        k_image=args.top_k,
+        k_text=args.top_k,
+        question_weight=args.question_weight,
+        aggregation=args.aggregation,
+        rerank_method=args.rerank,
+        temperature=args.temperature,
+        min_agreement=args.min_agreement,
+    )
+    response = engine.query(QueryBundle(query_str=args.question, image_path=args.image))
+    rerank = engine.rerank
+    evidence = []
+    for n in response.source_nodes:
+        row = node_summary(n)
+        row["rerank_score"] = row.pop("score")
+        row["prediction"] = n.node.metadata[rerank.label_key]
+        row["confidence"] = round(float(n.node.metadata[rerank.confidence_key]), 6)
+        retrieval_score = n.node.metadata[rerank.retrieval_score_key]
+        row["retrieval_score"] = None if retrieval_score is None else round(float(retrieval_score), 6)
+        evidence.append(row)
+    if args.json:
+        print(json.dumps({"answer": response.response, **response.metadata, "evidence": evidence}, indent=2))
+        return 0
+    meta = response.metadata
+    print(f"answer: {response.response}")
+    print(f"label: {meta[keys.LABEL]}  probability: {meta[keys.LABEL_PROBABILITY]:.4f}")
+    print(
+        f"consistent: {meta[keys.CONSISTENT]}  agreement: {meta[keys.AGREEMENT]:.2f}  "
+        f"vote entropy: {meta[keys.VOTE_ENTROPY]:.3f}  distinct answers: {meta[keys.N_DISTINCT]}  "
+        f"abstain: {meta[keys.ABSTAIN]}"
+    )
+    print("evidence:")
+    print(format_table(evidence, ["rank", "id", "head", "retrieval_score", "rerank_score", "prediction", "confidence", "text"]))
+    return 0

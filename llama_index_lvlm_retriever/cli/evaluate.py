@@ -1,0 +1,136 @@
+"""``evaluate``: compare standard RAG, trained retrievers and closed-book reading on labelled cases."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from llama_index_lvlm_retriever.cli._common import (
+    CLIError,
+    add_config_option,
+    resolved_config,
+    write_json_atomic,
+)
+from llama_index_lvlm_retriever.cli._loading import (
+    heads_dir_paths,
+    load_cases,
+    load_encoder,
+    load_reader,
+    load_retriever,
+    load_task,
+)
+
+logger = logging.getLogger(__name__)
+
+EVAL_CONFIG_FILE = "evaluate_config.json"
+"""Written next to the report: the options the evaluation ran with."""
+STANDARD_RAG = "standard RAG"
+"""Name of the identity-heads system (the baseline of the paired comparisons)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
+    """Add the ``evaluate`` subcommand; returns name -> parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate retrieval systems with a reader on labelled cases",
+        description="Read every case with standard RAG (identity heads), each trained heads folder "
+        "(--system NAME=DIR) and closed-book; write report.json, report.md and plots to --out and "
+        "print the Markdown tables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("input")
+    data.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    data.add_argument("--cases", required=True, help="labelled test cases (JSONL of image_path + answers)")
+    data.add_argument("--task", default=None, help="built-in task name or task JSON file (default: the one saved in a reader folder)")
+    systems = parser.add_argument_group("systems")
+    systems.add_argument(
+        "--system",
+        action="append",
+        default=[],
+        metavar="NAME=HEADS_DIR",
+        help="a trained retriever: NAME=folder written by train-retriever (repeatable)",
+    )
+    systems.add_argument("--no-standard", action="store_true", help=f"leave out the {STANDARD_RAG!r} (identity heads) system")
+    systems.add_argument("--no-closed-book", action="store_true", help="leave out the reader-without-retrieval system")
+    systems.add_argument("--baseline", default=None, help=f"system the others are compared with (default: {STANDARD_RAG!r}, else the first)")
+    reading = parser.add_argument_group("reader and aggregation")
+    reading.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
+    reading.add_argument("--k", type=int, default=4, help="neighbours per case")
+    reading.add_argument("--method", default="weighted", choices=["weighted", "majority", "most_confident"], help="aggregation of the per-neighbour predictions")
+    reading.add_argument("--temperature", type=float, default=0.05, help="softmax temperature over retrieval scores (weighted)")
+    reading.add_argument("--batch-size", type=int, default=16, help="cases per retrieval / reader call")
+    reading.add_argument("--reader-batch-size", type=int, default=8, help="sequences per reader forward pass")
+    stats = parser.add_argument_group("statistics")
+    stats.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
+    stats.add_argument("--confidence", type=float, default=0.95, help="interval coverage")
+    stats.add_argument("--seed", type=int, default=0, help="resampling seed")
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
+    runtime.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader dtype")
+    runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--out", default="eval", help="folder for report.json, report.md, plots and the resolved config")
+    add_config_option(parser)
+    parser.set_defaults(handler=_evaluate)
+    return {"evaluate": parser}
+
+
+def parse_systems(specs: list[str]) -> dict[str, tuple[Path, Path]]:
+    """``["NAME=DIR", ...]`` -> ``{name: (image_head_dir, text_head_dir)}``.
+
+    Raises:
+        CLIError: A spec without ``=``, an empty name, a repeated name, or a folder without heads.
+    """
+    systems: dict[str, tuple[Path, Path]] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not folder:
+            raise CLIError(f"--system {spec!r}: expected NAME=HEADS_DIR, e.g. --system 'LVLM-aware=runs/heads'")
+        if name in systems or name == STANDARD_RAG:
+            raise CLIError(f"--system {spec!r}: the name {name!r} is used twice; give each system its own name")
+        systems[name] = heads_dir_paths(folder, option="--system")
+    return systems
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
+    from llama_index_lvlm_retriever.evaluation.report import write_report
+
+    if args.k < 1:
+        raise CLIError(f"--k must be >= 1, got {args.k}")
+    trained = parse_systems(args.system)
+    if args.no_standard and not trained:
+        raise CLIError("--no-standard leaves no retrieval system; add --system NAME=HEADS_DIR")
+    task = load_task(args.task)
+    cases = load_cases(args.cases)
+    reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype, batch_size=args.reader_batch_size)
+    encoder = load_encoder(args.kb, device=args.device)
+    # k per head, so the merged list holds at least k neighbours after de-duplication.
+    heads: dict[str, tuple[Path | None, Path | None]] = {} if args.no_standard else {STANDARD_RAG: (None, None)}
+    heads.update(trained)
+    systems = {
+        name: load_retriever(args.kb, encoder, image_head=image, text_head=text, k_image=args.k, k_text=args.k)
+        for name, (image, text) in heads.items()
+    }
+    report = evaluate_dataset(
+        cases,
+        systems,
+        reader,
+        task,
+        k=args.k,
+        closed_book=not args.no_closed_book,
+        method=args.method,
+        temperature=args.temperature,
+        baseline=args.baseline,
+        n_bootstrap=args.bootstrap,
+        confidence=args.confidence,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        show_progress=not args.no_progress,
+    )
+    paths = write_report(report, args.out)
+    write_json_atomic(Path(args.out) / EVAL_CONFIG_FILE, resolved_config(args))
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"report -> {paths['json']}")
+    return 0

@@ -1,0 +1,192 @@
+"""``collect-feedback`` and ``train-retriever``: fine-tune the retriever's query heads on reader feedback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from llama_index_lvlm_retriever.cli._common import (
+    CLIError,
+    add_config_option,
+    resolved_config,
+    write_json_atomic,
+)
+from llama_index_lvlm_retriever.cli._loading import (
+    load_cases,
+    load_encoder,
+    load_reader,
+    load_retriever,
+    load_task,
+)
+
+logger = logging.getLogger(__name__)
+
+COLLECT_CONFIG_FILE = "collect_config.json"
+"""Written into the feedback cache folder: the options it was collected with (train-retriever reads the heads)."""
+TRAIN_CONFIG_FILE = "train_config.json"
+"""Written into the heads folder: the options train-retriever ran with."""
+LOSSES = ("posterior_kl", "lsr", "emdr")
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
+    """Add ``collect-feedback`` and ``train-retriever``; returns name -> parser."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    collect = subparsers.add_parser(
+        "collect-feedback",
+        help="score retrieved candidates with the frozen reader and cache them",
+        description="Retrieve --n-candidates pairs per head for every training case, score each with the "
+        "frozen reader, and write a resumable feedback cache to --out.",
+        formatter_class=fmt,
+    )
+    data = collect.add_argument_group("input")
+    data.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    data.add_argument("--cases", required=True, help="labelled training cases (JSONL of image_path + answers)")
+    data.add_argument("--task", default=None, help="built-in task name or task JSON file (default: the one saved in a reader folder)")
+    model = collect.add_argument_group("models")
+    model.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
+    model.add_argument("--image-head", default=None, help="trained image-head folder to collect with (default: identity)")
+    model.add_argument("--text-head", default=None, help="trained text-head folder to collect with (default: identity)")
+    fb = collect.add_argument_group("feedback")
+    fb.add_argument("--n-candidates", type=int, default=50, help="candidates scored per case and head (the paper: 50)")
+    fb.add_argument("--heads", nargs="+", default=["image", "text"], choices=["image", "text"], help="heads whose candidates are collected")
+    fb.add_argument("--k", type=int, default=2, help="retriever neighbours per head (defines disagreeing cases)")
+    fb.add_argument("--shard-size", type=int, default=256, help="cases per shard (unit of resumption)")
+    fb.add_argument("--embed-batch-size", type=int, default=32, help="query images per encoder call")
+    fb.add_argument("--pairs-batch-size", type=int, default=64, help="(case, candidate) pairs per reader.score call")
+    fb.add_argument("--reader-batch-size", type=int, default=8, help="sequences per reader forward pass")
+    runtime = collect.add_argument_group("runtime")
+    runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
+    runtime.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader dtype")
+    runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    collect.add_argument("--out", required=True, help="feedback cache folder (an unfinished one is resumed)")
+    add_config_option(collect)
+    collect.set_defaults(handler=_collect_feedback)
+
+    train = subparsers.add_parser(
+        "train-retriever",
+        help="fine-tune the query heads on a feedback cache",
+        description="Train residual query heads so the retriever ranks the candidates the reader finds "
+        "useful higher; write image_head/, text_head/ and the training record to --out.",
+        formatter_class=fmt,
+    )
+    data = train.add_argument_group("input")
+    data.add_argument("--kb", required=True, help="KB directory the feedback was collected on")
+    data.add_argument("--feedback", required=True, help="feedback cache folder written by collect-feedback")
+    data.add_argument("--image-head", default=None, help="image head the feedback was collected with (default: the one in the cache's collect_config.json, else identity)")
+    data.add_argument("--text-head", default=None, help="text head the feedback was collected with (default: as --image-head)")
+    objective = train.add_argument_group("objective")
+    objective.add_argument("--loss", default="posterior_kl", choices=list(LOSSES), help="training loss")
+    objective.add_argument("--gamma", type=float, default=0.05, help="retrieval softmax temperature (divides the scores)")
+    objective.add_argument("--only-inconsistent", action="store_true", help="train only on cases whose reader prediction changes with the candidate")
+    objective.add_argument("--head", default="both", choices=["text", "image", "both"], help="heads to train")
+    objective.add_argument("--schedule", default="joint", choices=["joint", "sequential"], help="train heads together or text then image")
+    optim = train.add_argument_group("optimisation")
+    optim.add_argument("--steps", type=int, default=300, help="optimiser steps per phase")
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    optim.add_argument("--batch-size", type=int, default=256, help="training cases per step")
+    optim.add_argument("--head-kind", default="linear", choices=["linear", "mlp"], help="residual head architecture")
+    optim.add_argument("--alpha", type=float, default=0.15, help="residual scale of a new head")
+    optim.add_argument("--validation-fraction", type=float, default=0.1, help="cases held out for checkpoint selection (0 = none)")
+    optim.add_argument("--eval-every", type=int, default=25, help="validate every this many steps")
+    optim.add_argument("--seed", type=int, default=0, help="seed of split, batches and initialisation")
+    runtime = train.add_argument_group("runtime")
+    runtime.add_argument("--device", default="cpu", help="torch device for training")
+    runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.add_argument("--out", required=True, help="heads folder to write (image_head/, text_head/, records)")
+    add_config_option(train)
+    train.set_defaults(handler=_train_retriever)
+    return {"collect-feedback": collect, "train-retriever": train}
+
+
+def _collect_feedback(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever.training.config import FeedbackConfig
+    from llama_index_lvlm_retriever.training.feedback import collect_feedback
+
+    if args.k < 1:
+        raise CLIError(f"--k must be >= 1, got {args.k}")
+    config = FeedbackConfig(
+        n_candidates=args.n_candidates,
+        heads=tuple(args.heads),
+        embed_batch_size=args.embed_batch_size,
+        reader_batch_size=args.pairs_batch_size,
+        shard_size=args.shard_size,
+    )
+    task = load_task(args.task)
+    cases = load_cases(args.cases)
+    reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype, batch_size=args.reader_batch_size)
+    retriever = load_retriever(
+        args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
+        k_image=args.k, k_text=args.k,
+    )
+    cache = collect_feedback(cases, retriever, reader, args.out, config, show_progress=not args.no_progress)
+    record = resolved_config(args)
+    # Absolute head paths, so train-retriever finds them from any working directory.
+    for key in ("image_head", "text_head"):
+        record[key] = str(Path(record[key]).resolve()) if record[key] else None
+    write_json_atomic(Path(args.out) / COLLECT_CONFIG_FILE, record)
+    print(f"collected feedback for {len(cache)} cases ({', '.join(cache.heads)} heads, {cache.n_candidates} candidates) -> {args.out}")
+    return 0
+
+
+def build_loss(name: str, gamma: float, *, only_inconsistent: bool = False) -> Any:
+    """The loss module named by ``--loss``.
+
+    Raises:
+        CLIError: An unknown name.
+    """
+    from llama_index_lvlm_retriever.training.losses import EMDRLoss, LSRLoss, PosteriorKLLoss
+
+    classes = {"posterior_kl": PosteriorKLLoss, "lsr": LSRLoss, "emdr": EMDRLoss}
+    if name not in classes:
+        raise CLIError(f"--loss {name!r}: choose one of {list(classes)}")
+    return classes[name](gamma=gamma, only_inconsistent=only_inconsistent)
+
+
+def collected_heads(feedback_dir: str) -> tuple[str | None, str | None]:
+    """The head folders recorded in a feedback cache's ``collect_config.json`` (``None`` = identity)."""
+    path = Path(feedback_dir) / COLLECT_CONFIG_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{path} is not valid JSON; pass --image-head/--text-head explicitly") from err
+    return record.get("image_head"), record.get("text_head")
+
+
+def _train_retriever(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever.training.config import TrainerConfig
+    from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+    from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
+
+    if not Path(args.feedback).is_dir():
+        raise CLIError(f"--feedback {args.feedback}: folder not found; run collect-feedback first")
+    config = TrainerConfig(
+        schedule=args.schedule,
+        head_kind=args.head_kind,
+        alpha=args.alpha,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        validation_fraction=args.validation_fraction,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        device=args.device,
+        show_progress=not args.no_progress,
+    )
+    loss = build_loss(args.loss, args.gamma, only_inconsistent=args.only_inconsistent)
+    recorded_image, recorded_text = collected_heads(args.feedback)
+    image_head = args.image_head or recorded_image
+    text_head = args.text_head or recorded_text
+    feedback = FeedbackCache.from_persist_dir(args.feedback)
+    retriever = load_retriever(args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head)
+    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config)
+    engine.finetune()
+    out = engine.save(args.out)
+    write_json_atomic(out / TRAIN_CONFIG_FILE, {**resolved_config(args), "image_head": image_head, "text_head": text_head})
+    print(f"trained the {args.head} head(s) with {args.loss} for {args.steps} steps -> {out}")
+    return 0

@@ -1,0 +1,98 @@
+"""``lvlm-retriever diagnose`` end to end: tiny saved CLIP knowledge base, tiny saved LLaVA reader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from llama_index_lvlm_retriever import metadata_keys as keys
+from llama_index_lvlm_retriever.cli import diagnose
+from llama_index_lvlm_retriever.cli._common import CLIError
+from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
+from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("diagnose")
+    retina = skdata.retina()
+    crops = {"r0": retina[100:260, 100:260], "r1": retina[500:660, 400:560], "r2": retina[300:460, 600:760]}
+    items = []
+    for item_id, pixels in crops.items():
+        Image.fromarray(pixels).save(root / f"{item_id}.png")
+        items.append(KBItem(id=item_id, image_path=str(root / f"{item_id}.png"), text=f"fundus crop {item_id}"))
+    Image.fromarray(retina[200:360, 250:410]).save(root / "query.png")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clip_dir = build_tiny_clip(root / "clip")
+        kb = KnowledgeBase.build(items, CLIPEmbedding.from_pretrained(clip_dir), show_progress=False)
+        kb.persist(root / "kb")
+        llava_dir = build_tiny_llava(root / "llava")
+    finally:
+        torch.set_num_threads(threads)
+    task_json = get_task("breastmnist").model_copy(update={"name": "custom-breast"}).to_json(root / "task.json")
+    return {"kb": str(root / "kb"), "reader": str(llava_dir), "image": str(root / "query.png"), "task_json": str(task_json)}
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    diagnose.register(sub)
+    args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return args.handler(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_diagnose_json(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(
+        ["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", "breastmnist",
+         "--image", setup["image"], "--top-k", "1", "--min-agreement", "0.5", "--json"]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[keys.LABEL] in get_task("breastmnist").labels
+    assert sum(out[keys.DISTRIBUTION].values()) == pytest.approx(1.0)
+    assert out[keys.LABEL_PROBABILITY] == pytest.approx(max(out[keys.DISTRIBUTION].values()))
+    evidence = out["evidence"]
+    assert 1 <= len(evidence) <= 2 and {row["id"] for row in evidence} <= {"r0", "r1", "r2"}
+    assert [row["id"] for row in evidence] == [p[keys.NEIGHBOUR_KB_ID] for p in out[keys.NEIGHBOUR_PREDICTIONS]]
+    assert [row["rerank_score"] for row in evidence] == sorted((row["rerank_score"] for row in evidence), reverse=True)
+    assert out[keys.ABSTAIN] == (out[keys.AGREEMENT] < 0.5)
+    assert out["answer"].startswith(out[keys.LABEL]) or out["answer"].startswith("Inconclusive")
+
+
+def test_diagnose_text_with_task_file(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(
+        ["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", setup["task_json"],
+         "--image", setup["image"], "--question", "Is the lesion benign or malignant?", "--aggregation", "majority"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("answer: ")
+    assert "probability:" in out and "consistent:" in out and "evidence:" in out
+    assert "prediction" in out and "fundus crop" in out
+    assert TaskSpec.from_json(setup["task_json"]).name == "custom-breast"
+
+
+def test_diagnose_bad_inputs(setup: dict[str, str], tmp_path: Path) -> None:
+    base = ["diagnose", "--kb", setup["kb"], "--reader", setup["reader"]]
+    with pytest.raises(CLIError, match="--task nosuchtask: unknown task .nosuchtask."):
+        _run([*base, "--task", "nosuchtask", "--image", setup["image"]])
+    with pytest.raises(CLIError, match="--image .*missing.png: file not found"):
+        _run([*base, "--task", "breastmnist", "--image", str(tmp_path / "missing.png")])
+    with pytest.raises(CLIError, match="--top-k must be >= 1, got 0"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--top-k", "0"])

@@ -1,0 +1,132 @@
+"""The ``evaluate`` subcommand: systems from heads folders, report files, bad inputs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from llama_index_lvlm_retriever.cli import evaluate
+from llama_index_lvlm_retriever.cli._common import CLIError
+from llama_index_lvlm_retriever.cli._loading import load_cases, load_task
+from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport
+from llama_index_lvlm_retriever.query_heads import QueryHead
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipe_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_offline_recipe", REPO / "training" / "run_offline_recipe.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    evaluate.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def _identity_heads(folder: Path, dim: int) -> Path:
+    for name in ("image_head", "text_head"):
+        QueryHead.identity(dim).save_pretrained(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    recipe = _recipe_module()
+    root = recipe.prepare_workdir(tmp_path_factory.mktemp("eval-cli"), n_kb=16, n_train=2, n_test=8)
+    recipe.run_command(
+        "build-kb",
+        {"items": str(root / "data" / "kb.jsonl"), "embed_model": str(root / "models" / "clip"), "out": str(root / "kb"), "no_progress": True},
+        root / "build.json",
+    )
+    return {"root": root, "identity": _identity_heads(root / "identity-heads", 16)}
+
+
+def test_evaluate_writes_a_report_with_every_system(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root: Path = world["root"]
+    out = root / "eval"
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", str(root / "data" / "test.jsonl"),
+        "--reader", str(root / "models" / "reader"), "--task", str(root / "data" / "task.json"),
+        "--system", f"copy={world['identity']}", "--k", "3", "--bootstrap", "20", "--seed", "3",
+        "--out", str(out), "--no-progress",
+    ])
+    assert args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert "| standard RAG | 3 |" in printed and "| copy | 3 |" in printed and "| closed-book | 1 |" in printed
+
+    report = ConsistencyReport.from_json(out / "report.json")
+    assert set(report.systems) == {"closed-book", "standard RAG", "copy"}
+    assert report.n_cases == 8 and report.baseline == "standard RAG"
+    for system in report.systems:
+        for name in ("accuracy", "macro_f1", "agreement", "inconsistent_rate"):
+            value = report.estimate(system, name).value
+            assert math.isfinite(value) and 0.0 <= value <= 1.0, (system, name, value)
+    # Identity heads saved to a folder are standard RAG: same neighbours, so the same predictions.
+    for name in ("accuracy", "agreement", "label_precision"):
+        assert report.estimate("copy", name).value == report.estimate("standard RAG", name).value
+    assert report.settings["n_bootstrap"] == 20 and report.settings["seed"] == 3
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", evaluate.EVAL_CONFIG_FILE}
+    config = json.loads((out / evaluate.EVAL_CONFIG_FILE).read_text())
+    assert config["k"] == 3 and config["system"] == [f"copy={world['identity']}"]
+
+
+def test_system_options_can_drop_the_defaults(world: dict[str, Any]) -> None:
+    root: Path = world["root"]
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", str(root / "data" / "test.jsonl"),
+        "--reader", str(root / "models" / "reader"), "--task", str(root / "data" / "task.json"),
+        "--system", f"only={world['identity']}", "--no-standard", "--no-closed-book", "--bootstrap", "5",
+        "--out", str(root / "eval-only"), "--no-progress",
+    ])
+    assert args.handler(args) == 0
+    assert ConsistencyReport.from_json(root / "eval-only" / "report.json").systems == ("only",)
+
+
+def test_parse_systems_reads_name_and_heads_folder(world: dict[str, Any]) -> None:
+    systems = evaluate.parse_systems([f"a={world['identity']}", f" b ={world['identity']}"])
+    assert list(systems) == ["a", "b"]
+    assert systems["a"] == (world["identity"] / "image_head", world["identity"] / "text_head")
+
+
+def test_bad_inputs_are_refused(world: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(CLIError, match="expected NAME=HEADS_DIR"):
+        evaluate.parse_systems(["runs/heads"])
+    with pytest.raises(CLIError, match="the name 'a' is used twice"):
+        evaluate.parse_systems([f"a={world['identity']}", f"a={world['identity']}"])
+    with pytest.raises(CLIError, match="'standard RAG' is used twice"):
+        evaluate.parse_systems([f"standard RAG={world['identity']}"])
+    (tmp_path / "image_head").mkdir()
+    with pytest.raises(CLIError, match="no text_head/ inside; pass a folder written by train-retriever"):
+        evaluate.parse_systems([f"x={tmp_path}"])
+    with pytest.raises(CLIError, match="folder not found"):
+        evaluate.parse_systems([f"x={tmp_path / 'missing'}"])
+    args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--k", "0"])
+    with pytest.raises(CLIError, match="--k must be >= 1, got 0"):
+        args.handler(args)
+    args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--no-standard"])
+    with pytest.raises(CLIError, match="--no-standard leaves no retrieval system"):
+        args.handler(args)
+    with pytest.raises(CLIError, match="--task nope: unknown task 'nope'"):
+        load_task("nope")
+    with pytest.raises(CLIError, match="--cases .*missing.jsonl: file not found"):
+        load_cases(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "cases.csv").write_text("image,label\n")
+    with pytest.raises(CLIError, match="expected a .jsonl file, got '.csv'"):
+        load_cases(str(tmp_path / "cases.csv"))
+
+
+def test_defaults_match_the_paper() -> None:
+    args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r"])
+    assert (args.k, args.bootstrap, args.seed, args.method, args.system) == (4, 1000, 0, "weighted", [])

@@ -1,0 +1,226 @@
+"""``lvlm-retriever build-kb / query / info`` end to end on real images and a tiny saved CLIP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom.data
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from llama_index_lvlm_retriever.cli import main
+from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+from llama_index_lvlm_retriever.testing import build_tiny_clip
+
+IDS = ["retina-a", "retina-b", "ihc-a", "ihc-b", "ct-small"]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "model")
+
+
+@pytest.fixture(scope="module")
+def other_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip2") / "model", seed=1)
+
+
+@pytest.fixture(scope="module")
+def kb_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kbfiles")
+    retina, ihc = skdata.retina(), skdata.immunohistochemistry()
+    crops = {
+        "retina-a": retina[100:300, 100:300],
+        "retina-b": retina[500:700, 400:600],
+        "ihc-a": ihc[:160, :160],
+        "ihc-b": ihc[300:460, 300:460],
+    }
+    rows = []
+    for item_id, pixels in crops.items():
+        Image.fromarray(pixels).save(folder / f"{item_id}.png")
+        rows.append({"id": item_id, "image_path": f"{item_id}.png", "text": f"crop {item_id}", "source": "skimage"})
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    rows.append({"id": "ct-small", "image_path": ct, "text": "small CT slice", "source": "pydicom"})
+    path = folder / "kb.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def kb_dir(clip_dir: Path, kb_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("kb") / "kb"
+    code = main(["build-kb", "--items", str(kb_jsonl), "--embed-model", str(clip_dir), "--out", str(out), "--batch-size", "2", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def _query_json(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict]:
+    capsys.readouterr()
+    assert main(["query", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_build_kb_writes_all_items_and_build_config(kb_dir: Path, clip_dir: Path) -> None:
+    items = [json.loads(line) for line in (kb_dir / "items.jsonl").read_text().splitlines() if line.strip()]
+    assert [i["id"] for i in items] == IDS
+    assert json.loads((kb_dir / "manifest.json").read_text())["count"] == 5
+    config = json.loads((kb_dir / "build_config.json").read_text())
+    assert config["dtype"] == "float32"
+    assert config["batch_size"] == 2
+    assert config["embed_model"] == str(clip_dir.resolve())
+
+
+def test_query_json_sorted_and_self_first(kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = kb_jsonl.parent / "ihc-b.png"
+    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", str(image), "--top-k", "3")
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert rows[0]["id"] == "ihc-b"
+    assert rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert set(rows[0]) == {"id", "source", "head", "score", "text", "image_path"}
+    assert (rows[0]["text"], rows[0]["source"]) == ("crop ihc-b", "skimage")
+    assert Path(rows[0]["image_path"]).name == "ihc-b.png"
+
+
+def test_query_exclude_self_scores_are_image_cosines(
+    kb_dir: Path, kb_jsonl: Path, clip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = str(kb_jsonl.parent / "ihc-b.png")
+    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", image, "--top-k", "4", "--exclude-self")
+    image_rows = [r for r in rows if "image" in r["head"].split("+")]
+    assert "ihc-b" not in [r["id"] for r in rows]
+    assert len(image_rows) == 4  # the four other pairs
+    # Each image-head hit scores at least its image cosine, computed here independently
+    # (a pair also found by the text head keeps its better score).
+    embed = CLIPEmbedding.from_pretrained(clip_dir)
+    paths = {r["id"]: r["image_path"] for r in image_rows}
+    vectors = embed.embed_images([image, *paths.values()])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = dict(zip(paths, (vectors[1:] @ vectors[0]).tolist()))
+    for r in image_rows:
+        assert r["score"] >= cosines[r["id"]] - 1e-4
+    image_only = [r for r in image_rows if r["head"] == "image"]
+    for r in image_only:
+        assert r["score"] == pytest.approx(cosines[r["id"]], abs=1e-4)
+
+
+def test_query_dicom_image_and_text_table(kb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    capsys.readouterr()
+    assert main(["query", "--kb", str(kb_dir), "--image", ct, "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "id", "head", "score", "source", "text"]
+    assert lines[2].split()[:2] == ["1", "ct-small"]
+
+
+def test_info_prints_counts_and_encoder(kb_dir: Path, clip_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["info", "--kb", str(kb_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "items: 5" in out
+    assert "dimension: 16" in out
+    assert f"encoder: CLIPEmbedding {clip_dir.resolve()} (dtype float32" in out
+    assert "source pydicom: 1" in out and "source skimage: 4" in out
+
+
+def test_query_uses_recorded_dtype(kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A KB whose build_config says bfloat16: query must load the encoder in bfloat16, whose
+    # fingerprint differs from the float32 one recorded, so the encoder check fails (and names it).
+    fake = tmp_path / "kb"
+    fake.mkdir()
+    for f in kb_dir.iterdir():
+        (fake / f.name).write_bytes(f.read_bytes())
+    config = json.loads((fake / "build_config.json").read_text())
+    (fake / "build_config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    image = str(kb_jsonl.parent / "ihc-a.png")
+    capsys.readouterr()
+    assert main(["query", "--kb", str(fake), "--image", image, "--json"]) == 1
+    assert "fingerprint" in capsys.readouterr().err
+    # --dtype overrides the recorded one.
+    rows = _query_json(capsys, "--kb", str(fake), "--image", image, "--dtype", "float32")
+    assert rows[0]["id"] == "ihc-a"
+
+
+def test_truncated_file_fails_naming_it_or_is_skipped(
+    clip_dir: Path, kb_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = (kb_jsonl.parent / "retina-a.png").read_bytes()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png[: len(png) // 3])
+    rows = [json.loads(line) for line in kb_jsonl.read_text().splitlines()]
+    for r in rows:
+        if not Path(r["image_path"]).is_absolute():
+            r["image_path"] = str(kb_jsonl.parent / r["image_path"])
+    rows.append({"id": "broken", "image_path": str(broken), "text": "truncated"})
+    items = tmp_path / "kb.jsonl"
+    items.write_text("\n".join(json.dumps(r) for r in rows))
+    base = ["build-kb", "--items", str(items), "--embed-model", str(clip_dir), "--no-progress"]
+
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "kb1")]) == 1
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err
+    assert not (tmp_path / "kb1").exists()
+
+    assert main([*base, "--out", str(tmp_path / "kb2"), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "built 5 items" in out
+    assert "skipped broken:" in out
+    assert "skipped 1 of 6 items" in out
+
+
+def test_config_supplies_defaults_and_flags_override(
+    clip_dir: Path, kb_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "build.json"
+    config.write_text(json.dumps({"items": str(kb_jsonl), "embed_model": str(clip_dir), "batch_size": 3, "out": str(tmp_path / "from_config")}))
+    assert main(["build-kb", "--config", str(config), "--batch-size", "4", "--no-progress"]) == 0
+    recorded = json.loads((tmp_path / "from_config" / "build_config.json").read_text())
+    assert recorded["batch_size"] == 4  # flag wins
+    assert recorded["items"] == str(kb_jsonl)  # from the config
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"top_kk": 3}))
+    capsys.readouterr()
+    assert main(["query", "--config", str(bad), "--kb", "x", "--image", "y"]) == 2
+    assert "unknown option(s) ['top_kk']" in capsys.readouterr().err
+
+
+def test_missing_model_path_errors_clearly(kb_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_such_model"
+    capsys.readouterr()
+    code = main(["build-kb", "--items", str(kb_jsonl), "--embed-model", str(missing), "--out", str(tmp_path / "kb")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model directory not found")
+    assert str(missing) in err
+
+
+def test_query_with_other_encoder_errors_clearly(
+    kb_dir: Path, kb_jsonl: Path, other_clip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    code = main(["query", "--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "ihc-a.png"), "--embed-model", str(other_clip_dir)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"knowledge base {kb_dir} was built with" in err
+    assert "rebuild the knowledge base" in err
+
+
+def test_bad_top_k_is_a_usage_error(kb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["query", "--kb", str(kb_dir), "--image", "x.png", "--top-k", "0"]) == 2
+    assert "--top-k must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--exclude-self", "--json", "--top-k", "--dtype", "--config"):
+        assert option in out
+    assert "build_config.json" in out
