@@ -494,8 +494,8 @@ def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | N
     # importing them here would make this module depend on the training subpackage (a cycle).
     if not isinstance(head, QueryHead) and not getattr(head, "needs_image", False):
         raise TypeError(
-            f"{name} must be a QueryHead, an image-input head (needs_image=True) or None (identity), "
-            f"got {type(head).__name__}"
+            f"{name} must be a QueryHead or None (identity), or an image-input head (needs_image=True, "
+            f"e.g. EncoderQueryHead); got {type(head).__name__}"
         )
     if head.out_dim != kb_dim:
         raise ValueError(

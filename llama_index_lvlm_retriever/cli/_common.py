@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from llama_index_lvlm_retriever._io import atomic_write_json
 
 
 class CLIError(Exception):
@@ -52,16 +52,8 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + ``os.replace``)."""
+    atomic_write_json(path, obj)
 
 
 def _jsonable(value: Any) -> bool:
