@@ -25,8 +25,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check llama_index_lvlm_retriever llama_index tests benchmarks examples training
 
+# CPU benchmarks (numbers in README "Benchmarks"); each script prints what it compares.
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/retrieval.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reader.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -272,6 +272,7 @@ def build_tiny_llava(
     heads: int = 4,
     initializer_range: float = 0.2,
     extra_corpus: Sequence[str] = (),
+    vision_config: dict[str, Any] | None = None,
 ) -> Path:
     """Build, save and return a tiny random ``LlavaForConditionalGeneration`` + ``LlavaProcessor``.
 
@@ -290,6 +291,10 @@ def build_tiny_llava(
         heads: Attention heads of the language model (the vision tower uses 2).
         initializer_range: Standard deviation of the random weights.
         extra_corpus: Extra tokenizer training sentences (e.g. your verbalizers).
+        vision_config: A ``CLIPVisionConfig`` as a dict (e.g. a trained CLIP's
+            ``model.config.vision_config.to_dict()``) to use for the tower instead of the sizes
+            above, so that the CLIP's image-tower weights can be copied in afterwards;
+            ``image_size`` and ``patch_size`` then come from it.
 
     Returns:
         ``save_dir`` as a ``Path``.
@@ -303,12 +308,11 @@ def build_tiny_llava(
         >>> type(AutoProcessor.from_pretrained(folder)).__name__
         'LlavaProcessor'
     """
-    _check_sizes(image_size, patch_size, hidden, heads)
-    tokenizer = _build_tokenizer(_LLAVA_SPECIALS, pad="<pad>", eos="</s>", bos="<s>", extra_corpus=extra_corpus)
-    _check_builtin_verbalizers(tokenizer, " ")
-    patches = (image_size // patch_size) ** 2
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
+    if vision_config is not None:
+        tower = CLIPVisionConfig(**{k: v for k, v in vision_config.items() if k not in ("model_type", "transformers_version")})
+        image_size, patch_size = int(tower.image_size), int(tower.patch_size)
+    else:
+        tower = CLIPVisionConfig(
             hidden_size=vision_hidden,
             intermediate_size=2 * vision_hidden,
             num_hidden_layers=layers,
@@ -316,7 +320,13 @@ def build_tiny_llava(
             image_size=image_size,
             patch_size=patch_size,
             initializer_range=initializer_range,
-        ),
+        )
+    _check_sizes(image_size, patch_size, hidden, heads)
+    tokenizer = _build_tokenizer(_LLAVA_SPECIALS, pad="<pad>", eos="</s>", bos="<s>", extra_corpus=extra_corpus)
+    _check_builtin_verbalizers(tokenizer, " ")
+    patches = (image_size // patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=tower,
         text_config=_llama_text_config(tokenizer, hidden=hidden, layers=layers, heads=heads, init=initializer_range),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         # The last layer of a 2-layer tower; "default" drops the CLS token, so one <image> token

@@ -14,6 +14,7 @@ from llama_index_lvlm_retriever.cli._common import (
     resolved_config,
     write_json_atomic,
 )
+from llama_index_lvlm_retriever.cli._loading import heads_dir_paths
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector (0 = image only)")
     query.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
     query.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
+    query.add_argument(
+        "--heads",
+        default=None,
+        metavar="DIR",
+        help="a trained retriever's heads folder (the --out of train-retriever: image_head/ and text_head/); "
+        "replaces --image-head and --text-head",
+    )
     query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose decoded pixels equal the query image (e.g. when the query comes from the KB)")
     query.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
     query.add_argument("--device", default="cpu", help="torch device")
@@ -149,6 +157,13 @@ def _query(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    image_head, text_head = args.image_head, args.text_head
+    if args.heads is not None:
+        if image_head or text_head:
+            raise CLIError(
+                f"--heads {args.heads} already names both heads; drop --image-head/--text-head, or drop --heads"
+            )
+        image_head, text_head = heads_dir_paths(args.heads)
     manifest = KnowledgeBase.read_manifest(args.kb)
     model_name = args.embed_model or (manifest.get("encoder") or {}).get("model_name")
     if not model_name:
@@ -158,8 +173,8 @@ def _query(args: argparse.Namespace) -> int:
     kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
     retriever = LVLMAwareRetriever(
         knowledge_base=kb,
-        image_head=QueryHead.from_pretrained(args.image_head) if args.image_head else None,
-        text_head=QueryHead.from_pretrained(args.text_head) if args.text_head else None,
+        image_head=QueryHead.from_pretrained(image_head) if image_head else None,
+        text_head=QueryHead.from_pretrained(text_head) if text_head else None,
         k_image=args.top_k,
         k_text=args.top_k,
         question_weight=args.question_weight,

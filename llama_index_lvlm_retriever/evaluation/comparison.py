@@ -98,6 +98,7 @@ def compare_rows(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    subsets_from: Sequence[CaseResult] | None = None,
 ) -> list[PairedComparison]:
     """Compare two systems case by case, overall and within the baseline's consistency subsets.
 
@@ -109,6 +110,9 @@ def compare_rows(
         n_bootstrap: Paired bootstrap resamples for the difference interval.
         confidence: Interval coverage.
         seed: Resampling seed.
+        subsets_from: Rows of a third system whose consistency defines the subsets instead of the
+            baseline's (e.g. compare a trained retriever with its placebo on the cases *standard
+            RAG* found inconsistent); same case ids in the same order.
 
     Returns:
         One :class:`PairedComparison` per subset, in the order ``"all"``, ``"consistent"``,
@@ -128,7 +132,12 @@ def compare_rows(
         raise ValueError(f"no cases to compare {system!r} with {baseline!r}; evaluate a non-empty case list")
     ours = np.array([row.correct for row in rows], dtype=np.float64)
     theirs = np.array([row.correct for row in baseline_rows], dtype=np.float64)
-    consistent = np.array([row.consistent for row in baseline_rows], dtype=bool)
+    reference = baseline_rows if subsets_from is None else subsets_from
+    if [row.case_id for row in reference] != ids:
+        raise ValueError(
+            f"subsets_from must hold the same cases as {system!r} and {baseline!r}, in the same order"
+        )
+    consistent = np.array([row.consistent for row in reference], dtype=bool)
     masks: dict[Subset, np.ndarray] = {
         "all": np.ones(len(ids), dtype=bool),
         "consistent": consistent,

@@ -152,7 +152,12 @@ class ConsistencyReport:
         return out
 
     def compare(
-        self, system: str, baseline: str, n_bootstrap: int | None = None, seed: int | None = None
+        self,
+        system: str,
+        baseline: str,
+        n_bootstrap: int | None = None,
+        seed: int | None = None,
+        subsets_from: str | None = None,
     ) -> list[PairedComparison]:
         """Paired comparison of any two systems of the report (subsets defined by ``baseline``).
 
@@ -161,6 +166,7 @@ class ConsistencyReport:
             baseline: The reference system.
             n_bootstrap: Resamples (default: the report's setting).
             seed: Seed (default: the report's setting).
+            subsets_from: A third system whose consistency defines the subsets (default: ``baseline``).
 
         Returns:
             Comparisons for the subsets ``"all"``, ``"consistent"``, ``"inconsistent"``.
@@ -173,6 +179,7 @@ class ConsistencyReport:
             n_bootstrap=int(self.settings.get("n_bootstrap", 1000) if n_bootstrap is None else n_bootstrap),
             confidence=float(self.settings.get("confidence", 0.95)),
             seed=int(self.settings.get("seed", 0) if seed is None else seed),
+            subsets_from=None if subsets_from is None else self._rows(subsets_from),
         )
 
     # ------------------------------------------------------------------ serialisation

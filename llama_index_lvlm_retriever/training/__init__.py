@@ -1,12 +1,22 @@
-"""Retriever training (stage 2, reader frozen): reader feedback, losses and the fine-tuning engine.
+"""Training: the retriever (stage 2, reader frozen), the reader (stage 1 SFT) and a small CLIP.
 
-The losses compare the retriever's softmax over each case's candidates with a target derived from
-the frozen reader; see :mod:`llama_index_lvlm_retriever.training.losses`.
+Stage 2: reader feedback (:func:`collect_feedback`), the losses and :class:`RetrieverFinetuneEngine`,
+which trains residual adapter heads or, in encoder mode, :class:`EncoderQueryHead` (a trainable copy
+of the image tower). Stage 1: :class:`ReaderSFTEngine` on :func:`build_sft_samples`. Offline, with
+no pre-trained encoder: :class:`CLIPPretrainEngine` (:class:`MultiPositiveInfoNCELoss`).
+
+The stage-2 losses compare the retriever's softmax over each case's candidates with a target
+derived from the frozen reader; see :mod:`llama_index_lvlm_retriever.training.losses`.
 """
 
 from __future__ import annotations
 
+from llama_index_lvlm_retriever.training.clip_pretrain import CLIPPretrainConfig, CLIPPretrainEngine
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
+from llama_index_lvlm_retriever.training.encoder_head import (
+    EncoderQueryHead,
+    EncoderQueryHeadConfig,
+)
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.losses import (
@@ -16,6 +26,7 @@ from llama_index_lvlm_retriever.training.losses import (
     N_CASES_KEY,
     EMDRLoss,
     LSRLoss,
+    MultiPositiveInfoNCELoss,
     PosteriorKLLoss,
 )
 from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig, ReaderSFTEngine
@@ -33,7 +44,12 @@ __all__ = [
     "N_CASES_KEY",
     "EMDRLoss",
     "LSRLoss",
+    "MultiPositiveInfoNCELoss",
     "PosteriorKLLoss",
+    "CLIPPretrainConfig",
+    "CLIPPretrainEngine",
+    "EncoderQueryHead",
+    "EncoderQueryHeadConfig",
     "FeedbackCache",
     "FeedbackConfig",
     "RetrieverFinetuneEngine",

@@ -54,7 +54,10 @@ def head_identity(head: QueryHead | None) -> dict[str, Any]:
     for name, tensor in sorted(head.state_dict().items()):
         h.update(name.encode())
         h.update(_sha256_array(tensor.detach().float().cpu().numpy()).encode())
-    return {"kind": head.config.kind, "config": head.config.to_dict(), "weights_sha256": h.hexdigest()}
+    # Image-input heads (e.g. EncoderQueryHead) have their own config class without a ``kind``.
+    kind = getattr(head.config, "kind", type(head).__name__)
+    return {"kind": kind, "config": head.config.to_dict(), "weights_sha256": h.hexdigest(),
+            "extra": head.extra_repr()}
 
 
 def knowledge_base_identity(retriever: LVLMAwareRetriever) -> dict[str, Any]:

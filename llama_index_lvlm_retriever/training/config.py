@@ -88,7 +88,24 @@ class TrainerConfig(BaseModel):
         default=1,
         ge=0,
         description="'encoder' mode: trainable transformer blocks of the tower copy, counted from the last "
-        "(the post-layernorm and projection always train).",
+        "(the post-layernorm and projection always train); not used with encoder_lora_r.",
+    )
+    encoder_lora_r: int | None = Field(
+        default=None,
+        gt=0,
+        description="'encoder' mode: rank of LoRA adapters on the tower copy instead of training its last blocks; "
+        "only the adapters train, and a saved head has them merged in. Needs the 'peft' extra. None = no LoRA.",
+    )
+    encoder_lora_alpha: float = Field(
+        default=16.0, gt=0.0, description="'encoder' mode with LoRA: scaling numerator (update = alpha / r * B A)."
+    )
+    encoder_lora_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="'encoder' mode with LoRA: dropout on the adapters' input."
+    )
+    encoder_lora_target_modules: tuple[str, ...] = Field(
+        default=("q_proj", "v_proj"),
+        description="'encoder' mode with LoRA: linear layers of each tower block that get adapters "
+        "(CLIP: q_proj, k_proj, v_proj, out_proj, fc1, fc2).",
     )
     schedule: Schedule = Field(
         default="joint",
@@ -163,6 +180,25 @@ class TrainerConfig(BaseModel):
     device: str = Field(default="cpu", description="Torch device for training ('cpu', 'cuda', 'cuda:1', ...).")
     log_every: int = Field(default=10, gt=0, description="Record loss parts in the history every this many steps.")
     show_progress: bool = Field(default=True, description="Show a tqdm progress bar.")
+
+    @field_validator("encoder_lora_target_modules")
+    @classmethod
+    def _check_lora_targets(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        if not targets or not all(targets):
+            raise ValueError(
+                f"TrainerConfig.encoder_lora_target_modules must name at least one linear layer, e.g. "
+                f"('q_proj', 'v_proj'), got {list(targets)}"
+            )
+        return tuple(targets)
+
+    @model_validator(mode="after")
+    def _check_lora_mode(self) -> TrainerConfig:
+        if self.encoder_lora_r is not None and self.mode != "encoder":
+            raise ValueError(
+                f"encoder_lora_r={self.encoder_lora_r} applies to mode='encoder' only, got mode={self.mode!r}; "
+                "set mode='encoder' or encoder_lora_r=None"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_refresh(self) -> TrainerConfig:

@@ -9,10 +9,26 @@ embedding ``e`` (from the cache at training time, from the retriever at query ti
 
     q = normalize((1 - alpha) * normalize(e) + alpha * normalize(tower(x)))      alpha = 0.15
 
-Only the last ``train_last_n_blocks`` transformer blocks, the post-layernorm and the projection are
-trainable; the rest stays as the frozen encoder has it. A fresh head is a copy of the frozen tower,
-so ``tower(x) == e`` (without question fusion) and the blend returns ``e``: training starts from
-standard RAG. The keys (knowledge-base vectors) are never re-embedded.
+Two ways to fine-tune the tower copy:
+
+* **last N blocks** (default, ``lora_r=None``): the last ``train_last_n_blocks`` transformer blocks,
+  the post-layernorm and the projection are trainable; the rest stays as the frozen encoder has it.
+* **LoRA** (``lora_r=r``, needs the ``peft`` extra: ``pip install "llama-index-lvlm-retriever[peft]"``):
+  rank-``r`` adapters on the ``lora_target_modules`` linear layers of *every* block (CLIP's
+  attention has ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; its MLP ``fc1``, ``fc2``). Only the
+  adapters train: the whole tower, the post-layernorm and the projection included, stays frozen, so
+  the trained update is exactly the low-rank one (``train_last_n_blocks`` is not used).
+
+A fresh head is a copy of the frozen tower (LoRA's ``B`` matrices start at zero, so the adapters add
+nothing), so ``tower(x) == e`` (without question fusion) and the blend returns ``e``: training starts
+from standard RAG. The keys (knowledge-base vectors) are never re-embedded.
+
+**Saving a LoRA head** merges the adapters into the tower weights (``W + (lora_alpha / r) B A``) and
+writes a plain CLIP tower in the usual ``config.json`` + ``model.safetensors`` layout, with
+``lora_merged=True`` in the config (the LoRA settings stay there as a record). Loading it needs no
+``peft`` and the loaded head runs at plain-tower speed; its tower is fully frozen. To continue LoRA
+training from it, :meth:`EncoderQueryHead.with_fresh_lora` puts new zero-initialised adapters on the
+merged weights (the training engine does this when it continues from such a head).
 
 Unlike :class:`~llama_index_lvlm_retriever.query_heads.QueryHead` this head needs the query image:
 it sets ``needs_image = True`` and :class:`~llama_index_lvlm_retriever.retriever.LVLMAwareRetriever`
@@ -23,7 +39,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +62,23 @@ WEIGHTS_NAME = "model.safetensors"
 ENCODER_HEAD_CLASS = "EncoderQueryHead"
 _CLASS_KEY = "class_name"
 _VERSIONS_KEY = "versions"
+_LORA_ADAPTER = "default"  # peft's adapter name; one adapter per head
+_LORA_KEY_MARK = ".lora_"  # in the state-dict keys of peft's adapter parameters (lora_A, lora_B, ...)
+_PEFT_BASE_MARK = ".base_layer."  # peft keeps a wrapped Linear's own weights under this name
+_PEFT_EXTRA = 'pip install "llama-index-lvlm-retriever[peft]"'
+
+
+def _import_peft() -> Any:
+    """Import ``peft`` lazily (an optional extra), with an error that names the extra."""
+    try:
+        import peft
+        from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: F401 - checks the submodule too
+    except ImportError as err:
+        raise ImportError(
+            f"EncoderQueryHead with lora_r set (LoRA on the image tower) needs the optional peft package: "
+            f"{_PEFT_EXTRA}; or fine-tune the last blocks instead (lora_r=None, train_last_n_blocks=N)"
+        ) from err
+    return peft
 
 
 @dataclass(frozen=True)
@@ -56,7 +90,16 @@ class EncoderQueryHeadConfig:
         projection_dim: Output size of the tower's projection (the embedding dimension).
         alpha: Weight of the tower's output in the blend with the frozen embedding (paper: 0.15).
         train_last_n_blocks: Trainable transformer blocks, counted from the last (0 = only the
-            post-layernorm and the projection).
+            post-layernorm and the projection). Not used with LoRA.
+        lora_r: Rank of LoRA adapters on the tower; ``None`` = no LoRA (last-N-blocks mode). With
+            LoRA only the adapters train (needs the ``peft`` extra).
+        lora_alpha: LoRA scaling numerator: the update is ``(lora_alpha / lora_r) * B A``.
+        lora_dropout: Dropout on the adapters' input (training only).
+        lora_target_modules: Names of the tower's linear layers that get adapters, matched against
+            the last component of the module names (CLIP: ``q_proj``, ``k_proj``, ``v_proj``,
+            ``out_proj``, ``fc1``, ``fc2``).
+        lora_merged: The adapters were merged into the tower weights (a saved LoRA head): the tower
+            is plain and fully frozen and ``peft`` is not needed. Set by ``save_pretrained``.
 
     Raises:
         ValueError: A value out of range; the message names the field and the value.
@@ -70,6 +113,11 @@ class EncoderQueryHeadConfig:
     projection_dim: int = 512
     alpha: float = 0.15
     train_last_n_blocks: int = 1
+    lora_r: int | None = None
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_merged: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim < 1:
@@ -79,13 +127,39 @@ class EncoderQueryHeadConfig:
         n = self.train_last_n_blocks
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"EncoderQueryHeadConfig.train_last_n_blocks must be an int >= 0, got {n!r}")
+        r = self.lora_r
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise ValueError(f"EncoderQueryHeadConfig.lora_r must be a positive int or None, got {r!r}")
+        if not float(self.lora_alpha) > 0.0:
+            raise ValueError(f"EncoderQueryHeadConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ValueError(f"EncoderQueryHeadConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        targets = self.lora_target_modules
+        if isinstance(targets, str) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(
+                f"EncoderQueryHeadConfig.lora_target_modules must be a non-empty sequence of module names, "
+                f"e.g. ('q_proj', 'v_proj'), got {targets!r}"
+            )
+        if self.lora_merged and r is None:
+            raise ValueError("EncoderQueryHeadConfig.lora_merged=True needs lora_r (the rank the merged adapters had)")
         object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "lora_alpha", float(self.lora_alpha))
+        object.__setattr__(self, "lora_dropout", float(self.lora_dropout))
+        object.__setattr__(self, "lora_target_modules", tuple(targets))  # a JSON list back to a tuple
+        object.__setattr__(self, "lora_merged", bool(self.lora_merged))
         # The JSON form (e.g. string keys of id2label), so a saved and reloaded config compares equal.
         object.__setattr__(self, "vision_config", json.loads(json.dumps(self.vision_config, sort_keys=True)))
 
+    @property
+    def uses_lora(self) -> bool:
+        """Whether the head carries live (unmerged) LoRA adapters, and so needs ``peft``."""
+        return self.lora_r is not None and not self.lora_merged
+
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-serialisable dict."""
-        return asdict(self)
+        record = asdict(self)
+        record["lora_target_modules"] = list(self.lora_target_modules)
+        return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> EncoderQueryHeadConfig:
@@ -108,7 +182,9 @@ class EncoderQueryHead(nn.Module):
         config: What to build; see :class:`EncoderQueryHeadConfig`.
 
     Raises:
-        ValueError: ``train_last_n_blocks`` exceeds the tower's depth.
+        ValueError: ``train_last_n_blocks`` exceeds the tower's depth, or a LoRA target module names
+            no linear layer of the tower.
+        ImportError: ``lora_r`` is set (adapters not merged) and ``peft`` is not installed.
 
     Example:
         .. code-block:: python
@@ -116,6 +192,7 @@ class EncoderQueryHead(nn.Module):
             from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 
             head = EncoderQueryHead.from_embedding(embed_model, train_last_n_blocks=2)
+            lora = EncoderQueryHead.from_embedding(embed_model, lora_r=8)  # needs the peft extra
             retriever = LVLMAwareRetriever(kb, image_head=head)  # the retriever passes pixel_values
     """
 
@@ -134,11 +211,39 @@ class EncoderQueryHead(nn.Module):
             )
         vision.projection_dim = config.projection_dim
         self.tower = CLIPVisionModelWithProjection(vision)
+        if config.uses_lora:
+            self._attach_lora()
         self._freeze()
 
+    def _attach_lora(self) -> None:
+        """Wrap the target linear layers of the tower in peft LoRA layers (in place, B = 0)."""
+        cfg = self.config
+        linear = {name.rsplit(".", 1)[-1] for name, m in self.tower.named_modules() if isinstance(m, nn.Linear)}
+        missing = [t for t in cfg.lora_target_modules if t not in linear]
+        if missing:
+            raise ValueError(
+                f"lora_target_modules {missing} match no linear layer of the CLIP vision tower; choose from "
+                f"{sorted(linear)}"
+            )
+        peft = _import_peft()
+        lora = peft.LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            bias="none",
+        )
+        peft.inject_adapter_in_model(lora, self.tower, adapter_name=_LORA_ADAPTER)
+
     def _freeze(self) -> None:
-        """Freeze everything except the last blocks, the post-layernorm and the projection."""
+        """Freeze everything except what the config trains (see the module docstring)."""
         self.tower.requires_grad_(False)
+        if self.config.lora_r is not None:
+            # LoRA: only the adapters; a merged head (no adapters left) is fully frozen.
+            for name, param in self.tower.named_parameters():
+                if _LORA_KEY_MARK in f".{name}":
+                    param.requires_grad_(True)
+            return
         blocks = self.tower.vision_model.encoder.layers
         n = self.config.train_last_n_blocks
         trainable: list[nn.Module] = [self.tower.vision_model.post_layernorm, self.tower.visual_projection]
@@ -146,9 +251,68 @@ class EncoderQueryHead(nn.Module):
         for module in trainable:
             module.requires_grad_(True)
 
+    def _load_tower_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load plain CLIP tower weights (``vision_model.*``, ``visual_projection.*``) into the tower.
+
+        Works with or without adapters: a peft-wrapped layer keeps its own weights under
+        ``base_layer``; the adapters keep their (zero-B) initialisation.
+        """
+        own = [key for key in self.tower.state_dict() if _LORA_KEY_MARK not in f".{key}"]
+        plain = {key: key.replace(_PEFT_BASE_MARK, ".") for key in own}
+        missing = sorted(set(plain.values()) - set(state))
+        unexpected = sorted(set(state) - set(plain.values()))
+        if missing or unexpected:
+            raise ValueError(
+                f"tower weights do not fit the EncoderQueryHead: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        loaded = {key: state[name] for key, name in plain.items()}
+        result = self.tower.load_state_dict(loaded, strict=False)
+        assert not result.unexpected_keys and all(_LORA_KEY_MARK in f".{k}" for k in result.missing_keys)
+
+    def _plain_tower_state(self) -> dict[str, torch.Tensor]:
+        """The tower's weights as a plain CLIP tower, with any LoRA adapters merged in (detached, CPU)."""
+        state = {
+            key.replace(_PEFT_BASE_MARK, "."): value.detach().to("cpu")
+            for key, value in self.tower.state_dict().items()
+            if _LORA_KEY_MARK not in f".{key}"
+        }
+        if self.config.uses_lora:
+            base_layer = _import_peft().tuners.tuners_utils.BaseTunerLayer
+            with torch.no_grad():
+                for name, module in self.tower.named_modules():
+                    if isinstance(module, base_layer):
+                        # peft's own delta ((lora_alpha / r) * B @ A, in the base layer's layout).
+                        delta = module.get_delta_weight(_LORA_ADAPTER).detach().to("cpu")
+                        state[f"{name}.weight"] = state[f"{name}.weight"] + delta.to(state[f"{name}.weight"].dtype)
+        return {key: value.contiguous() for key, value in state.items()}
+
+    def with_fresh_lora(self) -> EncoderQueryHead:
+        """A copy with new zero-initialised LoRA adapters on this head's (merged) tower weights.
+
+        Continues LoRA training from a saved (merged) LoRA head; on a head with live adapters it
+        merges them first. The copy equals this head at the start and sits on the same device.
+
+        Raises:
+            ValueError: The head is not a LoRA head (``lora_r`` is ``None``).
+            ImportError: ``peft`` is not installed.
+        """
+        if self.config.lora_r is None:
+            raise ValueError("with_fresh_lora() needs a LoRA head (lora_r set); this head trains its last blocks")
+        head = type(self)(replace(self.config, lora_merged=False))
+        head._load_tower_weights(self._plain_tower_state())
+        return head.to(self.tower.visual_projection.weight.device).train(self.training)
+
     @classmethod
     def from_embedding(
-        cls, embed_model: Any, *, alpha: float = 0.15, train_last_n_blocks: int = 1
+        cls,
+        embed_model: Any,
+        *,
+        alpha: float = 0.15,
+        train_last_n_blocks: int = 1,
+        lora_r: int | None = None,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
     ) -> EncoderQueryHead:
         """Copy the image tower of a :class:`~llama_index_lvlm_retriever.embeddings.CLIPEmbedding`.
 
@@ -156,13 +320,19 @@ class EncoderQueryHead(nn.Module):
             embed_model: The knowledge base's embedding model; its ``.model`` must be a CLIP model
                 with ``vision_model`` and ``visual_projection`` (e.g. ``CLIPModel``).
             alpha: Blend weight of the tower's output.
-            train_last_n_blocks: Trainable blocks, counted from the last.
+            train_last_n_blocks: Trainable blocks, counted from the last (without LoRA).
+            lora_r: LoRA rank; ``None`` = fine-tune the last blocks instead. See
+                :class:`EncoderQueryHeadConfig` for this and the other ``lora_*`` arguments.
+            lora_alpha: LoRA scaling numerator.
+            lora_dropout: Dropout on the adapters' input.
+            lora_target_modules: Linear layers of each block that get adapters.
 
         Returns:
             The head (float32, on the model's device), equal to the frozen tower.
 
         Raises:
             TypeError: The embedding model has no CLIP image tower.
+            ImportError: ``lora_r`` is set and ``peft`` is not installed.
         """
         model = getattr(embed_model, "model", None)
         if model is None or not hasattr(model, "vision_model") or not hasattr(model, "visual_projection"):
@@ -176,11 +346,15 @@ class EncoderQueryHead(nn.Module):
             projection_dim=int(model.visual_projection.out_features),
             alpha=alpha,
             train_last_n_blocks=train_last_n_blocks,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_target_modules=tuple(lora_target_modules),
         )
         head = cls(config)
         # Same submodule names in CLIPModel and CLIPVisionModelWithProjection: copy by name.
         source = {k: v for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
-        head.tower.load_state_dict({k: v.float() for k, v in source.items()}, strict=True)
+        head._load_tower_weights({k: v.float() for k, v in source.items()})
         return head.to(next(model.parameters()).device)
 
     @property
@@ -199,7 +373,11 @@ class EncoderQueryHead(nn.Module):
         return self.config.projection_dim
 
     def extra_repr(self) -> str:
-        return f"alpha={self.config.alpha}, train_last_n_blocks={self.config.train_last_n_blocks}"
+        cfg = self.config
+        if cfg.lora_r is None:
+            return f"alpha={cfg.alpha}, train_last_n_blocks={cfg.train_last_n_blocks}"
+        return (f"alpha={cfg.alpha}, lora_r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}, "
+                f"lora_target_modules={cfg.lora_target_modules}, lora_merged={cfg.lora_merged}")
 
     def forward(self, pixel_values: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """Blend the tower's image embedding with the frozen query embedding.
@@ -250,14 +428,18 @@ class EncoderQueryHead(nn.Module):
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``save_directory`` (atomically).
 
+        A LoRA head is saved merged: a plain tower (adapters folded into the weights) and its config
+        with ``lora_merged=True``, so :meth:`from_pretrained` needs no ``peft``.
+
         Returns:
             The folder.
         """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        state = {f"tower.{k}": v for k, v in self._plain_tower_state().items()}  # == state_dict() without LoRA
+        config = replace(self.config, lora_merged=True) if self.config.uses_lora else self.config
         atomic_write(out / WEIGHTS_NAME, _safetensors_bytes(state, metadata={"format": "pt"}))
-        record = {_CLASS_KEY: ENCODER_HEAD_CLASS, **self.config.to_dict(), _VERSIONS_KEY: package_versions()}
+        record = {_CLASS_KEY: ENCODER_HEAD_CLASS, **config.to_dict(), _VERSIONS_KEY: package_versions()}
         atomic_write(out / CONFIG_NAME, json_bytes(record))
         logger.info("saved an encoder query head to %s", out)
         return out
@@ -265,6 +447,8 @@ class EncoderQueryHead(nn.Module):
     @classmethod
     def from_pretrained(cls, load_directory: str | Path, *, device: str | torch.device = "cpu") -> EncoderQueryHead:
         """Load a head written by :meth:`save_pretrained` (in eval mode).
+
+        A saved LoRA head loads as a plain (merged, fully frozen) tower; no ``peft`` needed.
 
         Raises:
             FileNotFoundError: The folder or one of its two files is missing.
@@ -283,9 +467,12 @@ class EncoderQueryHead(nn.Module):
             raise ValueError(f"{config_path} is not an EncoderQueryHead config; load it with QueryHead.from_pretrained")
         record.pop(_VERSIONS_KEY, None)
         head = cls(EncoderQueryHeadConfig.from_dict(record))
+        state = _load_safetensors(str(weights_path), device="cpu")
+        prefix = "tower."
         try:
-            head.load_state_dict(_load_safetensors(str(weights_path), device="cpu"), strict=True)
-        except RuntimeError as err:
+            # Plain tower weights: they also load into a head whose config asks for live adapters.
+            head._load_tower_weights({k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()})
+        except (RuntimeError, ValueError) as err:
             raise ValueError(f"weights in {weights_path} do not fit the config in {config_path}: {err}") from err
         return head.to(device).eval()
 

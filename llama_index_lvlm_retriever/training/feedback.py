@@ -342,6 +342,8 @@ def _collect_shard(
         k_text=big_n if "text" in config.heads else 0,
         exclude_ids=[{case.id} for case in cases],
         exclude_hashes=[{kb.content_hash_of(case.image_path)} for case in cases],
+        # An image-input head (needs_image=True, e.g. EncoderQueryHead) reads the query images.
+        images=[case.image_path for case in cases],
     )
     # Score each distinct candidate of a case once, even when both heads return it.
     pairs: list[tuple[int, KBItem]] = []

@@ -97,6 +97,8 @@ def build_sft_samples(
     retriever: LVLMAwareRetriever,
     task: TaskSpec,
     per_head: int = 2,
+    *,
+    heads: Sequence[str] = ("image", "text"),
 ) -> list[SFTSample]:
     """Retrieval-augmented SFT samples: top ``per_head`` pairs per head per case, one pair each.
 
@@ -105,6 +107,8 @@ def build_sft_samples(
         retriever: The (frozen) retriever; its heads are applied.
         task: The task whose verbalizers are the targets.
         per_head: Pairs taken from each head's list (the paper: 2).
+        heads: Heads whose lists are used: ``("image", "text")`` (the paper) or one of them, e.g.
+            ``("image",)`` when cases carry no question for the text head.
 
     Returns:
         Samples in (case, head, rank[, label]) order; a pair returned by both heads appears once
@@ -116,6 +120,9 @@ def build_sft_samples(
     """
     if per_head < 1:
         raise ValueError(f"per_head must be >= 1, got {per_head}")
+    unknown = sorted(set(heads) - {"image", "text"})
+    if unknown or not heads:
+        raise ValueError(f"heads must be a non-empty subset of ('image', 'text'), got {list(heads)}")
     cases = list(cases)
     targets = [_targets(case, task) for case in cases]  # validates every label before any model work
     kb = retriever.knowledge_base
@@ -125,8 +132,8 @@ def build_sft_samples(
         embeddings = retriever.embed_queries([c.image_path for c in chunk], [c.question for c in chunk])
         hits = retriever.search_heads(
             np.asarray(embeddings, dtype=np.float32),
-            k_image=per_head,
-            k_text=per_head,
+            k_image=per_head if "image" in heads else 0,
+            k_text=per_head if "text" in heads else 0,
             exclude_ids=[{case.id} for case in chunk],
             exclude_hashes=[{kb.content_hash_of(case.image_path)} for case in chunk],
         )

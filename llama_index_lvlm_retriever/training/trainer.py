@@ -24,7 +24,8 @@ best heads in memory and restores them at the end; the untrained head is a legal
 
 **Encoder mode** (``TrainerConfig(mode="encoder")``, the paper's head): each trained head is an
 :class:`~llama_index_lvlm_retriever.training.encoder_head.EncoderQueryHead`, a trainable copy of the
-knowledge base's image tower (last ``encoder_last_n_blocks`` blocks + projection trainable) whose
+knowledge base's image tower (last ``encoder_last_n_blocks`` blocks + projection trainable, or only
+LoRA adapters with ``encoder_lora_r``, which needs the ``peft`` extra) whose
 output is blended with the cached frozen embedding, ``q = normalize(0.85 e + 0.15 normalize(tower(x)))``;
 scores are recomputed against the same frozen KB vectors. It reads the query *images*, so the engine
 needs ``cases=`` (the ``Case`` records of the feedback's case ids); their images are processed once
@@ -212,11 +213,19 @@ class RetrieverFinetuneEngine:
         current = self._retriever.image_head if name == HEAD_IMAGE else self._retriever.text_head
         if self._encoder:
             if isinstance(current, EncoderQueryHead):
+                if current.config.lora_merged:
+                    # A saved LoRA head is a plain frozen tower: new zero adapters on its merged weights.
+                    return current.with_fresh_lora().to(self._device)
                 return copy.deepcopy(current).to(self._device)  # continue from the retriever's tower
+            cfg = self._config
             head = EncoderQueryHead.from_embedding(
                 self._retriever.knowledge_base.embed_model,
-                alpha=self._config.alpha,
-                train_last_n_blocks=self._config.encoder_last_n_blocks,
+                alpha=cfg.alpha,
+                train_last_n_blocks=cfg.encoder_last_n_blocks,
+                lora_r=cfg.encoder_lora_r,
+                lora_alpha=cfg.encoder_lora_alpha,
+                lora_dropout=cfg.encoder_lora_dropout,
+                lora_target_modules=cfg.encoder_lora_target_modules,
             )
             if head.dim != dim or head.out_dim != int(self._retriever.knowledge_base.dim):
                 raise ValueError(

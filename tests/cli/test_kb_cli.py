@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pydicom.data
 import pytest
+import torch
 from PIL import Image
 from skimage import data as skdata
 
 from llama_index_lvlm_retriever.cli import main
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.testing import build_tiny_clip
+from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 
 IDS = ["retina-a", "retina-b", "ihc-a", "ihc-b", "ct-small"]
 
@@ -221,6 +224,68 @@ def test_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["query", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--exclude-self", "--json", "--top-k", "--dtype", "--config"):
+    for option in ("--exclude-self", "--json", "--top-k", "--dtype", "--config", "--heads"):
         assert option in out
     assert "build_config.json" in out
+
+
+def _heads_folder(folder: Path, image_head: torch.nn.Module, dim: int = 16) -> Path:
+    """A folder laid out as ``RetrieverFinetuneEngine.save`` writes it (image_head/, text_head/)."""
+    image_head.save_pretrained(folder / "image_head")
+    QueryHead.identity(dim).save_pretrained(folder / "text_head")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def linear_heads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    head = QueryHead(QueryHeadConfig(dim=16, kind="linear"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.add_(torch.randn(param.shape, generator=generator))  # move it away from the identity
+    return _heads_folder(tmp_path_factory.mktemp("heads") / "linear", head)
+
+
+def test_query_heads_folder_loads_both_heads(
+    kb_dir: Path, kb_jsonl: Path, linear_heads_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "retina-a.png"), "--top-k", "4"]
+    with_heads = _query_json(capsys, *query, "--heads", str(linear_heads_dir))
+    separate = _query_json(
+        capsys, *query,
+        "--image-head", str(linear_heads_dir / "image_head"), "--text-head", str(linear_heads_dir / "text_head"),
+    )
+    standard = _query_json(capsys, *query)
+    assert with_heads == separate
+    assert with_heads != standard  # the trained image head changes the scores
+
+
+def test_query_heads_folder_with_encoder_head(
+    kb_dir: Path, kb_jsonl: Path, clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fresh encoder-mode head is a copy of the frozen tower: it must load from the folder, read the
+    # query image, and reproduce standard RAG.
+    head = EncoderQueryHead.from_embedding(CLIPEmbedding.from_pretrained(clip_dir))
+    heads = _heads_folder(tmp_path / "encoder", head)
+    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "ihc-a.png"), "--top-k", "3"]
+    with_heads = _query_json(capsys, *query, "--heads", str(heads))
+    standard = _query_json(capsys, *query)
+    assert [r["id"] for r in with_heads] == [r["id"] for r in standard]
+    assert [r["score"] for r in with_heads] == pytest.approx([r["score"] for r in standard], abs=1e-4)
+
+
+def test_query_heads_folder_errors(
+    kb_dir: Path, linear_heads_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["query", "--kb", str(kb_dir), "--image", "x.png", "--heads", str(tmp_path / "missing")]) == 2
+    assert "--heads" in (err := capsys.readouterr().err) and "folder not found" in err
+    (tmp_path / "half" / "image_head").mkdir(parents=True)
+    assert main(["query", "--kb", str(kb_dir), "--image", "x.png", "--heads", str(tmp_path / "half")]) == 2
+    assert "no text_head/ inside" in capsys.readouterr().err
+    code = main([
+        "query", "--kb", str(kb_dir), "--image", "x.png",
+        "--heads", str(linear_heads_dir), "--image-head", str(linear_heads_dir / "image_head"),
+    ])
+    assert code == 2
+    assert "drop --image-head/--text-head" in capsys.readouterr().err

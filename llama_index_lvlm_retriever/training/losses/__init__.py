@@ -11,7 +11,16 @@ answer's probability given that candidate alone). Every loss turns the retriever
   ``Q = softmax(log P_reader(y | x, c) / beta)``;
 * :class:`EMDRLoss` (EMDR², arXiv 2106.05346): ``-log sum_c P_retr(c) * P_reader(y | x, c)``.
 
-Calling convention (shared by all three; losses are tensor-only, no model calls inside)::
+One more loss works before any of these, on a different input:
+
+* :class:`MultiPositiveInfoNCELoss` (CLIP's symmetric InfoNCE, arXiv 2103.00020, with SupCon's
+  multi-positive target, arXiv 2004.11362): the contrastive loss for pre-training the small CLIP
+  on knowledge-base image-caption pairs
+  (:class:`~llama_index_lvlm_retriever.training.clip_pretrain.CLIPPretrainEngine`), where
+  identical captions are all positives. It takes ``(batch, batch)`` image-to-text logits and
+  ``(batch,)`` caption group ids, returns a scalar, and does not follow the convention below.
+
+Calling convention (shared by the three candidate losses above; losses are tensor-only, no model calls inside)::
 
     out = loss_fn(scores, reader_log_probs, frozen_scores=None, mask=None, disagree=None)
 
@@ -54,6 +63,9 @@ from llama_index_lvlm_retriever.training.losses._common import (
 )
 from llama_index_lvlm_retriever.training.losses.emdr import EMDRLoss
 from llama_index_lvlm_retriever.training.losses.lsr import LSRLoss
+from llama_index_lvlm_retriever.training.losses.multi_positive_infonce import (
+    MultiPositiveInfoNCELoss,
+)
 from llama_index_lvlm_retriever.training.losses.posterior_kl import PosteriorKLLoss
 
 __all__ = [
@@ -63,6 +75,7 @@ __all__ = [
     "N_CASES_KEY",
     "EMDRLoss",
     "LSRLoss",
+    "MultiPositiveInfoNCELoss",
     "PosteriorKLLoss",
     "Reduction",
 ]

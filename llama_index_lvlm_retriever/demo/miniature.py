@@ -1,0 +1,179 @@
+"""The offline miniature's own models: a small CLIP retriever and a small LLaVA reader.
+
+No pretrained weights can be downloaded offline, so the demo trains stand-ins with the package's
+own code: :class:`~llama_index_lvlm_retriever.training.clip_pretrain.CLIPPretrainEngine` for the
+retriever's encoder and :class:`~llama_index_lvlm_retriever.training.reader_sft.ReaderSFTEngine`
+(stage 1) for the reader. Both are saved and loaded with ``from_pretrained`` like real checkpoints.
+
+The reader is a standard ``LlavaForConditionalGeneration`` whose vision tower starts from the
+trained CLIP's image tower: a feasibility probe found that a randomly initialised tiny LLaVA learns
+to copy the retrieved caption's grade and ignores the images, while one that starts from the
+retriever's tower reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPModel
+
+from llama_index_lvlm_retriever.data.elpv import ELPV_LABEL_NAMES
+from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.demo.config import MiniCLIPSettings, MiniReaderSettings
+from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
+from llama_index_lvlm_retriever.training.clip_pretrain import CLIPPretrainConfig, CLIPPretrainEngine
+from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig, ReaderSFTEngine
+from llama_index_lvlm_retriever.training.sft_data import build_sft_samples
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ELPV_TASK", "copy_clip_vision_tower", "train_small_clip", "train_small_reader"]
+
+ELPV_TASK = TaskSpec(
+    name="elpv_defect_grade",
+    labels=ELPV_LABEL_NAMES,
+    # Single words whose first tokens differ under the small tokenizer (checked when the reader is
+    # built), so the reader scores them from next-token logits.
+    verbalizers=("intact", "slight", "likely", "defective"),
+    # No instruction text: the small reader learns the words from SFT, and a short prompt is fast.
+    question="Defect grade of this solar cell? Answer {options}.",
+    description="ELPV electroluminescence solar-cell images, expert defect probability in 4 grades.",
+)
+"""The demo's diagnosis task: the defect grade of a solar cell (four expert levels)."""
+
+
+def train_small_clip(
+    items: Sequence[KBItem],
+    out_dir: Path,
+    *,
+    image_size: int,
+    settings: MiniCLIPSettings,
+    seed: int,
+    show_progress: bool = True,
+) -> Path:
+    """Build a small random ``CLIPModel``, train it on the KB's image-caption pairs, save it.
+
+    Returns:
+        ``out_dir``, loadable with ``CLIPEmbedding.from_pretrained``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        init = build_tiny_clip(
+            Path(tmp) / "init",
+            image_size=image_size,
+            patch_size=settings.patch_size,
+            hidden=settings.hidden,
+            layers=settings.layers,
+            heads=settings.heads,
+            projection_dim=settings.projection_dim,
+            max_text_length=64,  # captions are ~30 tokens under the small tokenizer
+            seed=seed,
+        )
+        engine = CLIPPretrainEngine(
+            init,
+            items,
+            CLIPPretrainConfig(
+                epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                show_progress=show_progress,
+            ),
+        )
+        history = engine.finetune()
+        logger.info("small CLIP: contrastive loss %.3f -> %.3f", history[0]["loss"], history[-1]["loss"])
+        return engine.save(out_dir)
+
+
+def copy_clip_vision_tower(clip: CLIPModel, tower: torch.nn.Module) -> int:
+    """Copy a ``CLIPModel``'s image tower into a ``CLIPVisionModel`` (e.g. LLaVA's) by parameter name.
+
+    Returns:
+        The number of tensors copied (all of the tower's).
+
+    Raises:
+        ValueError: The towers differ in structure or shape.
+    """
+    source = {
+        key.removeprefix("vision_model."): value
+        for key, value in clip.state_dict().items()
+        if key.startswith("vision_model.")
+    }
+    target = tower.state_dict()
+    missing = [key for key in target if key.removeprefix("vision_model.") not in source]
+    if missing:
+        raise ValueError(f"the CLIP image tower has no tensor for {missing[:3]}; build the reader's tower from its config")
+    state = {}
+    for key, value in target.items():
+        weight = source[key.removeprefix("vision_model.")]
+        if weight.shape != value.shape:
+            raise ValueError(f"shape mismatch for {key}: CLIP {tuple(weight.shape)} vs tower {tuple(value.shape)}")
+        state[key] = weight.to(value.dtype)
+    tower.load_state_dict(state, strict=True)
+    return len(state)
+
+
+def _reader_corpus(items: Sequence[KBItem], task: TaskSpec) -> list[str]:
+    # The tokenizer learns the captions, the question and the verbalizers, so prompts stay short.
+    texts = sorted({item.text for item in items})
+    words = [*task.verbalizers, *(f" {v}" for v in task.verbalizers)]
+    return [*texts, task.question, task.instruction or "", *words]
+
+
+def train_small_reader(
+    clip_dir: Path,
+    retriever: LVLMAwareRetriever,
+    train_cases: Sequence,
+    out_dir: Path,
+    *,
+    task: TaskSpec,
+    settings: MiniReaderSettings,
+    seed: int,
+    reader_batch_size: int,
+    show_progress: bool = True,
+) -> Path:
+    """Build a small LLaVA reader (tower from the CLIP), fine-tune it with stage-1 SFT, save it.
+
+    The SFT samples are built by the frozen ``retriever``: each training case with each of its
+    top ``per_head`` image neighbours (the paper's retrieval-augmented SFT).
+
+    Returns:
+        ``out_dir``, loadable with ``HFLVLMReader.from_pretrained``.
+    """
+    clip = CLIPModel.from_pretrained(str(clip_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        init = build_tiny_llava(
+            Path(tmp) / "init",
+            seed=seed,
+            hidden=settings.hidden,
+            layers=settings.layers,
+            heads=settings.heads,
+            initializer_range=0.02,
+            extra_corpus=_reader_corpus(retriever.knowledge_base.items, task),
+            vision_config=clip.config.vision_config.to_dict(),
+        )
+        model = AutoModelForImageTextToText.from_pretrained(str(init))
+        processor = AutoProcessor.from_pretrained(str(init))
+    if settings.init_from_retriever:
+        copy_clip_vision_tower(clip, model.model.vision_tower)
+    reader = HFLVLMReader(model, processor, task, batch_size=reader_batch_size, model_name="small-llava")
+    if not reader.uses_fast_path:
+        raise RuntimeError(f"the verbalizers {task.verbalizers} share first tokens under the small tokenizer")
+    samples = build_sft_samples(train_cases, retriever, task, per_head=settings.per_head, heads=("image",))
+    engine = ReaderSFTEngine(
+        reader,
+        samples,
+        ReaderSFTConfig(
+            mode="full", epochs=settings.epochs, learning_rate=settings.lr, batch_size=settings.batch_size,
+            warmup_ratio=0.05, seed=seed, show_progress=show_progress,
+        ),
+    )
+    history = engine.finetune()
+    logger.info("small reader SFT on %d samples: loss %.3f -> %.3f", len(samples), history[0]["loss"], history[-1]["loss"])
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return engine.save(out_dir)

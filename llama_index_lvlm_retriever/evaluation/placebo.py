@@ -1,0 +1,237 @@
+"""A placebo retriever: standard RAG with its query embedding perturbed at random.
+
+Any change of neighbours changes the answers on hard cases, and on cases a system got wrong a
+change tends to look like an improvement (regression to the mean). To tell a real gain of a trained
+retriever from that effect, compare it with a *placebo*: the frozen query embedding plus seeded
+random noise, with the noise scale chosen so that the placebo's top-k lists overlap standard RAG's
+exactly as much as the trained retriever's do. Equal disruption, no learning.
+
+.. code-block:: python
+
+    overlap = top_k_overlap(standard_ids, trained_ids)            # e.g. 0.78
+    head, info = calibrate_placebo(standard, test_images, overlap, k=4, seed=0)
+    placebo = LVLMAwareRetriever(kb, image_head=head, k_image=4, k_text=0)
+
+The noise of a query depends only on its embedding and the seed (not on the batch), so a placebo
+retrieves the same neighbours for a query however it is batched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PlaceboCalibration", "PlaceboQueryHead", "calibrate_placebo", "top_k_overlap"]
+
+
+class PlaceboQueryHead(QueryHead):
+    """``q = normalize(e + scale * z)`` with ``z ~ N(0, I / dim)`` seeded by ``(seed, e)``.
+
+    ``z`` has unit norm in expectation, so ``scale`` is the noise-to-signal ratio of the query.
+    ``scale = 0`` is standard RAG.
+
+    Args:
+        dim: Dimension of the frozen query embedding.
+        noise_scale: ``scale`` above (>= 0).
+        seed: Seed mixed into every query's noise.
+
+    Raises:
+        ValueError: A negative ``noise_scale``.
+
+    Example:
+        >>> head = PlaceboQueryHead(dim=4, noise_scale=0.5, seed=0)
+        >>> e = np.eye(4, dtype=np.float32)[:2]
+        >>> np.allclose(head.encode(e), head.encode(e[::-1])[::-1])  # per-query, batch-independent
+        True
+        >>> bool(np.allclose(PlaceboQueryHead(dim=4, noise_scale=0.0).encode(e), e))
+        True
+    """
+
+    def __init__(self, dim: int, noise_scale: float, seed: int = 0) -> None:
+        if noise_scale < 0 or not np.isfinite(noise_scale):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
+        super().__init__(QueryHeadConfig(dim=dim, kind="identity"))
+        self.noise_scale = float(noise_scale)
+        self.seed = int(seed)
+
+    @property
+    def is_identity(self) -> bool:
+        """``False`` (unless the scale is 0): the retriever must apply the head."""
+        return self.noise_scale == 0.0
+
+    def extra_repr(self) -> str:
+        return f"noise_scale={self.noise_scale:.4g}, seed={self.seed}"
+
+    def _noise(self, row: np.ndarray) -> np.ndarray:
+        # Seed from the query's own bytes (rounded, so float noise in the encoder does not matter).
+        digest = hashlib.blake2b(np.round(row, 5).astype(np.float32).tobytes(), digest_size=8,
+                                 key=self.seed.to_bytes(8, "little", signed=True)).digest()
+        rng = np.random.default_rng(int.from_bytes(digest, "little"))
+        return rng.standard_normal(row.shape[0]) / np.sqrt(row.shape[0])  # (dim,)
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        """Perturb and renormalise numpy embeddings ``(dim,)`` or ``(n, dim)``; float32 out."""
+        arr = np.asarray(embeddings, dtype=np.float64)
+        single = arr.ndim == 1
+        batch = arr[None, :] if single else arr  # (n, dim)
+        if batch.ndim != 2 or batch.shape[1] != self.dim:
+            raise ValueError(
+                f"PlaceboQueryHead expects embeddings of shape (n, {self.dim}), got {arr.shape}"
+            )
+        unit = batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True), 1e-12)
+        if self.noise_scale > 0:
+            noise = np.stack([self._noise(row) for row in unit])  # (n, dim)
+            unit = unit + self.noise_scale * noise
+            unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        out = unit.astype(np.float32)
+        return out[0] if single else out
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The same perturbation on a tensor (no gradient: a placebo is never trained)."""
+        out = self.encode(embeddings.detach().float().cpu().numpy())
+        return torch.from_numpy(out).to(embeddings.device)
+
+    def save_pretrained(self, save_directory: Any) -> Any:
+        """Placebos are not checkpoints: record ``noise_scale`` and ``seed`` and rebuild one."""
+        raise TypeError(
+            "a PlaceboQueryHead is not saved; rebuild it with "
+            f"PlaceboQueryHead(dim={self.dim}, noise_scale={self.noise_scale}, seed={self.seed})"
+        )
+
+
+def top_k_overlap(first: Sequence[Sequence[str]], second: Sequence[Sequence[str]]) -> float:
+    """Mean share of ``first``'s ids per query that are also in ``second``'s list for that query.
+
+    Example:
+        >>> top_k_overlap([["a", "b"], ["c", "d"]], [["b", "a"], ["c", "x"]])
+        0.75
+    """
+    if len(first) != len(second):
+        raise ValueError(f"top_k_overlap got {len(first)} and {len(second)} ranked lists; pass one list per query each")
+    if not first:
+        raise ValueError("top_k_overlap needs at least one query")
+    shares = [len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(first, second)]
+    return float(np.mean(shares))
+
+
+@dataclass(frozen=True)
+class PlaceboCalibration:
+    """How a placebo was fitted: the scale found and the overlap it reaches."""
+
+    noise_scale: float
+    target_overlap: float
+    achieved_overlap: float
+    seed: int
+    k: int
+    n_queries: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "noise_scale": self.noise_scale,
+            "target_overlap": self.target_overlap,
+            "achieved_overlap": self.achieved_overlap,
+            "seed": self.seed,
+            "k": self.k,
+            "n_queries": self.n_queries,
+        }
+
+
+def calibrate_placebo(
+    retriever: Any,
+    query_embeddings: np.ndarray,
+    target_overlap: float,
+    *,
+    k: int,
+    seed: int = 0,
+    exclude_ids: Sequence[Collection[str]] | None = None,
+    exclude_hashes: Sequence[Collection[str]] | None = None,
+    tolerance: float = 0.005,
+    max_iterations: int = 40,
+) -> tuple[PlaceboQueryHead, PlaceboCalibration]:
+    """Find the noise scale whose top-``k`` image-head lists overlap standard RAG's by ``target_overlap``.
+
+    Standard RAG is ``retriever``'s knowledge base searched with the plain query embeddings (any
+    head of ``retriever`` is ignored). The overlap falls as the scale grows; bisection finds the
+    scale that meets the target within ``tolerance`` (or the closest one after ``max_iterations``).
+    A target of 1 gives scale 0 (standard RAG itself).
+
+    Args:
+        retriever: An ``LVLMAwareRetriever`` (its knowledge base is searched).
+        query_embeddings: Frozen query embeddings ``(n, dim)`` (``retriever.embed_queries``).
+        target_overlap: Overlap to match, in ``[0, 1]``; typically ``top_k_overlap`` of standard
+            RAG and the trained retriever on the same queries.
+        k: List length compared.
+        seed: Noise seed.
+        exclude_ids: Per-query KB ids to skip (as in evaluation).
+        exclude_hashes: Per-query image hashes to skip.
+        tolerance: Accepted absolute difference in overlap.
+        max_iterations: Bound on search steps.
+
+    Returns:
+        The head and a :class:`PlaceboCalibration` record.
+
+    Raises:
+        ValueError: A target outside ``[0, 1]`` or no queries.
+    """
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+
+    if not 0.0 <= target_overlap <= 1.0:
+        raise ValueError(f"target_overlap must be in [0, 1], got {target_overlap}")
+    queries = np.asarray(query_embeddings, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[0] == 0:
+        raise ValueError(f"calibrate_placebo needs query embeddings of shape (n>0, dim), got {queries.shape}")
+    kb = retriever.knowledge_base
+    dim = queries.shape[1]
+
+    def ids(head: QueryHead | None) -> list[list[str]]:
+        searcher = LVLMAwareRetriever(kb, image_head=head, k_image=k, k_text=0)
+        hits = searcher.search_heads(queries, k_image=k, k_text=0, exclude_ids=exclude_ids,
+                                     exclude_hashes=exclude_hashes)["image"]
+        return [[hit.item.id for hit in row] for row in hits]
+
+    reference = ids(None)
+
+    def overlap(scale: float) -> float:
+        return top_k_overlap(reference, ids(PlaceboQueryHead(dim, scale, seed)))
+
+    low, high = 0.0, 0.05
+    if target_overlap == 1.0:
+        # Only scale 0 keeps every list; the search below would stop at any overlap >= 1 - tolerance.
+        high = 0.0
+    high_overlap = overlap(high)
+    while high_overlap > target_overlap and high < 64.0:
+        low, high = high, 2.0 * high
+        high_overlap = overlap(high)
+    best_scale, best_overlap = high, high_overlap
+    for _ in range(max_iterations):
+        if abs(best_overlap - target_overlap) <= tolerance:
+            break
+        middle = 0.5 * (low + high)
+        value = overlap(middle)
+        if abs(value - target_overlap) < abs(best_overlap - target_overlap):
+            best_scale, best_overlap = middle, value
+        if value > target_overlap:
+            low = middle
+        else:
+            high = middle
+    calibration = PlaceboCalibration(
+        noise_scale=best_scale,
+        target_overlap=float(target_overlap),
+        achieved_overlap=best_overlap,
+        seed=seed,
+        k=k,
+        n_queries=int(queries.shape[0]),
+    )
+    logger.info("placebo: noise scale %.4f gives top-%d overlap %.3f (target %.3f)",
+                best_scale, k, best_overlap, target_overlap)
+    return PlaceboQueryHead(dim, best_scale, seed), calibration
