@@ -31,12 +31,18 @@ import torch
 from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.data.records import Case
 from llama_index_lvlm_retriever.demo.config import DemoConfig
-from llama_index_lvlm_retriever.demo.data import DemoData, check_disjoint, kb_items_as_cases, load_demo_data
+from llama_index_lvlm_retriever.demo.data import (
+    DemoData,
+    check_disjoint,
+    kb_items_as_cases,
+    load_demo_data,
+)
 from llama_index_lvlm_retriever.demo.miniature import train_small_clip, train_small_reader
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
 from llama_index_lvlm_retriever.evaluation.placebo import (
     PlaceboCalibration,
+    PlaceboQueryHead,
     calibrate_placebo,
     top_k_overlap,
 )
@@ -259,32 +265,44 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
         aware = LVLMAwareRetriever(kb, image_head=image_head, k_image=k, k_text=0)
         history = json.loads((cache.path("heads") / "retriever" / "training_history.json").read_text())
 
-    # Placebo: random perturbation with the trained retriever's top-k overlap with standard RAG.
-    with clock.stage("placebo: match the top-k overlap"):
-        test_images = [case.image_path for case in data.test]
-        frozen = standard.embed_queries(test_images)
-        plain_ids = _top_ids(standard, frozen, test_images, k)
-        aware_ids = _top_ids(aware, frozen, test_images, k)
-        overlap = top_k_overlap(plain_ids, aware_ids)
-        placebo_head, calibration = calibrate_placebo(standard, frozen, overlap, k=k, seed=seed)
+    # Placebo (random perturbation with the trained retriever's top-k overlap) and evaluation;
+    # cached together, since the evaluation of a seed depends on nothing else.
+    eval_key = fingerprint("evaluation", head_key, k, config.n_bootstrap, sorted(c.id for c in data.test))
+    done = cache.done("evaluation", eval_key)
+    with clock.stage("placebo: match the top-k overlap", cached=done):
+        if done:
+            record = json.loads((cache.path("evaluation") / "placebo.json").read_text())
+            overlap, calibration = float(record["overlap"]), PlaceboCalibration(**record["calibration"])
+        else:
+            test_images = [case.image_path for case in data.test]
+            frozen = standard.embed_queries(test_images)
+            overlap = top_k_overlap(_top_ids(standard, frozen, test_images, k), _top_ids(aware, frozen, test_images, k))
+            _, calibration = calibrate_placebo(standard, frozen, overlap, k=k, seed=seed)
+        placebo_head = PlaceboQueryHead(kb.dim, calibration.noise_scale, seed)
         placebo = LVLMAwareRetriever(kb, image_head=placebo_head, k_image=k, k_text=0)
     echo(f"[seed {seed}]   top-{k} overlap with standard RAG: LVLM-aware {overlap:.3f}, "
          f"placebo {calibration.achieved_overlap:.3f} (noise scale {calibration.noise_scale:.3f})")
 
-    with clock.stage(f"evaluation: 4 systems on {len(data.test)} test cases"):
-        report = evaluate_dataset(
-            data.test,
-            {STANDARD_ROW: standard, AWARE_ROW: aware, PLACEBO_ROW: placebo},
-            cached_reader,
-            data.task,
-            k=k,
-            closed_book_name=CLOSED_BOOK_ROW,
-            baseline=STANDARD_ROW,
-            n_bootstrap=config.n_bootstrap,
-            seed=seed,
-            batch_size=64,
-            show_progress=progress,
-        )
+    with clock.stage(f"evaluation: 4 systems on {len(data.test)} test cases", cached=done):
+        if done:
+            report = ConsistencyReport.from_json(cache.path("evaluation") / "report.json")
+        else:
+            report = evaluate_dataset(
+                data.test,
+                {STANDARD_ROW: standard, AWARE_ROW: aware, PLACEBO_ROW: placebo},
+                cached_reader,
+                data.task,
+                k=k,
+                closed_book_name=CLOSED_BOOK_ROW,
+                baseline=STANDARD_ROW,
+                n_bootstrap=config.n_bootstrap,
+                seed=seed,
+                batch_size=64,
+                show_progress=progress,
+            )
+            with cache.build("evaluation", eval_key) as tmp:
+                report.to_json(tmp / "report.json")
+                atomic_write_json(tmp / "placebo.json", {"overlap": overlap, "calibration": calibration.to_dict()})
     return SeedRun(
         seed=seed, report=report, placebo=calibration, overlap=overlap, sizes=sizes,
         timings=clock.timings, cached=clock.cached, training=_training_summary(history),
