@@ -24,9 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         "the retriever encoder and the reader, collect the reader's feedback, train the LVLM-aware retriever, "
         "and print the paper-style table with confidence intervals, a placebo row and paired tests. "
         "Outputs go to --out (Markdown, JSON, PNG); a second run reuses the cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # Defaults are written in the help texts: several depend on --quick or on real mode.
+        formatter_class=argparse.HelpFormatter,
     )
-    demo.add_argument("--out", default="demo_output", help="output folder (reports, plots, cache/)")
+    demo.add_argument("--out", default="demo_output", help="output folder (reports, plots, cache/); default demo_output")
     demo.add_argument("--seed", type=int, nargs="+", default=None,
                       help="seed(s); default 0 1 2 (quick: 0)")
     demo.add_argument("--quick", action="store_true", help="small run for CI (one seed, 480 images, short training)")
@@ -35,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     demo.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; quick 200)")
     demo.add_argument("--limit", type=int, default=None, help="use only this many images (stratified)")
     demo.add_argument("--dataset", choices=["elpv", "retinamnist", "dermamnist", "breastmnist"], default="elpv",
-                      help="elpv (offline, bundled) or a MedMNIST task (real mode; downloads through medmnist)")
+                      help="elpv (offline, bundled; the default) or a MedMNIST task (real mode; downloads through medmnist)")
     demo.add_argument("--retriever-model", default=None,
                       help="real mode: CLIP/SigLIP checkpoint (hub id or folder) instead of training a small CLIP")
     demo.add_argument("--reader-model", default=None,
                       help="real mode: image-text-to-text checkpoint, e.g. Qwen/Qwen2-VL-2B-Instruct")
     demo.add_argument("--image-size", type=int, default=None, help="stored image side (default 48; real mode 224)")
     demo.add_argument("--data-root", default=None, help="MedMNIST download folder (default <out>/cache/medmnist)")
-    demo.add_argument("--device", default="cpu", help="torch device for the reader and training (e.g. cuda)")
+    demo.add_argument("--device", default="cpu", help="torch device for the reader and training, e.g. cuda; default cpu")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(handler=_demo)
     return {"demo": demo}

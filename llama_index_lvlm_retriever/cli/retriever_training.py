@@ -89,7 +89,15 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     optim.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     optim.add_argument("--batch-size", type=int, default=256, help="training cases per step")
     optim.add_argument("--head-kind", default="linear", choices=["linear", "mlp"], help="residual head architecture")
-    optim.add_argument("--alpha", type=float, default=0.15, help="residual scale of a new head")
+    optim.add_argument("--alpha", type=float, default=0.15, help="blend weight of a new head (adapter or tower copy)")
+    encoder = train.add_argument_group("encoder mode (the paper's head: a trainable copy of the image tower)")
+    encoder.add_argument("--mode", default="adapter", choices=["adapter", "encoder"],
+                         help="adapter: residual head on cached embeddings (fast); encoder: tower copy on the query images")
+    encoder.add_argument("--cases", default=None,
+                         help="encoder mode: the training cases (JSONL or CSV) the feedback was collected for")
+    encoder.add_argument("--encoder-last-n-blocks", type=int, default=1, help="trainable blocks of the tower copy")
+    encoder.add_argument("--encoder-lora-r", type=int, default=None,
+                         help="train rank-r LoRA adapters instead of the last blocks (needs the peft extra)")
     optim.add_argument("--validation-fraction", type=float, default=0.1, help="cases held out for checkpoint selection (0 = none)")
     optim.add_argument("--eval-every", type=int, default=25, help="validate every this many steps")
     optim.add_argument("--seed", type=int, default=0, help="seed of split, batches and initialisation")
@@ -165,7 +173,15 @@ def _train_retriever(args: argparse.Namespace) -> int:
 
     if not Path(args.feedback).is_dir():
         raise CLIError(f"--feedback {args.feedback}: folder not found; run collect-feedback first")
+    if args.mode == "encoder" and not args.cases:
+        raise CLIError("--mode encoder reads the query images: pass --cases, the training cases file the feedback "
+                       "was collected for (or use --mode adapter)")
+    if args.mode != "encoder" and args.encoder_lora_r is not None:
+        raise CLIError("--encoder-lora-r needs --mode encoder")
     config = TrainerConfig(
+        mode=args.mode,
+        encoder_last_n_blocks=args.encoder_last_n_blocks,
+        encoder_lora_r=args.encoder_lora_r,
         schedule=args.schedule,
         head_kind=args.head_kind,
         alpha=args.alpha,
@@ -184,9 +200,10 @@ def _train_retriever(args: argparse.Namespace) -> int:
     text_head = args.text_head or recorded_text
     feedback = FeedbackCache.from_persist_dir(args.feedback)
     retriever = load_retriever(args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head)
-    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config)
+    cases = load_cases(args.cases) if args.mode == "encoder" else None
+    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config, cases=cases)
     engine.finetune()
     out = engine.save(args.out)
     write_json_atomic(out / TRAIN_CONFIG_FILE, {**resolved_config(args), "image_head": image_head, "text_head": text_head})
-    print(f"trained the {args.head} head(s) with {args.loss} for {args.steps} steps -> {out}")
+    print(f"trained the {args.head} head(s) ({args.mode} mode) with {args.loss} for {args.steps} steps -> {out}")
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llama_index_lvlm_retriever.cli import retriever_training
+from llama_index_lvlm_retriever.cli import main, retriever_training
 from llama_index_lvlm_retriever.cli._common import CLIError
 from llama_index_lvlm_retriever.query_heads import QueryHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
@@ -106,6 +106,49 @@ def test_train_retriever_continues_from_the_heads_the_feedback_was_collected_wit
     x = np.random.default_rng(1).normal(size=(2, 16)).astype(np.float32)
     round1 = QueryHead.from_pretrained(heads / "image_head").encode(x)
     np.testing.assert_allclose(QueryHead.from_pretrained(out / "image_head").encode(x), round1, atol=1e-6)
+
+
+def test_train_retriever_encoder_mode_trains_tower_copies_that_query_loads(
+    recipe_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir: Path = recipe_run["workdir"]
+    common = ["train-retriever", "--kb", str(workdir / "kb"), "--feedback", str(workdir / "feedback"),
+              "--mode", "encoder", "--cases", str(workdir / "data" / "train.jsonl"), "--head", "image",
+              "--steps", "3", "--lr", "0.01", "--alpha", "0.5", "--validation-fraction", "0", "--no-progress"]
+    out = tmp_path / "encoder-heads"
+    assert main([*common, "--out", str(out)]) == 0
+    config = json.loads((out / "image_head" / "config.json").read_text())
+    assert config["class_name"] == "EncoderQueryHead"
+    head = QueryHead.from_pretrained(out / "image_head")
+    assert head.config.alpha == 0.5 and head.config.train_last_n_blocks == 1
+    record = json.loads((out / retriever_training.TRAIN_CONFIG_FILE).read_text())
+    assert record["mode"] == "encoder" and record["encoder_lora_r"] is None
+
+    # The trained tower copy moves the scores of the plain query.
+    image = next((workdir / "data").rglob("*.png"))
+    query = ["query", "--kb", str(workdir / "kb"), "--image", str(image), "--top-k", "3", "--json"]
+    capsys.readouterr()
+    assert main(query) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*query, "--heads", str(out)]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert len(trained) == len(plain) >= 3
+    assert [round(r["score"], 5) for r in trained if r["head"] == "image"] != [
+        round(r["score"], 5) for r in plain if r["head"] == "image"]
+
+    lora = tmp_path / "lora-heads"
+    assert main([*common, "--encoder-lora-r", "2", "--out", str(lora)]) == 0
+    saved = json.loads((lora / "image_head" / "config.json").read_text())
+    assert json.dumps(saved).count('"lora_r": 2') == 1 and '"lora_merged": true' in json.dumps(saved)
+
+
+def test_train_retriever_encoder_mode_needs_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "fb").mkdir()
+    base = ["train-retriever", "--kb", str(tmp_path), "--feedback", str(tmp_path / "fb"), "--out", str(tmp_path / "o")]
+    assert main([*base, "--mode", "encoder"]) == 2
+    assert "--mode encoder reads the query images: pass --cases" in capsys.readouterr().err
+    assert main([*base, "--encoder-lora-r", "4"]) == 2
+    assert "--encoder-lora-r needs --mode encoder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("name", "cls"), [("posterior_kl", PosteriorKLLoss), ("lsr", LSRLoss), ("emdr", EMDRLoss)])
