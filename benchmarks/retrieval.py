@@ -35,7 +35,7 @@ from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.testing import build_tiny_clip
 

@@ -33,14 +33,14 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
-from llama_index_lvlm_retriever._testing.clip import build_tiny_clip
-from llama_index_lvlm_retriever._testing.lvlm import build_tiny_llava
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import get_task
+from llama_index_lvlm_retriever.testing.clip import build_tiny_clip
+from llama_index_lvlm_retriever.testing.lvlm import build_tiny_llava
 from llama_index_lvlm_retriever.training._identity import retriever_identity
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback

@@ -19,7 +19,8 @@ from llama_index_lvlm_retriever.evaluation import (
     ConsistencyReport,
     evaluate_dataset,
 )
-from llama_index_lvlm_retriever.knowledge_base import (
+from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.kb import (
     EncoderMismatchError,
     IndexConfig,
     KnowledgeBase,
@@ -27,7 +28,6 @@ from llama_index_lvlm_retriever.knowledge_base import (
 )
 from llama_index_lvlm_retriever.postprocessor import LVLMRerank, LVLMRerankResult
 from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.readers import (
     HFLVLMReader,
     HFLVLMReaderConfig,

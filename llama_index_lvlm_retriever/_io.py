@@ -30,6 +30,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def json_bytes(obj: Any) -> bytes:
+    """Deterministic, human-readable JSON bytes (sorted keys, so reruns write identical files)."""
+    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -21,7 +21,6 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, ImageNode, NodeWithScore, QueryBundle
 
 from llama_index_lvlm_retriever import metadata_keys as keys
-from llama_index_lvlm_retriever._retrieval_nodes import META_KB_ID
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -36,6 +35,7 @@ from llama_index_lvlm_retriever.aggregation import (
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.base import Reader
+from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID
 
 logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)

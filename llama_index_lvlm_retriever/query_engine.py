@@ -26,14 +26,14 @@ from llama_index_lvlm_retriever.aggregation import (
     AggregationMethod,
     RerankMethod,
 )
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.heads import QueryHead
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.postprocessor import (
     NO_IMAGE_MESSAGE,
     LVLMRerank,
     LVLMRerankResult,
     TextOnlyMode,
 )
-from llama_index_lvlm_retriever.query_heads import QueryHead
 from llama_index_lvlm_retriever.readers.base import Reader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 

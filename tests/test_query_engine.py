@@ -142,7 +142,7 @@ def test_bad_inputs(images: dict[str, str]) -> None:
 
 def test_tiny_clip_knowledge_base_and_tiny_llava_reader(tmp_path: Path) -> None:
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
     from llama_index_lvlm_retriever.tasks import get_task
     from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava

@@ -6,8 +6,9 @@ the path and the fix, so handlers stay one library call long.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_index_lvlm_retriever.cli._common import CLIError
 
@@ -22,6 +23,8 @@ IMAGE_HEAD_DIR = "image_head"
 """Sub-folder of a heads directory (``RetrieverFinetuneEngine.save``) holding the image head."""
 TEXT_HEAD_DIR = "text_head"
 """Sub-folder of a heads directory holding the text head."""
+BUILD_CONFIG_FILE = "build_config.json"
+"""The resolved ``build-kb`` settings, written next to a KB the CLI built."""
 
 
 def load_task(name_or_path: str | None) -> TaskSpec | None:
@@ -73,15 +76,30 @@ def load_reader(
     return HFLVLMReader.from_pretrained(name, task, device=device, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
 
 
+def recorded_dtype(kb_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """The dtype the KB's encoder ran in: ``build_config.json``, else the manifest, else float32.
+
+    The encoder's weights fingerprint depends on its dtype, so queries must load it the same way.
+    """
+    config_path = Path(kb_dir) / BUILD_CONFIG_FILE
+    if config_path.is_file():
+        try:
+            dtype = json.loads(config_path.read_text(encoding="utf-8")).get("dtype")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CLIError(f"{config_path} is not a JSON object; pass --dtype explicitly") from err
+        if dtype:
+            return str(dtype)
+    return str((manifest.get("encoder") or {}).get("dtype") or "float32")
+
+
 def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "cpu", dtype: str | None = None) -> CLIPEmbedding:
     """The encoder a KB was built with: its manifest's model and dtype unless overridden.
 
     Raises:
         CLIError: The manifest names no encoder and ``embed_model`` is not given.
     """
-    from llama_index_lvlm_retriever.cli.kb import recorded_dtype
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
 
     manifest = KnowledgeBase.read_manifest(kb_dir)
     model_name = embed_model or (manifest.get("encoder") or {}).get("model_name")

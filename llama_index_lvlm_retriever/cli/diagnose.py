@@ -62,9 +62,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
     from llama_index_lvlm_retriever.cli._loading import load_encoder, load_reader, load_task
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.heads import QueryHead
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
-    from llama_index_lvlm_retriever.query_heads import QueryHead
 
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")

@@ -14,12 +14,15 @@ from llama_index_lvlm_retriever.cli._common import (
     resolved_config,
     write_json_atomic,
 )
-from llama_index_lvlm_retriever.cli._loading import heads_dir_paths
+from llama_index_lvlm_retriever.cli._loading import (
+    BUILD_CONFIG_FILE,
+    heads_dir_paths,
+    recorded_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
 # Written next to the manifest by build-kb: the options the KB was built with (dtype, model, ...).
-BUILD_CONFIG_FILE = "build_config.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -111,7 +114,7 @@ def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_c
 
 def _build_kb(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-    from llama_index_lvlm_retriever.knowledge_base import IndexConfig, KnowledgeBase
+    from llama_index_lvlm_retriever.kb import IndexConfig, KnowledgeBase
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -131,28 +134,12 @@ def _build_kb(args: argparse.Namespace) -> int:
     return 0
 
 
-def recorded_dtype(kb_dir: str | Path, manifest: dict[str, Any]) -> str:
-    """The dtype the KB's encoder ran in: ``build_config.json``, else the manifest, else float32.
-
-    The encoder's weights fingerprint depends on its dtype, so queries must load it the same way.
-    """
-    config_path = Path(kb_dir) / BUILD_CONFIG_FILE
-    if config_path.is_file():
-        try:
-            dtype = json.loads(config_path.read_text(encoding="utf-8")).get("dtype")
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise CLIError(f"{config_path} is not a JSON object; pass --dtype explicitly") from err
-        if dtype:
-            return str(dtype)
-    return str((manifest.get("encoder") or {}).get("dtype") or "float32")
-
-
 def _query(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-    from llama_index_lvlm_retriever.query_heads import QueryHead
+    from llama_index_lvlm_retriever.heads import QueryHead
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 
     if args.top_k < 1:
@@ -220,7 +207,7 @@ def _cut(text: str, width: int) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
 
     manifest = KnowledgeBase.read_manifest(args.kb)
     if args.json:

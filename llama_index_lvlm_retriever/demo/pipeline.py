@@ -47,8 +47,8 @@ from llama_index_lvlm_retriever.evaluation.placebo import (
     top_k_overlap,
 )
 from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-from llama_index_lvlm_retriever.query_heads import QueryHead
+from llama_index_lvlm_retriever.heads import QueryHead
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.cached import CachedReader
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever

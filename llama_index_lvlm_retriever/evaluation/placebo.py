@@ -18,95 +18,18 @@ retrieves the same neighbours for a query however it is batched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import PlaceboQueryHead, QueryHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PlaceboCalibration", "PlaceboQueryHead", "calibrate_placebo", "top_k_overlap"]
-
-
-class PlaceboQueryHead(QueryHead):
-    """``q = normalize(e + scale * z)`` with ``z ~ N(0, I / dim)`` seeded by ``(seed, e)``.
-
-    ``z`` has unit norm in expectation, so ``scale`` is the noise-to-signal ratio of the query.
-    ``scale = 0`` is standard RAG.
-
-    Args:
-        dim: Dimension of the frozen query embedding.
-        noise_scale: ``scale`` above (>= 0).
-        seed: Seed mixed into every query's noise.
-
-    Raises:
-        ValueError: A negative ``noise_scale``.
-
-    Example:
-        >>> head = PlaceboQueryHead(dim=4, noise_scale=0.5, seed=0)
-        >>> e = np.eye(4, dtype=np.float32)[:2]
-        >>> np.allclose(head.encode(e), head.encode(e[::-1])[::-1])  # per-query, batch-independent
-        True
-        >>> bool(np.allclose(PlaceboQueryHead(dim=4, noise_scale=0.0).encode(e), e))
-        True
-    """
-
-    def __init__(self, dim: int, noise_scale: float, seed: int = 0) -> None:
-        if noise_scale < 0 or not np.isfinite(noise_scale):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
-        super().__init__(QueryHeadConfig(dim=dim, kind="identity"))
-        self.noise_scale = float(noise_scale)
-        self.seed = int(seed)
-
-    @property
-    def is_identity(self) -> bool:
-        """``False`` (unless the scale is 0): the retriever must apply the head."""
-        return self.noise_scale == 0.0
-
-    def extra_repr(self) -> str:
-        return f"noise_scale={self.noise_scale:.4g}, seed={self.seed}"
-
-    def _noise(self, row: np.ndarray) -> np.ndarray:
-        # Seed from the query's own bytes (rounded, so float noise in the encoder does not matter).
-        digest = hashlib.blake2b(np.round(row, 5).astype(np.float32).tobytes(), digest_size=8,
-                                 key=self.seed.to_bytes(8, "little", signed=True)).digest()
-        rng = np.random.default_rng(int.from_bytes(digest, "little"))
-        return rng.standard_normal(row.shape[0]) / np.sqrt(row.shape[0])  # (dim,)
-
-    def encode(self, embeddings: np.ndarray) -> np.ndarray:
-        """Perturb and renormalise numpy embeddings ``(dim,)`` or ``(n, dim)``; float32 out."""
-        arr = np.asarray(embeddings, dtype=np.float64)
-        single = arr.ndim == 1
-        batch = arr[None, :] if single else arr  # (n, dim)
-        if batch.ndim != 2 or batch.shape[1] != self.dim:
-            raise ValueError(
-                f"PlaceboQueryHead expects embeddings of shape (n, {self.dim}), got {arr.shape}"
-            )
-        unit = batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True), 1e-12)
-        if self.noise_scale > 0:
-            noise = np.stack([self._noise(row) for row in unit])  # (n, dim)
-            unit = unit + self.noise_scale * noise
-            unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-        out = unit.astype(np.float32)
-        return out[0] if single else out
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """The same perturbation on a tensor (no gradient: a placebo is never trained)."""
-        out = self.encode(embeddings.detach().float().cpu().numpy())
-        return torch.from_numpy(out).to(embeddings.device)
-
-    def save_pretrained(self, save_directory: Any) -> Any:
-        """Placebos are not checkpoints: record ``noise_scale`` and ``seed`` and rebuild one."""
-        raise TypeError(
-            "a PlaceboQueryHead is not saved; rebuild it with "
-            f"PlaceboQueryHead(dim={self.dim}, noise_scale={self.noise_scale}, seed={self.seed})"
-        )
+__all__ = ["PlaceboCalibration", "calibrate_placebo", "top_k_overlap"]
 
 
 def top_k_overlap(first: Sequence[Sequence[str]], second: Sequence[Sequence[str]]) -> float:
@@ -183,7 +106,7 @@ def calibrate_placebo(
     Raises:
         ValueError: A target outside ``[0, 1]`` or no queries.
     """
-    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever  # noqa: F811
 
     if not 0.0 <= target_overlap <= 1.0:
         raise ValueError(f"target_overlap must be in [0, 1], got {target_overlap}")

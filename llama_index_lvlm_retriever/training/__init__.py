@@ -11,12 +11,12 @@ derived from the frozen reader; see :mod:`llama_index_lvlm_retriever.training.lo
 
 from __future__ import annotations
 
-from llama_index_lvlm_retriever.training.clip_pretrain import CLIPPretrainConfig, CLIPPretrainEngine
-from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
-from llama_index_lvlm_retriever.training.encoder_head import (
+from llama_index_lvlm_retriever.heads import (
     EncoderQueryHead,
     EncoderQueryHeadConfig,
 )
+from llama_index_lvlm_retriever.training.clip_pretrain import CLIPPretrainConfig, CLIPPretrainEngine
+from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.losses import (

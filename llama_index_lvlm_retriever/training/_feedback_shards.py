@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save as _safetensors_save
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
+from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.training._identity import sha256_json
 
 FORMAT_NAME = "llama-index-lvlm-retriever/feedback-cache"
@@ -58,11 +59,6 @@ def plan_fingerprint(manifest: dict[str, Any]) -> str:
     return sha256_json({key: manifest.get(key) for key in PLAN_KEYS})
 
 
-
-
-def json_bytes(obj: Any) -> bytes:
-    """Deterministic, human-readable JSON bytes (sorted keys, so reruns write identical files)."""
-    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_shard(

@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-
-from llama_index_lvlm_retriever.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from llama_index_lvlm_retriever.query_heads import QueryHead
+    from llama_index_lvlm_retriever.heads import QueryHead
     from llama_index_lvlm_retriever.readers.base import Reader
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of this package, torch and transformers (recorded next to saved artifacts)."""
-    versions = {"llama-index-lvlm-retriever": __version__, "torch": torch.__version__}
-    try:
-        versions["transformers"] = importlib_metadata.version("transformers")
-    except importlib_metadata.PackageNotFoundError:  # pragma: no cover - a core dependency
-        versions["transformers"] = "not installed"
-    return versions
 
 
 def sha256_json(obj: Any) -> str:

@@ -53,16 +53,16 @@ from llama_index_lvlm_retriever.training._feedback_shards import (
 from llama_index_lvlm_retriever.training._identity import (
     describe_identity,
     identity_mismatch,
-    package_versions,
     reader_identity,
     retriever_identity,
     task_identity,
 )
 from llama_index_lvlm_retriever.training.config import FeedbackConfig
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+from llama_index_lvlm_retriever.version import package_versions
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from llama_index_lvlm_retriever.knowledge_base import SearchHit
+    from llama_index_lvlm_retriever.kb import SearchHit
     from llama_index_lvlm_retriever.readers.base import Reader
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 

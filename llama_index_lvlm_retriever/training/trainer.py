@@ -1,7 +1,7 @@
 """RetrieverFinetuneEngine: train the retriever's query heads from cached reader feedback.
 
 Stage 2 of arXiv 2508.17394 with the reader frozen. In ``"adapter"`` mode a residual
-:class:`~llama_index_lvlm_retriever.query_heads.QueryHead` sits on the *frozen* query embedding; the
+:class:`~llama_index_lvlm_retriever.heads.QueryHead` sits on the *frozen* query embedding; the
 retrieval score of a cached candidate ``c`` is ``s(c) = cos(head(e), key_c)`` where ``key_c`` is the
 candidate's stored knowledge-base vector (image vectors for the image head, caption vectors for the
 text head). Training reads only the feedback cache and those KB vectors, so it takes seconds to
@@ -23,7 +23,7 @@ computes on validation cases the RAG log-likelihood ``mean_i log sum_{c in top-k
 best heads in memory and restores them at the end; the untrained head is a legal outcome.
 
 **Encoder mode** (``TrainerConfig(mode="encoder")``, the paper's head): each trained head is an
-:class:`~llama_index_lvlm_retriever.training.encoder_head.EncoderQueryHead`, a trainable copy of the
+:class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead`, a trainable copy of the
 knowledge base's image tower (last ``encoder_last_n_blocks`` blocks + projection trainable, or only
 LoRA adapters with ``encoder_lora_r``, which needs the ``peft`` extra) whose
 output is blended with the cached frozen embedding, ``q = normalize(0.85 e + 0.15 normalize(tower(x)))``;
@@ -39,7 +39,6 @@ import copy
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llama_index_lvlm_retriever.data.images import load_image
+from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
+from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
-from llama_index_lvlm_retriever.training._feedback_shards import atomic_write, json_bytes
-from llama_index_lvlm_retriever.training._identity import package_versions
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
-from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+from llama_index_lvlm_retriever.training.head_data import HeadData, build_head_data, query_pixels
 from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
+from llama_index_lvlm_retriever.version import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -75,25 +74,6 @@ _TRAIN_HEADS: dict[str, tuple[str, ...]] = {
 _DEFAULT_GAMMA = 0.05  # the paper's softmax temperature on cosines
 _EVAL_CHUNK = 4096  # cases per no-grad scoring chunk (bounds memory on large caches)
 _ENCODER_EVAL_CHUNK = 128  # images per no-grad tower pass in encoder mode (bounds activation memory)
-
-
-@dataclass
-class _HeadData:
-    """One head's cached candidates on the training device, with a compact table of their keys.
-
-    Only the KB rows some candidate uses are copied (``keys``), so a large KB costs nothing extra;
-    ``slots`` maps each candidate to its row of ``keys``.
-    """
-
-    embeddings: torch.Tensor  # (n, d) frozen query embeddings
-    keys: torch.Tensor  # (U, D) KB vectors of the U distinct candidates
-    slots: torch.Tensor  # (n, N) int64 row of ``keys``; 0 where masked
-    frozen_scores: torch.Tensor  # (n, N) cached retrieval scores
-    gold: torch.Tensor  # (n, N) log P_reader(gold | c)
-    mask: torch.Tensor  # (n, N) bool
-    disagree: torch.Tensor  # (n,) bool
-    rows: torch.Tensor  # (m,) cases with at least one candidate
-    pixels: torch.Tensor | None = None  # (n, C, H, W) processed query images (encoder mode only)
 
 
 class RetrieverFinetuneEngine:
@@ -260,49 +240,9 @@ class RetrieverFinetuneEngine:
             )
         return head.to(self._device)
 
-    def _head_data(self, cache: FeedbackCache, name: str) -> _HeadData:
-        kb = self._retriever.knowledge_base
-        vectors = kb.image_vectors if name == HEAD_IMAGE else kb.text_vectors
-        positions = cache.candidate_positions(name)  # (n, N), -1 where masked
-        mask = cache.mask(name)
-        used = torch.unique(positions[mask])  # (U,) sorted KB rows
-        keys = torch.from_numpy(np.asarray(vectors, dtype=np.float32)[used.numpy()])  # (U, D)
-        slots = torch.searchsorted(used, positions.clamp(min=0)) * mask  # (n, N); 0 where masked
-        rows = torch.nonzero(mask.any(dim=1)).flatten()
-        dev = self._device
-        return _HeadData(
-            embeddings=cache.query_embeddings.float().to(dev),
-            keys=keys.to(dev),
-            slots=slots.to(dev),
-            frozen_scores=cache.retrieval_scores(name).float().to(dev),
-            gold=cache.gold_log_probs(name).float().to(dev),
-            mask=mask.to(dev),
-            disagree=cache.disagree().to(dev),
-            rows=rows.to(dev),
-            pixels=self._pixels(cache).to(dev) if self._encoder else None,
-        )
-
-    def _pixels(self, cache: FeedbackCache) -> torch.Tensor:
-        """The cache's query images processed by the KB's embedding model, ``(n, C, H, W)``."""
-        missing = [cid for cid in cache.case_ids if cid not in self._case_images]
-        if missing:
-            raise ValueError(
-                f"encoder mode needs the query image of every cached case, but cases= has no case with id "
-                f"{missing[0]!r} ({len(missing)} missing); pass the cases the feedback was collected on"
-            )
-        processor = getattr(getattr(self._retriever.knowledge_base.embed_model, "processor", None),
-                            "image_processor", None)
-        if processor is None:
-            raise TypeError(
-                "encoder mode needs the embedding model's processor.image_processor (a CLIPEmbedding); use "
-                "mode='adapter' with this embedding model"
-            )
-        paths = [self._case_images[cid] for cid in cache.case_ids]
-        chunks = [
-            processor(images=[load_image(p) for p in paths[s : s + 256]], return_tensors="pt")["pixel_values"]
-            for s in range(0, len(paths), 256)
-        ]
-        return torch.cat(chunks).float()  # (n, C, H, W)
+    def _head_data(self, cache: FeedbackCache, name: str) -> HeadData:
+        pixels = query_pixels(self._retriever.knowledge_base, cache, self._case_images) if self._encoder else None
+        return build_head_data(cache, name, self._retriever.knowledge_base, self._device, pixels=pixels)
 
     # ------------------------------------------------------------------ public API
     @classmethod
@@ -453,7 +393,7 @@ class RetrieverFinetuneEngine:
                 batch = perm[start : start + size]
                 yield {name: batch for name in names}
 
-    def _scores(self, name: str, data: _HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def _scores(self, name: str, data: HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Cosine of the head's query vector with each selected candidate's key, ``(B, n)``."""
         if data.pixels is not None:
             # Encoder mode: the tower reads the query images, blended with the cached frozen embedding.
@@ -464,7 +404,7 @@ class RetrieverFinetuneEngine:
         keys = data.keys[data.slots[rows].gather(1, cols)]  # (B, n, D)
         return torch.einsum("bd,bnd->bn", query, keys)  # both unit-norm: cosines
 
-    def _loss_on(self, name: str, data: _HeadData, rows: torch.Tensor, cols_all: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _loss_on(self, name: str, data: HeadData, rows: torch.Tensor, cols_all: torch.Tensor) -> dict[str, torch.Tensor]:
         cols = cols_all[rows]  # (B, n) columns of the cached pool used in the softmax
         scores = self._scores(name, data, rows, cols)  # (B, n)
         return self._loss(
@@ -476,7 +416,7 @@ class RetrieverFinetuneEngine:
         )
 
     @torch.no_grad()
-    def _pool_scores(self, name: str, data: _HeadData) -> torch.Tensor:
+    def _pool_scores(self, name: str, data: HeadData) -> torch.Tensor:
         """Current-head cosines over the whole cached pool, ``(n, N)``, -inf where masked."""
         self._heads[name].eval()
         n, big_n = data.mask.shape
@@ -489,7 +429,7 @@ class RetrieverFinetuneEngine:
         ]
         return torch.cat(chunks).masked_fill(~data.mask, float("-inf"))
 
-    def _select_cols(self, name: str, data: _HeadData) -> torch.Tensor:
+    def _select_cols(self, name: str, data: HeadData) -> torch.Tensor:
         """Columns of the training softmax per case: the top ``n_train_candidates`` under the current head."""
         big_n = data.mask.shape[1]
         n_keep = self._config.n_train_candidates

@@ -16,7 +16,7 @@ from llama_index_lvlm_retriever.cli import diagnose
 from llama_index_lvlm_retriever.cli._common import CLIError
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 

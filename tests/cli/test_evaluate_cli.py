@@ -16,7 +16,7 @@ from llama_index_lvlm_retriever.cli import evaluate
 from llama_index_lvlm_retriever.cli._common import CLIError
 from llama_index_lvlm_retriever.cli._loading import load_cases, load_task
 from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport
-from llama_index_lvlm_retriever.query_heads import QueryHead
+from llama_index_lvlm_retriever.heads import QueryHead
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,8 @@ from skimage import data as skdata
 
 from llama_index_lvlm_retriever.cli import main
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.testing import build_tiny_clip
-from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 
 IDS = ["retina-a", "retina-b", "ihc-a", "ihc-b", "ct-small"]
 

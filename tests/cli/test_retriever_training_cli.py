@@ -16,7 +16,7 @@ import pytest
 
 from llama_index_lvlm_retriever.cli import main, retriever_training
 from llama_index_lvlm_retriever.cli._common import CLIError
-from llama_index_lvlm_retriever.query_heads import QueryHead
+from llama_index_lvlm_retriever.heads import QueryHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.losses import EMDRLoss, LSRLoss, PosteriorKLLoss
 

@@ -20,12 +20,11 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.evaluation.placebo import (
     PlaceboCalibration,
-    PlaceboQueryHead,
     calibrate_placebo,
     top_k_overlap,
 )
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-from llama_index_lvlm_retriever.query_heads import QueryHead
+from llama_index_lvlm_retriever.heads import PlaceboQueryHead, QueryHead, load_head
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 
 N_KB, N_QUERIES, DIM, K = 300, 100, 16, 5
@@ -151,11 +150,16 @@ def test_wrong_dimension_raises() -> None:
         PlaceboQueryHead(dim=4, noise_scale=0.5).encode(np.ones((2, 3)))
 
 
-def test_save_pretrained_says_how_to_rebuild(tmp_path) -> None:
+def test_save_and_load_round_trip_through_the_one_loader(tmp_path) -> None:
     head = PlaceboQueryHead(dim=16, noise_scale=0.25, seed=9)
-    with pytest.raises(TypeError, match=r"rebuild it with PlaceboQueryHead\(dim=16, noise_scale=0.25, seed=9\)"):
-        head.save_pretrained(tmp_path / "placebo")
-    assert not (tmp_path / "placebo").exists()
+    head.save_pretrained(tmp_path / "placebo")
+    loaded = load_head(tmp_path / "placebo")
+    assert isinstance(loaded, PlaceboQueryHead)
+    assert (loaded.dim, loaded.noise_scale, loaded.seed) == (16, 0.25, 9)
+    e = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.encode(e), head.encode(e))
+    # QueryHead.from_pretrained dispatches on the saved class name too.
+    assert isinstance(QueryHead.from_pretrained(tmp_path / "placebo"), PlaceboQueryHead)
 
 
 # ---------------------------------------------------------------------------- top_k_overlap

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from llama_index_lvlm_retriever._testing.lvlm import (
+from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.testing.lvlm import (
     build_tiny_idefics3,
     build_tiny_llava,
     build_tiny_qwen2_vl,
 )
-from llama_index_lvlm_retriever.data.records import Case, KBItem
 
 
 @pytest.fixture(autouse=True, scope="package")

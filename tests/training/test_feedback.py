@@ -42,8 +42,8 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec

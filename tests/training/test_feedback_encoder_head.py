@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.heads import EncoderQueryHead
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip
 from llama_index_lvlm_retriever.training._feedback_shards import RETRIEVAL_SCORES
-from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
 from llama_index_lvlm_retriever.training.feedback import (
     FeedbackConfig,
     _collect_shard,

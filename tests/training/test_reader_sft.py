@@ -19,7 +19,7 @@ from PIL import Image
 from llama_index_lvlm_retriever.data.images import image_content_hash
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec

@@ -9,7 +9,7 @@ A KB directory holds::
     image.faiss            faiss index over the image vectors
     text.faiss             faiss index over the text vectors
 
-Private module; :class:`~llama_index_lvlm_retriever.knowledge_base.KnowledgeBase` is the API.
+Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API.
 """
 
 from __future__ import annotations

@@ -10,71 +10,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field
 from llama_index.core.embeddings import MultiModalEmbedding
 
-from llama_index_lvlm_retriever import _kb_checks as checks
-from llama_index_lvlm_retriever import _kb_encoding as enc
-from llama_index_lvlm_retriever import _kb_storage as store
-from llama_index_lvlm_retriever._vector_index import VectorIndex
 from llama_index_lvlm_retriever.data.images import (
     ImageInput,
     image_content_hash,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
-
-__all__ = ["EncoderMismatchError", "IndexConfig", "KnowledgeBase", "SearchHit"]
+from llama_index_lvlm_retriever.kb import checks
+from llama_index_lvlm_retriever.kb import encoding as enc
+from llama_index_lvlm_retriever.kb import storage as store
+from llama_index_lvlm_retriever.kb.backends import FaissIndex
+from llama_index_lvlm_retriever.kb.types import (
+    MODALITIES,
+    EncoderMismatchError,
+    IndexConfig,
+    Modality,
+    SearchHit,
+)
 
 logger = logging.getLogger(__name__)
-
-Modality = Literal["image", "text"]
-MODALITIES: tuple[str, ...] = ("image", "text")
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One search result.
-
-    Args:
-        item: The retrieved image-text pair.
-        score: Inner product of the normalised query and item vectors (a cosine in ``[-1, 1]``).
-        position: The item's row in the knowledge base.
-    """
-
-    item: KBItem
-    score: float
-    position: int
-
-
-class IndexConfig(BaseModel):
-    """Which faiss index each modality uses (all inner product over normalised vectors).
-
-    ``flat`` is exact and right up to a few hundred thousand pairs; ``ivf`` and ``hnsw`` are
-    approximate and faster on large knowledge bases.
-
-    Example:
-        >>> IndexConfig(kind="hnsw", ef_search=128).kind
-        'hnsw'
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["flat", "ivf", "hnsw"] = Field(
-        default="flat", description="faiss index kind: flat (exact), ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)."
-    )
-    nlist: int = Field(default=100, gt=0, description="IVF: number of inverted lists (capped to the number of vectors).")
-    nprobe: int = Field(default=8, gt=0, description="IVF: lists visited per query (capped to nlist).")
-    hnsw_m: int = Field(default=32, gt=1, description="HNSW: neighbours per node in the graph.")
-    ef_search: int = Field(default=64, gt=0, description="HNSW: candidate list size at search time.")
-
-
-class EncoderMismatchError(ValueError):
-    """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
 
 
 class KnowledgeBase:
@@ -149,7 +108,7 @@ class KnowledgeBase:
         image_vectors: np.ndarray | None,
         text_vectors: np.ndarray | None,
         image_hashes: list[str],
-        indexes: dict[str, VectorIndex] | None = None,
+        indexes: dict[str, FaissIndex] | None = None,
     ) -> None:
         if not isinstance(embed_model, MultiModalEmbedding):
             raise TypeError(
@@ -163,7 +122,7 @@ class KnowledgeBase:
             "text": checks.as_vectors("text_vectors", text_vectors, n),
         }
         if indexes is None:
-            indexes = {name: VectorIndex(config) for name in MODALITIES}
+            indexes = {name: FaissIndex(config) for name in MODALITIES}
             for name in MODALITIES:
                 indexes[name].add(vectors[name])
         checks.check_state(vectors, image_hashes, indexes, n)
@@ -521,7 +480,7 @@ class KnowledgeBase:
             )
         config = _index_config_from(manifest.get("index") or {}, persist_dir)
         items, image, text, hashes = store.read_knowledge_base(persist_dir, manifest)
-        indexes = {name: VectorIndex.read(persist_dir / store.INDEX_FILES[name], config) for name in MODALITIES}
+        indexes = {name: FaissIndex.read(persist_dir / store.INDEX_FILES[name], config) for name in MODALITIES}
         kb = cls.__new__(cls)
         kb._setup(embed_model, config, encoder, items, image, text, list(hashes), indexes=indexes)
         logger.info("loaded knowledge base (%d pairs, %d-d, %s) from %s", len(kb), kb.dim, config.kind, persist_dir)
@@ -533,3 +492,6 @@ def _index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConf
     if unknown:
         logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
     return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+
+
+__all__ = ["KnowledgeBase"]

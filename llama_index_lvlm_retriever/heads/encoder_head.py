@@ -30,7 +30,7 @@ writes a plain CLIP tower in the usual ``config.json`` + ``model.safetensors`` l
 training from it, :meth:`EncoderQueryHead.with_fresh_lora` puts new zero-initialised adapters on the
 merged weights (the training engine does this when it continues from such a head).
 
-Unlike :class:`~llama_index_lvlm_retriever.query_heads.QueryHead` this head needs the query image:
+Unlike :class:`~llama_index_lvlm_retriever.heads.query_head.QueryHead` this head needs the query image:
 it sets ``needs_image = True`` and :class:`~llama_index_lvlm_retriever.retriever.LVLMAwareRetriever`
 hands it the query images' ``pixel_values`` (processed by the knowledge base's embedding model).
 """
@@ -48,39 +48,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from safetensors.torch import load_file as _load_safetensors
-from safetensors.torch import save as _safetensors_bytes
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from llama_index_lvlm_retriever.training._feedback_shards import atomic_write, json_bytes
-from llama_index_lvlm_retriever.training._identity import package_versions
+from llama_index_lvlm_retriever.heads._saving import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    read_head_config,
+    register_head,
+    write_head,
+)
+from llama_index_lvlm_retriever.heads.encoder_lora import (
+    attach_lora,
+    is_lora_key,
+    load_plain_tower_weights,
+    plain_tower_state,
+)
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 ENCODER_HEAD_CLASS = "EncoderQueryHead"
-_CLASS_KEY = "class_name"
-_VERSIONS_KEY = "versions"
-_LORA_ADAPTER = "default"  # peft's adapter name; one adapter per head
-_LORA_KEY_MARK = ".lora_"  # in the state-dict keys of peft's adapter parameters (lora_A, lora_B, ...)
-_PEFT_BASE_MARK = ".base_layer."  # peft keeps a wrapped Linear's own weights under this name
-_PEFT_EXTRA = 'pip install "llama-index-lvlm-retriever[peft]"'
-
-
-def _import_peft() -> Any:
-    """Import ``peft`` lazily (an optional extra), with an error that names the extra."""
-    try:
-        import peft
-        from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: F401 - checks the submodule too
-    except ImportError as err:
-        raise ImportError(
-            f"EncoderQueryHead with lora_r set (LoRA on the image tower) needs the optional peft package: "
-            f"{_PEFT_EXTRA}; or fine-tune the last blocks instead (lora_r=None, train_last_n_blocks=N)"
-        ) from err
-    return peft
-
-
 @dataclass(frozen=True)
 class EncoderQueryHeadConfig:
     """Typed configuration of an :class:`EncoderQueryHead` (saved as ``config.json``).
@@ -189,7 +176,7 @@ class EncoderQueryHead(nn.Module):
     Example:
         .. code-block:: python
 
-            from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
+            from llama_index_lvlm_retriever.heads import EncoderQueryHead
 
             head = EncoderQueryHead.from_embedding(embed_model, train_last_n_blocks=2)
             lora = EncoderQueryHead.from_embedding(embed_model, lora_r=8)  # needs the peft extra
@@ -212,28 +199,8 @@ class EncoderQueryHead(nn.Module):
         vision.projection_dim = config.projection_dim
         self.tower = CLIPVisionModelWithProjection(vision)
         if config.uses_lora:
-            self._attach_lora()
+            attach_lora(self.tower, self.config)
         self._freeze()
-
-    def _attach_lora(self) -> None:
-        """Wrap the target linear layers of the tower in peft LoRA layers (in place, B = 0)."""
-        cfg = self.config
-        linear = {name.rsplit(".", 1)[-1] for name, m in self.tower.named_modules() if isinstance(m, nn.Linear)}
-        missing = [t for t in cfg.lora_target_modules if t not in linear]
-        if missing:
-            raise ValueError(
-                f"lora_target_modules {missing} match no linear layer of the CLIP vision tower; choose from "
-                f"{sorted(linear)}"
-            )
-        peft = _import_peft()
-        lora = peft.LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            bias="none",
-        )
-        peft.inject_adapter_in_model(lora, self.tower, adapter_name=_LORA_ADAPTER)
 
     def _freeze(self) -> None:
         """Freeze everything except what the config trains (see the module docstring)."""
@@ -241,7 +208,7 @@ class EncoderQueryHead(nn.Module):
         if self.config.lora_r is not None:
             # LoRA: only the adapters; a merged head (no adapters left) is fully frozen.
             for name, param in self.tower.named_parameters():
-                if _LORA_KEY_MARK in f".{name}":
+                if is_lora_key(name):
                     param.requires_grad_(True)
             return
         blocks = self.tower.vision_model.encoder.layers
@@ -252,39 +219,12 @@ class EncoderQueryHead(nn.Module):
             module.requires_grad_(True)
 
     def _load_tower_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load plain CLIP tower weights (``vision_model.*``, ``visual_projection.*``) into the tower.
-
-        Works with or without adapters: a peft-wrapped layer keeps its own weights under
-        ``base_layer``; the adapters keep their (zero-B) initialisation.
-        """
-        own = [key for key in self.tower.state_dict() if _LORA_KEY_MARK not in f".{key}"]
-        plain = {key: key.replace(_PEFT_BASE_MARK, ".") for key in own}
-        missing = sorted(set(plain.values()) - set(state))
-        unexpected = sorted(set(state) - set(plain.values()))
-        if missing or unexpected:
-            raise ValueError(
-                f"tower weights do not fit the EncoderQueryHead: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        loaded = {key: state[name] for key, name in plain.items()}
-        result = self.tower.load_state_dict(loaded, strict=False)
-        assert not result.unexpected_keys and all(_LORA_KEY_MARK in f".{k}" for k in result.missing_keys)
+        """Load plain CLIP tower weights (``vision_model.*``, ``visual_projection.*``) into the tower."""
+        load_plain_tower_weights(self.tower, state)
 
     def _plain_tower_state(self) -> dict[str, torch.Tensor]:
         """The tower's weights as a plain CLIP tower, with any LoRA adapters merged in (detached, CPU)."""
-        state = {
-            key.replace(_PEFT_BASE_MARK, "."): value.detach().to("cpu")
-            for key, value in self.tower.state_dict().items()
-            if _LORA_KEY_MARK not in f".{key}"
-        }
-        if self.config.uses_lora:
-            base_layer = _import_peft().tuners.tuners_utils.BaseTunerLayer
-            with torch.no_grad():
-                for name, module in self.tower.named_modules():
-                    if isinstance(module, base_layer):
-                        # peft's own delta ((lora_alpha / r) * B @ A, in the base layer's layout).
-                        delta = module.get_delta_weight(_LORA_ADAPTER).detach().to("cpu")
-                        state[f"{name}.weight"] = state[f"{name}.weight"] + delta.to(state[f"{name}.weight"].dtype)
-        return {key: value.contiguous() for key, value in state.items()}
+        return plain_tower_state(self.tower, merge_lora=self.config.uses_lora)
 
     def with_fresh_lora(self) -> EncoderQueryHead:
         """A copy with new zero-initialised LoRA adapters on this head's (merged) tower weights.
@@ -434,13 +374,9 @@ class EncoderQueryHead(nn.Module):
         Returns:
             The folder.
         """
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
         state = {f"tower.{k}": v for k, v in self._plain_tower_state().items()}  # == state_dict() without LoRA
         config = replace(self.config, lora_merged=True) if self.config.uses_lora else self.config
-        atomic_write(out / WEIGHTS_NAME, _safetensors_bytes(state, metadata={"format": "pt"}))
-        record = {_CLASS_KEY: ENCODER_HEAD_CLASS, **config.to_dict(), _VERSIONS_KEY: package_versions()}
-        atomic_write(out / CONFIG_NAME, json_bytes(record))
+        out = write_head(save_directory, state, config.to_dict(), ENCODER_HEAD_CLASS)
         logger.info("saved an encoder query head to %s", out)
         return out
 
@@ -454,18 +390,15 @@ class EncoderQueryHead(nn.Module):
             FileNotFoundError: The folder or one of its two files is missing.
             ValueError: The config is not an encoder head's, or the weights do not fit it.
         """
-        folder = Path(load_directory)
+        return cls._load_folder(load_directory, device=device)
+
+    @classmethod
+    def _load_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> EncoderQueryHead:
+        folder = Path(folder)
+        class_name, record = read_head_config(folder)
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"encoder query head directory {folder} has no {path.name}; expected {CONFIG_NAME} + "
-                    f"{WEIGHTS_NAME} as written by EncoderQueryHead.save_pretrained"
-                )
-        record = json.loads(config_path.read_text(encoding="utf-8"))
-        if record.pop(_CLASS_KEY, ENCODER_HEAD_CLASS) != ENCODER_HEAD_CLASS:
+        if (class_name or ENCODER_HEAD_CLASS) != ENCODER_HEAD_CLASS:
             raise ValueError(f"{config_path} is not an EncoderQueryHead config; load it with QueryHead.from_pretrained")
-        record.pop(_VERSIONS_KEY, None)
         head = cls(EncoderQueryHeadConfig.from_dict(record))
         state = _load_safetensors(str(weights_path), device="cpu")
         prefix = "tower."
@@ -476,5 +409,7 @@ class EncoderQueryHead(nn.Module):
             raise ValueError(f"weights in {weights_path} do not fit the config in {config_path}: {err}") from err
         return head.to(device).eval()
 
+
+register_head(EncoderQueryHead)
 
 __all__ = ["ENCODER_HEAD_CLASS", "EncoderQueryHead", "EncoderQueryHeadConfig"]

@@ -51,8 +51,8 @@ from PIL import Image
 
 from llama_index_lvlm_retriever.data.images import ImageLoadError
 from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-from llama_index_lvlm_retriever.query_heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.retriever import (
     HEAD_IMAGE,
     HEAD_TEXT,
@@ -475,8 +475,8 @@ def test_retriever_query_engine_sends_images_and_captions_to_a_chat_llm(kb: Know
 
 
 def test_merge_breaks_score_ties_by_rank_then_id() -> None:
-    from llama_index_lvlm_retriever._retrieval_nodes import merge_hits
-    from llama_index_lvlm_retriever.knowledge_base import SearchHit
+    from llama_index_lvlm_retriever.kb import SearchHit
+    from llama_index_lvlm_retriever.retriever.nodes import merge_hits
 
     a, b, c, d = (KBItem(id=i, image_path=f"{i}.png", text=i) for i in "abcd")
     merged = merge_hits(

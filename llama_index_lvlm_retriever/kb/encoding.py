@@ -2,7 +2,7 @@
 ``MultiModalEmbedding``, and the encoder record (name, fingerprint, probe) that a persisted
 knowledge base keeps so a mismatched encoder can be refused.
 
-Private module; :class:`~llama_index_lvlm_retriever.knowledge_base.KnowledgeBase` is the API.
+Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore
 from llama_index_lvlm_retriever.data.records import KBItem
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
-    from llama_index_lvlm_retriever.knowledge_base import SearchHit
+    from llama_index_lvlm_retriever.kb import SearchHit
 
 # Head names; each is also the ``modality`` of the index that head searches.
 HEAD_IMAGE = "image"

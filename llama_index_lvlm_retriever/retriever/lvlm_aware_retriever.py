@@ -11,7 +11,6 @@ plus per-head scores in its metadata. Without trained heads (``None``) this is s
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,81 +18,37 @@ from typing import TYPE_CHECKING, Any
 import llama_index.core.instrumentation as instrument
 import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
 from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.instrumentation.events.retrieval import (
     RetrievalEndEvent,
     RetrievalStartEvent,
 )
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from PIL import Image, UnidentifiedImageError
 
-from llama_index_lvlm_retriever._retrieval_nodes import (
+from llama_index_lvlm_retriever.data.images import ImageInput, load_image
+from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, load_head
+from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
+from llama_index_lvlm_retriever.retriever.config import LVLMAwareRetrieverConfig
+from llama_index_lvlm_retriever.retriever.nodes import (
     HEAD_IMAGE,
     HEAD_TEXT,
     HEADS,
-    META_HEADS,
-    META_IMAGE_RANK,
-    META_IMAGE_SCORE,
-    META_KB_ID,
-    META_KB_METADATA,
-    META_LABEL,
-    META_SOURCE,
-    META_TEXT_RANK,
-    META_TEXT_SCORE,
-    RANK_KEYS,
-    SCORE_KEYS,
     merge_hits,
 )
-from llama_index_lvlm_retriever.data.images import ImageInput, load_image
-from llama_index_lvlm_retriever.query_heads import QueryHead
+from llama_index_lvlm_retriever.retriever.query_inputs import (
+    check_questions,
+    embeddable,
+    per_query,
+    unit_rows,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from llama_index.core.embeddings import MultiModalEmbedding
 
-    from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase, SearchHit
 
 dispatcher = instrument.get_dispatcher(__name__)
 
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-
 NO_IMAGE_MESSAGE = "LVLMAwareRetriever needs a query image: QueryBundle(query_str=..., image_path=...)"
-
-
-class LVLMAwareRetrieverConfig(BaseModel):
-    """Settings of an :class:`LVLMAwareRetriever` (validated eagerly; bad values raise).
-
-    Example:
-        >>> LVLMAwareRetrieverConfig(k_image=2, k_text=0).k_text
-        0
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    k_image: int = Field(
-        default=2, ge=0, description="Neighbours from the image head (image index); 0 disables the head."
-    )
-    k_text: int = Field(
-        default=2, ge=0, description="Neighbours from the text head (caption index); 0 disables the head."
-    )
-    question_weight: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="Weight w of the question in the query: normalize((1 - w) * image + w * question); "
-        "0 = image only (the paper).",
-    )
-    exclude_self: bool = Field(
-        default=False,
-        description="Drop knowledge-base items whose decoded pixels equal the query image (leakage guard).",
-    )
-    show_progress: bool = Field(default=False, description="Show progress bars while embedding queries.")
-
-    @model_validator(mode="after")
-    def _check_some_head(self) -> LVLMAwareRetrieverConfig:
-        if self.k_image == 0 and self.k_text == 0:
-            raise ValueError("k_image and k_text are both 0, so nothing would be retrieved; set one of them >= 1")
-        return self
 
 
 class LVLMAwareRetriever(BaseRetriever):
@@ -129,14 +84,14 @@ class LVLMAwareRetriever(BaseRetriever):
         verbose: LlamaIndex verbose flag.
 
     A head may also be an image-input head (any module with ``needs_image = True``, such as
-    :class:`~llama_index_lvlm_retriever.training.encoder_head.EncoderQueryHead`, the paper's trainable
+    :class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead`, the paper's trainable
     image tower): the retriever then processes the query images with the knowledge base's embedding
     model (``embed_model.processor.image_processor``) and calls
     ``head.encode(embeddings, pixel_values=...)``. :meth:`search_heads` needs ``images=`` for it.
 
     Raises:
         ValueError: A setting is out of range, or a head's dimensions do not fit the knowledge base.
-        TypeError: A head is not a :class:`~llama_index_lvlm_retriever.query_heads.QueryHead` or an
+        TypeError: A head is not a :class:`~llama_index_lvlm_retriever.heads.QueryHead` or an
             image-input head.
 
     Example:
@@ -207,11 +162,9 @@ class LVLMAwareRetriever(BaseRetriever):
         Returns:
             The retriever.
         """
-        from llama_index_lvlm_retriever.knowledge_base import KnowledgeBase
-
         kb = KnowledgeBase.from_persist_dir(kb_dir, embed_model=embed_model)
-        image_head = QueryHead.from_pretrained(image_head_dir) if image_head_dir is not None else None
-        text_head = QueryHead.from_pretrained(text_head_dir) if text_head_dir is not None else None
+        image_head = load_head(image_head_dir) if image_head_dir is not None else None
+        text_head = load_head(text_head_dir) if text_head_dir is not None else None
         return cls(kb, image_head, text_head, **kwargs)
 
     @property
@@ -264,21 +217,21 @@ class LVLMAwareRetriever(BaseRetriever):
             ValueError: ``questions`` does not have one entry per image.
         """
         images = list(images)
-        _check_questions(questions, len(images))
+        check_questions(questions, len(images))
         if not images:
             return np.zeros((0, self._query_dim()), dtype=np.float32)
-        emb = _unit_rows(self._embed_images(images))  # (n, dim)
+        emb = unit_rows(self._embed_images(images))  # (n, dim)
         weight = self._config.question_weight
         if weight > 0 and questions is not None:
             asked = [i for i, q in enumerate(questions) if q and q.strip()]
             if asked:
-                text = _unit_rows(self._embed_texts([questions[i] for i in asked]))  # (m, dim)
+                text = unit_rows(self._embed_texts([questions[i] for i in asked]))  # (m, dim)
                 if text.shape[1] != emb.shape[1]:
                     raise ValueError(
                         f"question embeddings are {text.shape[1]}-d but image embeddings are "
                         f"{emb.shape[1]}-d; question fusion needs a dual encoder with one shared space"
                     )
-                emb[asked] = _unit_rows((1.0 - weight) * emb[asked] + weight * text)
+                emb[asked] = unit_rows((1.0 - weight) * emb[asked] + weight * text)
         return emb
 
     def search_heads(
@@ -319,8 +272,8 @@ class LVLMAwareRetriever(BaseRetriever):
         if queries.ndim != 2:
             raise ValueError(f"query_embeddings must have shape (n, dim), got {queries.shape}")
         n = queries.shape[0]
-        exclude_ids = _per_query("exclude_ids", exclude_ids, n)
-        exclude_hashes = _per_query("exclude_hashes", exclude_hashes, n)
+        exclude_ids = per_query("exclude_ids", exclude_ids, n)
+        exclude_hashes = per_query("exclude_hashes", exclude_hashes, n)
         results: dict[str, list[list[SearchHit]]] = {}
         for name, head, k in (
             (HEAD_IMAGE, self._image_head, settings.k_image),
@@ -373,7 +326,7 @@ class LVLMAwareRetriever(BaseRetriever):
                 )
         """
         images = list(images)
-        _check_questions(questions, len(images))
+        check_questions(questions, len(images))
         bundles = [
             QueryBundle(
                 query_str=questions[i] if questions is not None else "",
@@ -411,7 +364,7 @@ class LVLMAwareRetriever(BaseRetriever):
     ) -> list[list[NodeWithScore]]:
         settings = self._settings(k_image=k_image, k_text=k_text, exclude_self=exclude_self)
         n = len(images)
-        exclude_ids = _per_query("exclude_ids", exclude_ids, n)
+        exclude_ids = per_query("exclude_ids", exclude_ids, n)
         hashes = [[self._kb.content_hash_of(img)] for img in images] if settings.exclude_self else None
         embeddings = self.embed_queries(images, questions)  # (n, dim)
         hits = self.search_heads(
@@ -438,7 +391,7 @@ class LVLMAwareRetriever(BaseRetriever):
                     f"query embeddings are {queries.shape[1]}-d but the knowledge base is "
                     f"{self._kb.dim}-d; embed queries with the encoder that built it"
                 )
-            return _unit_rows(queries)
+            return unit_rows(queries)
         if queries.shape[1] != head.dim:
             raise ValueError(
                 f"query embeddings are {queries.shape[1]}-d but the {name} head expects {head.dim}-d; "
@@ -471,7 +424,7 @@ class LVLMAwareRetriever(BaseRetriever):
             vectors = embed_images(images)
         else:
             vectors = model.get_image_embedding_batch(
-                [_embeddable(img) for img in images], show_progress=self._config.show_progress
+                [embeddable(img) for img in images], show_progress=self._config.show_progress
             )
         return np.asarray(vectors, dtype=np.float32).reshape(len(images), -1)  # (n, dim)
 
@@ -490,9 +443,8 @@ class LVLMAwareRetriever(BaseRetriever):
 def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | None:
     if head is None:
         return None
-    # Image-input heads (needs_image=True, e.g. training.encoder_head.EncoderQueryHead) are duck-typed:
-    # importing them here would make this module depend on the training subpackage (a cycle).
-    if not isinstance(head, QueryHead) and not getattr(head, "needs_image", False):
+    # Image-input heads are duck-typed (needs_image=True) so users can plug in their own towers.
+    if not isinstance(head, (QueryHead, EncoderQueryHead)) and not getattr(head, "needs_image", False):
         raise TypeError(
             f"{name} must be a QueryHead or None (identity), or an image-input head (needs_image=True, "
             f"e.g. EncoderQueryHead); got {type(head).__name__}"
@@ -505,81 +457,4 @@ def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | N
     return head
 
 
-def _check_questions(questions: Sequence[str] | None, n: int) -> None:
-    if questions is None:
-        return
-    if isinstance(questions, str):
-        raise TypeError("questions must be a sequence with one question per image, got a single str")
-    if len(questions) != n:
-        raise ValueError(f"got {len(questions)} questions for {n} query images; pass one per image (or None)")
-
-
-def _per_query(
-    name: str, values: Sequence[Collection[str]] | None, n: int
-) -> list[Collection[str]] | None:
-    if values is None:
-        return None
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must hold one collection per query (e.g. [{{'kb-1'}}, set()]), got a str")
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"{name} has {len(values)} entries for {n} queries; pass one collection per query")
-    for entry in values:
-        if isinstance(entry, (str, bytes)):
-            raise ValueError(
-                f"{name} must hold one collection per query (e.g. [{{'kb-1'}}, set()]), "
-                f"got the string {entry!r} as an entry; wrap it: [{{{entry!r}}}]"
-            )
-    return values
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)  # (n, 1)
-    # eps keeps an all-zero row at zero instead of NaN.
-    return x / np.maximum(norms, 1e-12)
-
-
-def _embeddable(image: ImageInput) -> str | io.BytesIO:
-    """Turn any supported image input into what ``MultiModalEmbedding`` accepts (path or BytesIO)."""
-    if isinstance(image, (str, Path)):
-        if Path(image).suffix.lower() not in _DICOM_SUFFIXES:  # PIL's probe warns on DICOM files
-            try:
-                with Image.open(image):
-                    return str(image)
-            except (UnidentifiedImageError, OSError):
-                pass
-        # Not PIL-readable (e.g. DICOM) or missing: decode it ourselves, which also gives the
-        # clear ImageLoadError for a missing or broken file.
-        image = load_image(image)
-    if isinstance(image, (bytes, bytearray)):
-        return io.BytesIO(bytes(image))
-    if isinstance(image, io.BytesIO):
-        return io.BytesIO(image.getvalue())  # a fresh stream: the caller's position is untouched
-    if isinstance(image, Image.Image):
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        buffer.seek(0)
-        return buffer
-    raise TypeError(f"unsupported query image of type {type(image).__name__}; pass a path, bytes, BytesIO or PIL image")
-
-
-__all__ = [
-    "HEAD_IMAGE",
-    "HEAD_TEXT",
-    "HEADS",
-    "LVLMAwareRetriever",
-    "LVLMAwareRetrieverConfig",
-    "META_HEADS",
-    "META_IMAGE_RANK",
-    "META_IMAGE_SCORE",
-    "META_KB_ID",
-    "META_KB_METADATA",
-    "META_LABEL",
-    "META_SOURCE",
-    "META_TEXT_RANK",
-    "META_TEXT_SCORE",
-    "NO_IMAGE_MESSAGE",
-    "RANK_KEYS",
-    "SCORE_KEYS",
-]
+__all__ = ["NO_IMAGE_MESSAGE", "LVLMAwareRetriever"]

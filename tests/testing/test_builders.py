@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPTokenizer
 
-from llama_index_lvlm_retriever._testing.tokenizer import train_clip_bpe
 from llama_index_lvlm_retriever.testing import (
     build_clip_tokenizer,
     build_tiny_clip,
@@ -17,6 +16,7 @@ from llama_index_lvlm_retriever.testing import (
     save_clip_tokenizer,
     train_byte_level_bpe,
 )
+from llama_index_lvlm_retriever.testing.tokenizer import train_clip_bpe
 
 # Real cost is ~0.1 s each; the bound is loose so a busy 2-core CI machine does not flake.
 SECONDS_LIMIT = 5.0

@@ -35,16 +35,16 @@ import pytest
 from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
-from llama_index_lvlm_retriever import _kb_storage
-from llama_index_lvlm_retriever._vector_index import VectorIndex
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.knowledge_base import (
+from llama_index_lvlm_retriever.kb import (
     EncoderMismatchError,
     IndexConfig,
     KnowledgeBase,
     SearchHit,
 )
+from llama_index_lvlm_retriever.kb import storage as kb_storage
+from llama_index_lvlm_retriever.kb.backends import FaissIndex
 from llama_index_lvlm_retriever.version import __version__
 
 S2, S3, S5, S15 = math.sqrt(2), math.sqrt(3), math.sqrt(5), math.sqrt(15)
@@ -417,26 +417,26 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = VectorIndex.write
+    real_write = FaissIndex.write
     calls: list[Path] = []
 
-    def write_then_crash(self: VectorIndex, path: Path) -> None:
+    def write_then_crash(self: FaissIndex, path: Path) -> None:
         calls.append(path)
         if len(calls) == 2:  # the image index is on disk, the text index is not
             raise OSError("disk full")
         real_write(self, path)
 
-    monkeypatch.setattr(VectorIndex, "write", write_then_crash)
+    monkeypatch.setattr(FaissIndex, "write", write_then_crash)
     with pytest.raises(OSError, match="disk full"):
         kb.persist(tmp_path / "new" / "kb")
     assert not (tmp_path / "new" / "kb").exists() and os.listdir(tmp_path / "new") == []
 
-    monkeypatch.setattr(VectorIndex, "write", real_write)
+    monkeypatch.setattr(FaissIndex, "write", real_write)
     kb.persist(tmp_path / "kb")
     before = _snapshot(tmp_path / "kb")
     bigger = KnowledgeBase.build(_items(folder)[:3], QuadrantEmbedding(), show_progress=False)
     calls.clear()
-    monkeypatch.setattr(VectorIndex, "write", write_then_crash)
+    monkeypatch.setattr(FaissIndex, "write", write_then_crash)
     with pytest.raises(OSError, match="disk full"):
         bigger.persist(tmp_path / "kb")
     assert _snapshot(tmp_path / "kb") == before
@@ -455,7 +455,7 @@ def test_failed_swap_restores_the_old_directory(kb: KnowledgeBase, folder: Path,
             raise OSError("rename failed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(_kb_storage.os, "rename", rename_new_in_fails)
+    monkeypatch.setattr(kb_storage.os, "rename", rename_new_in_fails)
     other = KnowledgeBase.build(_items(folder)[:2], QuadrantEmbedding(), show_progress=False)
     with pytest.raises(OSError, match="rename failed"):
         other.persist(tmp_path / "kb")

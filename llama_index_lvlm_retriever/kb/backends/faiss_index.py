@@ -1,6 +1,7 @@
-"""One faiss inner-product index (flat, IVF or HNSW) over L2-normalised vectors.
+"""FaissIndex: one faiss inner-product index (flat, IVF or HNSW) over L2-normalised vectors.
 
-Private helper of :class:`~llama_index_lvlm_retriever.knowledge_base.KnowledgeBase`: it creates
+The default, embedded vector backend of
+:class:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase` (one per modality): it creates
 the index when the first vectors arrive (so the dimension is known and IVF can be trained), adds
 later vectors incrementally, searches, and reads/writes the faiss file format (never pickle).
 """
@@ -15,7 +16,7 @@ import faiss
 import numpy as np
 
 if TYPE_CHECKING:
-    from llama_index_lvlm_retriever.knowledge_base import IndexConfig
+    from llama_index_lvlm_retriever.kb.types import IndexConfig
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 _FAISS_MIN_POINTS_PER_CENTROID = 39
 
 
-class VectorIndex:
+class FaissIndex:
     """A faiss index whose row ``i`` is knowledge-base position ``i``.
 
     Args:
@@ -42,6 +43,11 @@ class VectorIndex:
     def ntotal(self) -> int:
         """Number of vectors in the index."""
         return 0 if self._index is None else int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int | None:
+        """Vector dimension (``None`` before the first vectors are added)."""
+        return None if self._index is None else int(self._index.d)
 
     @property
     def faiss_index(self) -> faiss.Index | None:
@@ -72,7 +78,7 @@ class VectorIndex:
         faiss.write_index(self._index, str(path))
 
     @classmethod
-    def read(cls, path: Path, config: IndexConfig) -> VectorIndex:
+    def read(cls, path: Path, config: IndexConfig) -> FaissIndex:
         """Read an index written by :meth:`write` and check that it is of ``config.kind``."""
         index = faiss.read_index(str(path))
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
@@ -114,3 +120,6 @@ class VectorIndex:
             self._index.nprobe = min(self._config.nprobe, self._index.nlist)
         elif isinstance(self._index, faiss.IndexHNSWFlat):
             self._index.hnsw.efSearch = self._config.ef_search
+
+
+__all__ = ["FaissIndex"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_lvlm_retriever._vector_index import VectorIndex
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.kb.backends import VectorBackend
 
 
 def check_items(items: Sequence[Any], existing: Collection[str] = ()) -> None:
@@ -41,7 +41,7 @@ def as_vectors(name: str, vectors: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def check_state(
-    vectors: Mapping[str, np.ndarray], image_hashes: Sequence[str], indexes: Mapping[str, VectorIndex], n: int
+    vectors: Mapping[str, np.ndarray], image_hashes: Sequence[str], indexes: Mapping[str, VectorBackend], n: int
 ) -> None:
     """Vectors, hashes and indexes all describe the same ``n`` rows of one dimension."""
     if n and vectors["image"].shape[1] != vectors["text"].shape[1]:
@@ -52,7 +52,7 @@ def check_state(
     if len(image_hashes) != n:
         raise ValueError(f"got {len(image_hashes)} image_hashes for {n} items; pass one per item")
     for name, index in indexes.items():
-        index_dim = getattr(index.faiss_index, "d", None)
+        index_dim = index.dim
         if n and index_dim != vectors[name].shape[1]:
             raise ValueError(
                 f"the {name} index is {index_dim}-d but the vectors are {vectors[name].shape[1]}-d; "

@@ -31,7 +31,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from llama_index_lvlm_retriever._testing.tokenizer import (
+from llama_index_lvlm_retriever.testing.tokenizer import (
     BPEVocab,
     build_clip_tokenizer,
     train_clip_bpe,

@@ -15,14 +15,14 @@ Example:
 
 from __future__ import annotations
 
-from llama_index_lvlm_retriever._testing.clip import build_tiny_clip, build_tiny_siglip
-from llama_index_lvlm_retriever._testing.lvlm import (
+from llama_index_lvlm_retriever.testing.clip import build_tiny_clip, build_tiny_siglip
+from llama_index_lvlm_retriever.testing.lvlm import (
     TinyQwen2VLProcessor,
     build_tiny_idefics3,
     build_tiny_llava,
     build_tiny_qwen2_vl,
 )
-from llama_index_lvlm_retriever._testing.tokenizer import (
+from llama_index_lvlm_retriever.testing.tokenizer import (
     BPEVocab,
     build_clip_tokenizer,
     save_clip_tokenizer,

@@ -47,8 +47,8 @@ from transformers import (
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import ProcessorMixin
 
-from llama_index_lvlm_retriever._testing.tokenizer import DEFAULT_CORPUS, train_byte_level_bpe
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task, list_tasks
+from llama_index_lvlm_retriever.testing.tokenizer import DEFAULT_CORPUS, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
 

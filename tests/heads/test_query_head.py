@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llama_index_lvlm_retriever.query_heads import (
+from llama_index_lvlm_retriever.heads import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     QueryHead,
@@ -161,7 +161,7 @@ def test_unknown_config_keys_are_warned_by_name(tmp_path: Path, caplog: pytest.L
     record = json.loads((tmp_path / CONFIG_NAME).read_text())
     record["temperature"] = 0.05
     (tmp_path / CONFIG_NAME).write_text(json.dumps(record))
-    with caplog.at_level(logging.WARNING, logger="llama_index_lvlm_retriever.query_heads"):
+    with caplog.at_level(logging.WARNING, logger="llama_index_lvlm_retriever.heads.query_head"):
         head = QueryHead.from_pretrained(tmp_path)
     assert head.config.kind == "linear"
     assert "temperature" in caplog.text and "versions" not in caplog.text

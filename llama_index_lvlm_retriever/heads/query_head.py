@@ -20,12 +20,8 @@ and training starts from standard RAG.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,20 +29,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from safetensors.torch import load_file as _load_safetensors
-from safetensors.torch import save as _safetensors_bytes
 from torch import nn
 
-from llama_index_lvlm_retriever.version import __version__
+from llama_index_lvlm_retriever.heads._saving import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_head,
+    read_head_config,
+    register_head,
+    write_head,
+)
 
 logger = logging.getLogger(__name__)
 
 HeadKind = Literal["identity", "linear", "mlp"]
 HEAD_KINDS: tuple[str, ...] = ("identity", "linear", "mlp")
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_VERSIONS_KEY = "versions"
-_CLASS_KEY = "class_name"
 
 
 @dataclass(frozen=True)
@@ -260,83 +258,44 @@ class QueryHead(nn.Module):
         Returns:
             The folder.
         """
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(out / WEIGHTS_NAME, _safetensors_bytes(state, metadata={"format": "pt"}))
-        record: dict[str, Any] = {_CLASS_KEY: type(self).__name__, **self.config.to_dict()}
-        record[_VERSIONS_KEY] = _versions()
-        _atomic_write(out / CONFIG_NAME, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        out = write_head(save_directory, self.state_dict(), self.config.to_dict(), type(self).__name__)
         logger.info("saved %s query head to %s", self.config.kind, out)
         return out
 
     @classmethod
     def from_pretrained(cls, load_directory: str | Path, *, device: str | torch.device = "cpu") -> QueryHead:
-        """Load a head written by :meth:`save_pretrained`.
+        """Load a head written by :meth:`save_pretrained`, whatever its class.
 
         Args:
             load_directory: The folder.
             device: Where to put the weights.
 
         Returns:
-            The head, in eval mode. A folder written by ``EncoderQueryHead.save_pretrained`` (its
-            ``config.json`` names that class) loads as an ``EncoderQueryHead``.
+            The head, in eval mode. The class is the one its ``config.json`` names (see
+            :func:`~llama_index_lvlm_retriever.heads.load_head`): a folder written by
+            ``EncoderQueryHead.save_pretrained`` loads as an ``EncoderQueryHead``.
 
         Raises:
             FileNotFoundError: The folder, its ``config.json`` or its ``model.safetensors`` is missing.
             ValueError: The weights do not fit the config.
         """
-        folder = Path(load_directory)
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"query head directory not found: {folder}; pass a folder written by "
-                "QueryHead.save_pretrained, or None for the identity head (standard RAG)"
-            )
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"query head directory {folder} has no {path.name}; expected {CONFIG_NAME} + "
-                    f"{WEIGHTS_NAME} as written by QueryHead.save_pretrained"
-                )
-        try:
-            record = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}); re-save the head") from err
-        record.pop(_VERSIONS_KEY, None)
-        if record.pop(_CLASS_KEY, None) == "EncoderQueryHead":
-            # A trainable image tower saved by the encoder-mode engine: dispatch to its class
-            # (imported here: the training subpackage imports this module).
-            from llama_index_lvlm_retriever.training.encoder_head import EncoderQueryHead
+        return load_head(load_directory, device=device)
 
-            return EncoderQueryHead.from_pretrained(folder, device=device)  # type: ignore[return-value]
+    @classmethod
+    def _load_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> QueryHead:
+        folder = Path(folder)
+        _, record = read_head_config(folder)
         head = cls(QueryHeadConfig.from_dict(record))
-        state = _load_safetensors(str(weights_path), device="cpu")
+        state = _load_safetensors(str(folder / WEIGHTS_NAME), device="cpu")
         try:
             head.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"weights in {weights_path} do not fit the config in {config_path}: {err}") from err
+            raise ValueError(
+                f"weights in {folder / WEIGHTS_NAME} do not fit the config in {folder / CONFIG_NAME}: {err}"
+            ) from err
         return head.to(device).eval()
 
 
-def _versions() -> dict[str, str]:
-    versions = {"llama-index-lvlm-retriever": __version__, "torch": torch.__version__}
-    try:
-        versions["transformers"] = importlib_metadata.version("transformers")
-    except importlib_metadata.PackageNotFoundError:  # pragma: no cover - a core dependency
-        versions["transformers"] = "not installed"
-    return versions
+register_head(QueryHead)
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp file in the same folder + os.replace: a crash leaves the old file or the new one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["HEAD_KINDS", "HeadKind", "QueryHead", "QueryHeadConfig"]

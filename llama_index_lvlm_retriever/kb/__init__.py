@@ -1,0 +1,21 @@
+"""The knowledge base: image-text pairs with a frozen image index and a frozen text index.
+
+:class:`KnowledgeBase` is the API (build, add, search, persist, load). Its parts, one module each:
+``types`` (:class:`SearchHit`, :class:`IndexConfig`, :class:`EncoderMismatchError`), ``encoding``
+(batched embedding, content hashes, encoder fingerprints), ``storage`` (the persisted folder,
+written atomically), ``checks`` (input validation) and ``backends/`` (the vector stores behind one
+seam; faiss by default).
+"""
+
+from __future__ import annotations
+
+from llama_index_lvlm_retriever.kb.knowledge_base import KnowledgeBase
+from llama_index_lvlm_retriever.kb.types import (
+    MODALITIES,
+    EncoderMismatchError,
+    IndexConfig,
+    Modality,
+    SearchHit,
+)
+
+__all__ = ["MODALITIES", "EncoderMismatchError", "IndexConfig", "KnowledgeBase", "Modality", "SearchHit"]

@@ -1,0 +1,61 @@
+"""Records of the knowledge base: search hits, index settings and the encoder-mismatch error.
+
+Kept apart from :class:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase` so that the
+vector backends (``kb/backends/``) can use them without importing the knowledge base itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field
+
+from llama_index_lvlm_retriever.data.records import KBItem
+
+Modality = Literal["image", "text"]
+MODALITIES: tuple[str, ...] = ("image", "text")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result.
+
+    Args:
+        item: The retrieved image-text pair.
+        score: Inner product of the normalised query and item vectors (a cosine in ``[-1, 1]``).
+        position: The item's row in the knowledge base.
+    """
+
+    item: KBItem
+    score: float
+    position: int
+
+
+class IndexConfig(BaseModel):
+    """Which faiss index each modality uses (all inner product over normalised vectors).
+
+    ``flat`` is exact and right up to a few hundred thousand pairs; ``ivf`` and ``hnsw`` are
+    approximate and faster on large knowledge bases.
+
+    Example:
+        >>> IndexConfig(kind="hnsw", ef_search=128).kind
+        'hnsw'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["flat", "ivf", "hnsw"] = Field(
+        default="flat", description="faiss index kind: flat (exact), ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)."
+    )
+    nlist: int = Field(default=100, gt=0, description="IVF: number of inverted lists (capped to the number of vectors).")
+    nprobe: int = Field(default=8, gt=0, description="IVF: lists visited per query (capped to nlist).")
+    hnsw_m: int = Field(default=32, gt=1, description="HNSW: neighbours per node in the graph.")
+    ef_search: int = Field(default=64, gt=0, description="HNSW: candidate list size at search time.")
+
+
+class EncoderMismatchError(ValueError):
+    """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
+
+
+__all__ = ["MODALITIES", "EncoderMismatchError", "IndexConfig", "Modality", "SearchHit"]

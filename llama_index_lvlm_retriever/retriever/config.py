@@ -1,0 +1,44 @@
+"""LVLMAwareRetrieverConfig: the validated settings of the dual-head retriever."""
+
+from __future__ import annotations
+
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LVLMAwareRetrieverConfig(BaseModel):
+    """Settings of an :class:`LVLMAwareRetriever` (validated eagerly; bad values raise).
+
+    Example:
+        >>> LVLMAwareRetrieverConfig(k_image=2, k_text=0).k_text
+        0
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k_image: int = Field(
+        default=2, ge=0, description="Neighbours from the image head (image index); 0 disables the head."
+    )
+    k_text: int = Field(
+        default=2, ge=0, description="Neighbours from the text head (caption index); 0 disables the head."
+    )
+    question_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight w of the question in the query: normalize((1 - w) * image + w * question); "
+        "0 = image only (the paper).",
+    )
+    exclude_self: bool = Field(
+        default=False,
+        description="Drop knowledge-base items whose decoded pixels equal the query image (leakage guard).",
+    )
+    show_progress: bool = Field(default=False, description="Show progress bars while embedding queries.")
+
+    @model_validator(mode="after")
+    def _check_some_head(self) -> LVLMAwareRetrieverConfig:
+        if self.k_image == 0 and self.k_text == 0:
+            raise ValueError("k_image and k_text are both 0, so nothing would be retrieved; set one of them >= 1")
+        return self
+
+
+__all__ = ["LVLMAwareRetrieverConfig"]
