@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import Case, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ def load_cases_jsonl(path: str | Path) -> list[Case]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: A line is not JSON, has no ``image_path``, or repeats an id; the message
-            names the file and line.
+        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a line is not JSON,
+            has no ``image_path``, or repeats an id; the message names the file and line.
 
     Example:
         >>> cases = load_cases_jsonl("train.jsonl")  # doctest: +SKIP
@@ -85,7 +86,7 @@ def load_cases_jsonl(path: str | Path) -> list[Case]:
     if not path.is_file():
         raise FileNotFoundError(f"cases file not found: {path}")
     cases: list[Case] = []
-    with path.open(encoding="utf-8") as fh:
+    with text_lines(read_utf8_text(path)) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -122,13 +123,18 @@ def load_cases_csv(
         id_column: Optional id column (default: the image file name's stem).
         label_separator: For multi-label data, the separator inside the label column (e.g. ``"|"``).
 
+    Returns:
+        The cases in row order.
+
     Raises:
-        ValueError: A required column is missing (the message lists the columns there are).
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a required column is
+            missing (the message lists the columns there are).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"cases file not found: {csv_path}")
-    with csv_path.open(newline="", encoding="utf-8") as fh:
+    with csv_source(read_utf8_text(csv_path)) as fh:
         reader = csv.DictReader(fh)
         columns = list(reader.fieldnames or [])
         for needed in [image_column, label_column, question_column, id_column]:

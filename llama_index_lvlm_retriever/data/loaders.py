@@ -9,7 +9,7 @@ Four entry points, one per common layout:
 * :func:`kb_items_from_records` - dicts (or ready items) built in Python.
 
 Every loader returns items in input order, checks that ids are unique, and names the file and
-line/row of any bad record. Image files are not opened here: a missing or unreadable image is
+line/row of any bad record. Files are read as UTF-8, with or without a byte-order mark. Image files are not opened here: a missing or unreadable image is
 reported (or skipped) by ``KnowledgeBase.build``.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes
+from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import KBItem, resolve_path
 
 __all__ = ["kb_item_from_record", "kb_items_from_records", "load_kb_csv", "load_kb_jsonl", "load_medmnist_npz"]
@@ -138,8 +139,9 @@ def load_kb_jsonl(path: str | Path) -> list[KBItem]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: A line is not a JSON object, has no ``image_path``, or repeats an id; the
-            message names the file and line number.
+        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a line is not a JSON
+            object, has no ``image_path``, or repeats an id; the message names the file and line
+            number.
 
     Example:
         >>> items = load_kb_jsonl("kb/roco_train.jsonl")  # doctest: +SKIP
@@ -151,7 +153,7 @@ def load_kb_jsonl(path: str | Path) -> list[KBItem]:
         raise FileNotFoundError(f"knowledge-base JSONL not found: {path}")
     items: list[KBItem] = []
     places: list[str] = []
-    with path.open(encoding="utf-8-sig") as fh:
+    with text_lines(read_utf8_text(path)) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -200,8 +202,9 @@ def load_kb_csv(
 
     Raises:
         FileNotFoundError: The CSV does not exist.
-        ValueError: A named column is missing (the message lists the available ones), a row has
-            an empty image cell, or an id repeats.
+        ValueError: The file is not UTF-8 (a byte-order mark is fine), a named column is missing
+            (the message lists the available ones), a row has an empty image cell, or an id
+            repeats.
 
     Example:
         >>> items = load_kb_csv("captions.csv", "images/", text_column="caption")  # doctest: +SKIP
@@ -211,7 +214,7 @@ def load_kb_csv(
         raise FileNotFoundError(f"knowledge-base CSV not found: {csv_path}")
     base_dir = Path(image_dir) if image_dir is not None else csv_path.parent
     source = csv_path.stem if source is None else source
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+    with csv_source(read_utf8_text(csv_path)) as fh:
         reader = csv.DictReader(fh)
         columns = list(reader.fieldnames or [])
         wanted = {"image_column": image_column, "text_column": text_column}

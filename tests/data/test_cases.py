@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,30 @@ def test_records() -> None:
     assert cases[1].id == "b"
     with pytest.raises(ValueError, match="single-label task needs exactly one"):
         _ = cases[1].label
+
+
+_JSONL_ROWS = ['{"image_path": "a.png", "answers": "Fibrose"}', '{"image_path": "b.png", "answers": "Ödem"}']
+_CSV_ROWS = ["image,label", "a.png,Fibrose", "b.png,Ödem"]
+_LOADERS = [
+    ("cases.jsonl", _JSONL_ROWS, load_cases_jsonl, 2),
+    ("cases.csv", _CSV_ROWS, lambda p: load_cases_csv(p, p.parent), 3),
+]
+
+
+@pytest.mark.parametrize(("name", "rows", "load", "line"), _LOADERS, ids=["jsonl", "csv"])
+def test_utf8_bom_is_accepted(tmp_path: Path, name: str, rows: list[str], load, line: int) -> None:
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")  # what Excel and Notepad write
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    cases = load(path)
+    assert [c.image_path for c in cases] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert cases[1].labels == ("Ödem",)
+
+
+@pytest.mark.parametrize(("name", "rows", "load", "line"), _LOADERS, ids=["jsonl", "csv"])
+def test_non_utf8_file_names_file_line_and_fix(tmp_path: Path, name: str, rows: list[str], load, line: int) -> None:
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n", encoding="latin-1")  # "Ö" is the single byte 0xd6
+    message = rf"{re.escape(str(path))}:{line}: not valid UTF-8 \(byte 0xd6\).*Save it as UTF-8"
+    with pytest.raises(ValueError, match=message):
+        load(path)

@@ -280,3 +280,41 @@ def test_records_dicts_and_items(tmp_path: Path) -> None:
 def test_records_errors(records: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kb_items_from_records(records)
+
+
+# ---------------------------------------------------------------------------- encodings
+_JSONL_ROWS = ['{"image_path": "a.png", "text": "Fibrose"}', '{"image_path": "b.png", "text": "Befund: Ödem"}']
+_CSV_ROWS = ["image,text", "a.png,Fibrose", "b.png,Befund: Ödem"]
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "load"),
+    [
+        ("kb.jsonl", _JSONL_ROWS, load_kb_jsonl),
+        ("kb.csv", _CSV_ROWS, lambda p: load_kb_csv(p, None)),
+    ],
+    ids=["jsonl", "csv"],
+)
+def test_utf8_bom_is_accepted(tmp_path: Path, name: str, rows: list[str], load) -> None:
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")  # what Excel and Notepad write
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    items = load(path)
+    assert [i.image_path for i in items] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert items[1].text == "Befund: Ödem"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "load", "line"),
+    [
+        ("kb.jsonl", _JSONL_ROWS, load_kb_jsonl, 2),
+        ("kb.csv", _CSV_ROWS, lambda p: load_kb_csv(p, None), 3),
+    ],
+    ids=["jsonl", "csv"],
+)
+def test_non_utf8_file_names_file_line_and_fix(tmp_path: Path, name: str, rows: list[str], load, line: int) -> None:
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n", encoding="latin-1")  # "Ö" is the single byte 0xd6
+    message = rf"{re.escape(str(path))}:{line}: not valid UTF-8 \(byte 0xd6\).*Save it as UTF-8"
+    with pytest.raises(ValueError, match=message):
+        load(path)
