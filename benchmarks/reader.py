@@ -36,7 +36,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.tasks import get_task
-from llama_index_lvlm_retriever.testing.lvlm import build_tiny_llava
+from llama_index_lvlm_retriever.testing import build_tiny_llava
 
 TASK = get_task("retinamnist")
 

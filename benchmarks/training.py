@@ -39,8 +39,8 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import get_task
+from llama_index_lvlm_retriever.testing import build_tiny_llava
 from llama_index_lvlm_retriever.testing.clip import build_tiny_clip
-from llama_index_lvlm_retriever.testing.lvlm import build_tiny_llava
 from llama_index_lvlm_retriever.training._identity import retriever_identity
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback

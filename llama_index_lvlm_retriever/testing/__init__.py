@@ -15,13 +15,11 @@ Example:
 
 from __future__ import annotations
 
+from llama_index_lvlm_retriever.testing._lvlm_common import lvlm_corpus
 from llama_index_lvlm_retriever.testing.clip import build_tiny_clip, build_tiny_siglip
-from llama_index_lvlm_retriever.testing.lvlm import (
-    TinyQwen2VLProcessor,
-    build_tiny_idefics3,
-    build_tiny_llava,
-    build_tiny_qwen2_vl,
-)
+from llama_index_lvlm_retriever.testing.idefics3 import build_tiny_idefics3
+from llama_index_lvlm_retriever.testing.llava import build_tiny_llava
+from llama_index_lvlm_retriever.testing.qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl
 from llama_index_lvlm_retriever.testing.tokenizer import (
     BPEVocab,
     build_clip_tokenizer,
@@ -38,6 +36,7 @@ __all__ = [
     "build_clip_tokenizer",
     "build_tiny_clip",
     "build_tiny_siglip",
+    "lvlm_corpus",
     "save_clip_tokenizer",
     "train_byte_level_bpe",
 ]

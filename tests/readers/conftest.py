@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
-from llama_index_lvlm_retriever.testing.lvlm import (
+from llama_index_lvlm_retriever.testing import (
     build_tiny_idefics3,
     build_tiny_llava,
     build_tiny_qwen2_vl,

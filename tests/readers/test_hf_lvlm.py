@@ -17,7 +17,7 @@ from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.hf_lvlm import READER_CONFIG_NAME, HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import ReaderPromptConfig
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
-from llama_index_lvlm_retriever.testing.lvlm import TinyQwen2VLProcessor
+from llama_index_lvlm_retriever.testing import TinyQwen2VLProcessor
 
 # Verbalizers sharing their first token under the tiny tokenizer (" no" / "no"), multi-token.
 SHARED_FIRST = TaskSpec(
@@ -330,7 +330,7 @@ def test_save_and_load_round_trip(llava_dir: Path, cases: list[Case], kb_items: 
 
 
 def test_fingerprint_tells_weights_and_tasks_apart(llava_dir: Path, tmp_path: Path) -> None:
-    from llama_index_lvlm_retriever.testing.lvlm import build_tiny_llava
+    from llama_index_lvlm_retriever.testing import build_tiny_llava
 
     task = get_task("retinamnist")
     base = HFLVLMReader.from_pretrained(llava_dir, task).fingerprint()
