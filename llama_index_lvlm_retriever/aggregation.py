@@ -39,6 +39,7 @@ __all__ = [
     "ConsistencyStats",
     "RerankMethod",
     "aggregate",
+    "answer_support",
     "consistency",
     "label_set_code",
     "label_set_from_code",
@@ -264,6 +265,55 @@ def consistency(distributions: np.ndarray, multi_label: bool = False) -> Consist
         votes=votes,
         majority_label=majority,
     )
+
+
+def answer_support(
+    distributions: np.ndarray,
+    answer: int | Sequence[int],
+    retrieval_scores: np.ndarray | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    multi_label: bool = False,
+) -> tuple[float, float]:
+    """How many neighbours, on their own, lead the reader to ``answer`` (the answer shown).
+
+    Unlike :attr:`ConsistencyStats.agreement` (the share behind the *majority* answer), this is the
+    support of the answer the system gives, which can differ from the majority under weighted
+    aggregation: one confident top neighbour may outweigh three others. Abstaining on low support
+    therefore abstains on the answer a clinician sees.
+
+    Args:
+        distributions: ``(k, L)`` per-neighbour distributions (or per-label probabilities).
+        answer: The final answer: a label index, or (multi-label) a collection of label indices.
+        retrieval_scores: ``(k,)`` retrieval scores for the weighted share; ``None`` = uniform.
+        temperature: Softmax temperature of the retrieval weights (divides the scores).
+        multi_label: Rows are per-label yes-probabilities; a neighbour supports the answer when its
+            predicted label set equals it.
+
+    Returns:
+        ``(support, weighted_support)``: the unweighted share of neighbours whose own prediction is
+        ``answer``, and the same share weighted by ``retrieval_weights(retrieval_scores, T)``.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])
+        >>> support, weighted = answer_support(p, 0, np.array([1.0, 0.8, 0.8, 0.8]), temperature=0.05)
+        >>> (support, round(weighted, 3))  # 1 of 4 neighbours; but the top one weighs 0.948
+        (0.25, 0.948)
+    """
+    _check_temperature(temperature)
+    p = _check_distributions(distributions, multi_label)
+    if p.ndim != 2:
+        raise ValueError(f"answer_support takes one case, shape (k, n_labels), got shape {p.shape}")
+    k = p.shape[0]
+    if multi_label:
+        target = label_set_code(answer if not isinstance(answer, (int, np.integer)) else [int(answer)])
+        agrees = np.array([label_set_code(predict_label_set(row)) == target for row in p])  # (k,)
+    else:
+        if not isinstance(answer, (int, np.integer)):
+            raise ValueError(f"answer {answer!r} is a label set, but the task is single-label; pass one label index")
+        agrees = np.argmax(p, axis=1) == int(answer)  # (k,)
+    scores = _check_scores(retrieval_scores, (k,))
+    weights = np.full(k, 1.0 / k) if scores is None else retrieval_weights(scores, temperature)
+    return float(agrees.mean()), float(weights[agrees].sum())
 
 
 def rerank_scores(

@@ -27,6 +27,7 @@ from llama_index_lvlm_retriever.aggregation import (
     ConsistencyStats,
     RerankMethod,
     aggregate,
+    answer_support,
     consistency,
     predict_label,
     predict_label_set,
@@ -35,7 +36,7 @@ from llama_index_lvlm_retriever.aggregation import (
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.base import Reader
-from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID
+from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID, node_head
 
 logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)
@@ -76,7 +77,9 @@ class LVLMRerankResult:
         answer: Predicted label name (multi-label: tuple of names).
         answer_probability: Aggregated probability of ``answer`` (multi-label: of the set, labels
             independent).
-        stats: The neighbours' consistency.
+        stats: The neighbours' consistency (``stats.agreement`` is the *majority's* share).
+        support: Share of the read neighbours whose own prediction is ``answer`` (unweighted).
+        weighted_support: The same share weighted by the neighbours' retrieval weights.
         skipped: ``(node id, reason)`` of the nodes left out (unreadable or text-only with
             ``text_only="skip"``).
     """
@@ -88,15 +91,20 @@ class LVLMRerankResult:
     answer: str | tuple[str, ...]
     answer_probability: float
     stats: ConsistencyStats
+    support: float = 1.0
+    weighted_support: float = 1.0
     skipped: tuple[tuple[str, str], ...] = ()
 
-    def response_metadata(self, *, label_key: str, confidence_key: str, id_key: str) -> dict[str, Any]:
+    def response_metadata(
+        self, *, label_key: str, confidence_key: str, id_key: str, retrieval_score_key: str = "retrieval_score"
+    ) -> dict[str, Any]:
         """The ``Response.metadata`` dict (keys of :mod:`~llama_index_lvlm_retriever.metadata_keys`).
 
         Args:
             label_key: Node metadata key holding each node's predicted label.
             confidence_key: Node metadata key holding the reader's confidence in it.
             id_key: Node metadata key of the knowledge-base id (node id when absent).
+            retrieval_score_key: Node metadata key holding each node's retrieval score.
 
         Returns:
             JSON-serialisable metadata; ``ABSTAIN`` is left to the caller.
@@ -104,6 +112,8 @@ class LVLMRerankResult:
         neighbours = [
             {
                 keys.NEIGHBOUR_KB_ID: _node_kb_id(n.node, id_key),
+                keys.NEIGHBOUR_HEAD: node_head(n.node),
+                keys.NEIGHBOUR_RETRIEVAL_SCORE: n.node.metadata.get(retrieval_score_key),
                 keys.NEIGHBOUR_LABEL: n.node.metadata[label_key],
                 keys.NEIGHBOUR_PROBABILITY: n.node.metadata[confidence_key],
             }
@@ -116,6 +126,8 @@ class LVLMRerankResult:
             keys.DISTRIBUTION: dict(zip(self.labels, (float(x) for x in self.distribution))),
             keys.CONSISTENT: self.stats.consistent,
             keys.AGREEMENT: float(self.stats.agreement),
+            keys.SUPPORT: float(self.support),
+            keys.WEIGHTED_SUPPORT: float(self.weighted_support),
             keys.VOTE_ENTROPY: float(self.stats.vote_entropy),
             keys.N_DISTINCT: int(self.stats.n_distinct),
             keys.NEIGHBOUR_PREDICTIONS: neighbours,
@@ -311,6 +323,7 @@ class LVLMRerank(BaseNodePostprocessor):
             answer = labels[answer_index]
             answer_probability = float(distribution[answer_index])
         node_scores = rerank_scores(probs, scores, answer_index, self.rerank_method, self.temperature, multi_label)  # (k,)
+        support, weighted_support = answer_support(probs, answer_index, scores, self.temperature, multi_label)
         out: list[NodeWithScore] = []
         for n, p, score, retrieval_score in zip(nodes, probs, node_scores, retrieval):
             label, confidence = _node_prediction(p, labels, multi_label)
@@ -336,6 +349,8 @@ class LVLMRerank(BaseNodePostprocessor):
             answer=answer,
             answer_probability=answer_probability,
             stats=stats,
+            support=support,
+            weighted_support=weighted_support,
             skipped=skipped,
         )
 

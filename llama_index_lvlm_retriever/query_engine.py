@@ -3,8 +3,8 @@
 One query runs the paper's inference (arXiv 2508.17394): a retriever finds image-text pairs for
 the query image, :class:`~llama_index_lvlm_retriever.postprocessor.LVLMRerank` reads the query with
 each pair, fuses the answers and reranks the pairs, and the engine returns the answer with its
-probability, the per-neighbour predictions and an abstain recommendation when the neighbours
-disagree.
+probability, its support among the neighbours, the per-neighbour predictions and an abstain
+recommendation when too few neighbours support the answer shown.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from llama_index_lvlm_retriever.postprocessor import (
 )
 from llama_index_lvlm_retriever.readers.base import Reader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +49,24 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
     ``query(QueryBundle(question, image_path=...))`` returns a ``Response`` whose text is the answer
     in words, whose ``source_nodes`` are the reranked evidence and whose ``metadata`` holds the keys
     of :mod:`~llama_index_lvlm_retriever.metadata_keys`: the label, its probability, the aggregated
-    distribution, the consistency statistics, the per-neighbour predictions and ``abstain``
-    (``True`` when the neighbours' agreement is below ``min_agreement``). ``ConsistencyEvaluator``
-    evaluates these responses.
+    distribution, the consistency statistics, the answer's support (``answer_support``: the share of
+    neighbours whose own prediction is the answer shown, and its retrieval-weighted form), the
+    per-neighbour predictions (each with the head that found it) and ``abstain`` (``True`` when the
+    support is below ``min_support``). ``consistent`` keeps its meaning: all neighbours agree.
+    ``agreement`` is the *majority's* share, which can back another label than the answer under
+    weighted aggregation; abstention never uses it. ``ConsistencyEvaluator`` evaluates these
+    responses.
 
     Args:
         retriever: Any retriever returning (image) nodes for a ``QueryBundle`` with ``image_path``.
         rerank: The reading/aggregating postprocessor (it holds the reader).
-        min_agreement: Recommend abstaining when the share of neighbours voting for the majority
-            answer is below this, in ``(0, 1]``; the default 1.0 abstains whenever they disagree.
+        min_support: Recommend abstaining when the share of neighbours whose own prediction is the
+            answer shown is below this, in ``(0, 1]``; the default 1.0 abstains unless every
+            neighbour leads to the answer.
         callback_manager: LlamaIndex callback manager.
 
     Raises:
-        ValueError: ``min_agreement`` outside ``(0, 1]``.
+        ValueError: ``min_support`` outside ``(0, 1]``.
 
     Example:
         .. code-block:: python
@@ -78,16 +84,16 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
         retriever: BaseRetriever,
         rerank: LVLMRerank,
         *,
-        min_agreement: float = 1.0,
+        min_support: float = 1.0,
         callback_manager: CallbackManager | None = None,
     ) -> None:
-        if not 0.0 < min_agreement <= 1.0:
-            raise ValueError(f"min_agreement must be in (0, 1], got {min_agreement!r}")
+        if not 0.0 < min_support <= 1.0:
+            raise ValueError(f"min_support must be in (0, 1], got {min_support!r}")
         if not isinstance(rerank, LVLMRerank):
             raise ValueError(f"rerank must be an LVLMRerank, got {type(rerank).__name__}")
         self._retriever = retriever
         self._rerank = rerank
-        self._min_agreement = float(min_agreement)
+        self._min_support = float(min_support)
         super().__init__(callback_manager=callback_manager or retriever.callback_manager)
 
     @classmethod
@@ -108,7 +114,8 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
         temperature: float = DEFAULT_TEMPERATURE,
         text_only: TextOnlyMode = "background",
         skip_unreadable: bool = False,
-        min_agreement: float = 1.0,
+        head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
+        min_support: float = 1.0,
         callback_manager: CallbackManager | None = None,
     ) -> LVLMDiagnosisQueryEngine:
         """Build the engine from a knowledge base (or a ready retriever) and a reader.
@@ -128,7 +135,8 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             temperature: See :class:`LVLMRerank`.
             text_only: See :class:`LVLMRerank`.
             skip_unreadable: See :class:`LVLMRerank`.
-            min_agreement: Abstain below this agreement.
+            head_fusion: Per-head score normalisation of the built retriever (default ``"max"``).
+            min_support: Abstain when the answer's support is below this.
             callback_manager: LlamaIndex callback manager.
 
         Returns:
@@ -144,7 +152,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             assert knowledge_base is not None  # checked above
             retriever = LVLMAwareRetriever(
                 knowledge_base, image_head, text_head, k_image=k_image, k_text=k_text,
-                question_weight=question_weight, callback_manager=callback_manager,
+                question_weight=question_weight, head_fusion=head_fusion, callback_manager=callback_manager,
             )
         elif image_head is not None or text_head is not None:
             raise ValueError("image_head/text_head only apply with knowledge_base=; put them in your retriever")
@@ -152,7 +160,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             reader=reader, top_n=top_n, aggregation=aggregation, rerank_method=rerank_method,
             temperature=temperature, text_only=text_only, skip_unreadable=skip_unreadable,
         )
-        return cls(retriever, rerank, min_agreement=min_agreement, callback_manager=callback_manager)
+        return cls(retriever, rerank, min_support=min_support, callback_manager=callback_manager)
 
     @classmethod
     def class_name(cls) -> str:
@@ -170,9 +178,9 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
         return self._rerank
 
     @property
-    def min_agreement(self) -> float:
-        """Agreement under which the engine recommends abstaining."""
-        return self._min_agreement
+    def min_support(self) -> float:
+        """Support of the answer under which the engine recommends abstaining."""
+        return self._min_support
 
     def _get_prompt_modules(self) -> PromptMixinType:
         return {}  # the reader's prompt is not a LlamaIndex prompt template
@@ -202,9 +210,10 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             label_key=self._rerank.label_key,
             confidence_key=self._rerank.confidence_key,
             id_key=self._rerank.id_key,
+            retrieval_score_key=self._rerank.retrieval_score_key,
         )
-        # agreement is a ratio of small integers; the epsilon only absorbs float round-off
-        abstain = result.stats.agreement < self._min_agreement - 1e-12
+        # support is a ratio of small integers; the epsilon only absorbs float round-off
+        abstain = result.support < self._min_support - 1e-12
         metadata[keys.ABSTAIN] = bool(abstain)
         text = _answer_text(result, metadata, abstain)
         return Response(response=text, source_nodes=result.nodes, metadata=metadata)
@@ -216,10 +225,12 @@ def _answer_text(result: LVLMRerankResult, metadata: dict[str, Any], abstain: bo
         answer = ", ".join(result.answer) or "none of the labels"
     else:
         answer = result.answer
-    neighbours = metadata[keys.NEIGHBOUR_PREDICTIONS]
-    k = len(neighbours)
-    agree = sum(n[keys.NEIGHBOUR_LABEL] == metadata[keys.LABEL] for n in neighbours)
-    text = f"{answer} (probability {result.answer_probability:.2f}; {agree} of {k} retrieved neighbours lead to it)"
+    k = len(metadata[keys.NEIGHBOUR_PREDICTIONS])
+    agree = round(result.support * k)
+    text = (
+        f"{answer} (probability {result.answer_probability:.2f}; {agree} of {k} retrieved neighbours lead to it, "
+        f"{result.weighted_support:.0%} of the retrieval weight)"
+    )
     if abstain:
-        return f"Inconclusive: the retrieved neighbours disagree; most likely {text}. Consider abstaining."
+        return f"Inconclusive: too few retrieved neighbours support the answer; most likely {text}. Consider abstaining."
     return text

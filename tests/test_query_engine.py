@@ -90,15 +90,20 @@ def test_response_metadata_abstain_and_evaluator(images: dict[str, str]) -> None
     assert meta[keys.DISTRIBUTION] == pytest.approx({"benign": benign, "malignant": 1 - benign})
     assert meta[keys.CONSISTENT] is False and meta[keys.AGREEMENT] == pytest.approx(2 / 3)
     assert meta[keys.VOTE_ENTROPY] == pytest.approx(0.918296, abs=1e-6) and meta[keys.N_DISTINCT] == 2
-    assert meta[keys.ABSTAIN] is True  # default min_agreement 1.0: any disagreement abstains
+    # Support of the answer shown (benign): node a alone, 1 of 3, 66.5% of the retrieval weight.
+    assert meta[keys.SUPPORT] == pytest.approx(1 / 3) and meta[keys.WEIGHTED_SUPPORT] == pytest.approx(W[0])
+    assert meta[keys.ABSTAIN] is True  # default min_support 1.0: abstain unless every neighbour supports it
     assert meta[keys.NEIGHBOUR_PREDICTIONS] == [
-        {keys.NEIGHBOUR_KB_ID: "a", keys.NEIGHBOUR_LABEL: "benign", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.9)},
-        {keys.NEIGHBOUR_KB_ID: "b", keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.8)},
-        {keys.NEIGHBOUR_KB_ID: "c", keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.6)},
+        {keys.NEIGHBOUR_KB_ID: "a", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.80),
+         keys.NEIGHBOUR_LABEL: "benign", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.9)},
+        {keys.NEIGHBOUR_KB_ID: "b", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.75),
+         keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.8)},
+        {keys.NEIGHBOUR_KB_ID: "c", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.70),
+         keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.6)},
     ]
     assert response.response == (
-        "Inconclusive: the retrieved neighbours disagree; most likely benign "
-        "(probability 0.68; 1 of 3 retrieved neighbours lead to it). Consider abstaining."
+        "Inconclusive: too few retrieved neighbours support the answer; most likely benign "
+        "(probability 0.68; 1 of 3 retrieved neighbours lead to it, 67% of the retrieval weight). Consider abstaining."
     )
     assert [n.node.node_id for n in response.source_nodes] == ["a", "b", "c"]
     assert response.source_nodes[0].node.metadata[META_RETRIEVAL_SCORE] == pytest.approx(0.80)
@@ -108,9 +113,12 @@ def test_response_metadata_abstain_and_evaluator(images: dict[str, str]) -> None
     assert result.score == pytest.approx(2 / 3)
     assert "b -> 'malignant' (p=0.80)" in result.feedback and "The engine abstained." in result.feedback
 
-    relaxed = _engine(images, {"a": 0.9, "b": 0.2, "c": 0.4}, min_agreement=0.6, top_n=1).query(bundle)
+    # The majority's share (2/3) passes 0.6, but it backs malignant, not the answer shown: still abstain.
+    not_enough = _engine(images, {"a": 0.9, "b": 0.2, "c": 0.4}, min_support=0.6).query(bundle)
+    assert not_enough.metadata[keys.AGREEMENT] == pytest.approx(2 / 3) and not_enough.metadata[keys.ABSTAIN] is True
+    relaxed = _engine(images, {"a": 0.9, "b": 0.2, "c": 0.4}, min_support=0.3, top_n=1).query(bundle)
     assert relaxed.metadata[keys.ABSTAIN] is False
-    assert relaxed.response == "benign (probability 0.68; 1 of 3 retrieved neighbours lead to it)"
+    assert relaxed.response == "benign (probability 0.68; 1 of 3 retrieved neighbours lead to it, 67% of the retrieval weight)"
     assert [n.node.node_id for n in relaxed.source_nodes] == ["a"]
 
 
@@ -119,7 +127,10 @@ def test_consistent_response_passes_and_async_agrees(images: dict[str, str]) -> 
     bundle = QueryBundle(query_str="", image_path=images["query"])
     response = engine.query(bundle)
     assert response.metadata[keys.CONSISTENT] is True and response.metadata[keys.ABSTAIN] is False
-    assert response.response == f"benign (probability {float(W @ [0.9, 0.7, 0.6]):.2f}; 3 of 3 retrieved neighbours lead to it)"
+    assert response.response == (
+        f"benign (probability {float(W @ [0.9, 0.7, 0.6]):.2f}; 3 of 3 retrieved neighbours lead to it, "
+        "100% of the retrieval weight)"
+    )
     assert ConsistencyEvaluator().evaluate_response(response=response).passing is True
     async_response = asyncio.run(engine.aquery(bundle))
     assert async_response.metadata == response.metadata
@@ -131,8 +142,8 @@ def test_bad_inputs(images: dict[str, str]) -> None:
         engine.query("Is it malignant?")
     with pytest.raises(ValueError, match="exactly one of knowledge_base= or retriever="):
         LVLMDiagnosisQueryEngine.from_defaults(reader=FakeReader({}))
-    with pytest.raises(ValueError, match=r"min_agreement must be in \(0, 1\], got 1.5"):
-        LVLMDiagnosisQueryEngine(engine.retriever, engine.rerank, min_agreement=1.5)
+    with pytest.raises(ValueError, match=r"min_support must be in \(0, 1\], got 1.5"):
+        LVLMDiagnosisQueryEngine(engine.retriever, engine.rerank, min_support=1.5)
     with pytest.raises(ValueError, match="found no nodes"):
         LVLMDiagnosisQueryEngine(FixedRetriever([]), engine.rerank).query(
             QueryBundle(query_str="", image_path=images["query"])
@@ -158,7 +169,7 @@ def test_tiny_clip_knowledge_base_and_tiny_llava_reader(tmp_path: Path) -> None:
             items.append(KBItem(id=f"kb{i}", image_path=str(path), text=caption, label=None))
         kb = KnowledgeBase.build(items, CLIPEmbedding.from_pretrained(build_tiny_clip(tmp_path / "clip")), show_progress=False)
         reader = HFLVLMReader.from_pretrained(build_tiny_llava(tmp_path / "llava"), get_task("breastmnist"))
-        engine = LVLMDiagnosisQueryEngine.from_defaults(knowledge_base=kb, reader=reader, k_image=2, k_text=1, min_agreement=0.5)
+        engine = LVLMDiagnosisQueryEngine.from_defaults(knowledge_base=kb, reader=reader, k_image=2, k_text=1, min_support=0.5)
         query = tmp_path / "query.png"
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(query)
         response = engine.query(QueryBundle(query_str="", image_path=str(query)))

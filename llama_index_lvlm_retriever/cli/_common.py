@@ -46,6 +46,33 @@ def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> 
     return values
 
 
+def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2) -> None:
+    """Add ``--k-image``, ``--k-text`` and ``--head-fusion`` (the same names on every retrieving command)."""
+    from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HEAD_FUSIONS
+
+    group.add_argument("--k-image", type=int, default=k_image, help="neighbours from the image head (image->image search); 0 disables it")
+    group.add_argument("--k-text", type=int, default=k_text, help="neighbours from the text head (image->caption search); 0 disables it")
+    group.add_argument(
+        "--head-fusion",
+        default=DEFAULT_HEAD_FUSION,
+        choices=list(HEAD_FUSIONS),
+        help="per-head score normalisation before merging: max (each head's scores / its best, the paper), rank, zscore, none (raw cosines)",
+    )
+
+
+def check_retrieval_options(args: argparse.Namespace) -> None:
+    """Reject negative per-head k and a retrieval with both heads off.
+
+    Raises:
+        CLIError: ``--k-image``/``--k-text`` below 0, or both 0.
+    """
+    for option, value in (("--k-image", args.k_image), ("--k-text", args.k_text)):
+        if value < 0:
+            raise CLIError(f"{option} must be >= 0, got {value}")
+    if args.k_image == 0 and args.k_text == 0:
+        raise CLIError("--k-image and --k-text are both 0, so nothing would be retrieved; set one of them >= 1")
+
+
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The command's effective options, JSON-serialisable, for writing next to its outputs."""
     return {k: v for k, v in vars(args).items() if k not in {"handler", "command", "config"} and _jsonable(v)}

@@ -135,6 +135,7 @@ def load_retriever(
     text_head: str | Path | None = None,
     k_image: int = 2,
     k_text: int = 2,
+    head_fusion: str = "max",
 ) -> LVLMAwareRetriever:
     """An ``LVLMAwareRetriever`` over a persisted KB with optional trained heads (``None`` = identity).
 
@@ -147,5 +148,6 @@ def load_retriever(
         if path is not None and not Path(path).is_dir():
             raise CLIError(f"{option} {path}: folder not found; pass a folder written by QueryHead.save_pretrained")
     return LVLMAwareRetriever.from_persist_dir(
-        kb_dir, embed_model, image_head_dir=image_head, text_head_dir=text_head, k_image=k_image, k_text=k_text
+        kb_dir, embed_model, image_head_dir=image_head, text_head_dir=text_head, k_image=k_image, k_text=k_text,
+        head_fusion=head_fusion,
     )

@@ -14,7 +14,12 @@ from llama_index_lvlm_retriever.aggregation import (
     AggregationMethod,
     RerankMethod,
 )
-from llama_index_lvlm_retriever.cli._common import CLIError, add_config_option
+from llama_index_lvlm_retriever.cli._common import (
+    CLIError,
+    add_config_option,
+    add_retrieval_options,
+    check_retrieval_options,
+)
 from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
 
 logger = logging.getLogger(__name__)
@@ -46,12 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     models.add_argument("--reader-batch-size", type=int, default=8, help="(query, neighbour) prompts per reader forward pass")
     models.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, auto")
     retrieval = parser.add_argument_group("retrieval and fusion")
-    retrieval.add_argument("--top-k", type=int, default=2, help="neighbours per head (image head and text head)")
+    add_retrieval_options(retrieval)
     retrieval.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector")
     retrieval.add_argument("--aggregation", default="weighted", choices=list(get_args(AggregationMethod)), help="how per-neighbour answers are fused")
     retrieval.add_argument("--rerank", default="posterior", choices=list(get_args(RerankMethod)), help="score the evidence is ordered by")
     retrieval.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature over retrieval scores")
-    retrieval.add_argument("--min-agreement", type=float, default=1.0, help="recommend abstaining below this share of agreeing neighbours")
+    retrieval.add_argument(
+        "--min-support",
+        type=float,
+        default=1.0,
+        help="recommend abstaining when the share of neighbours whose own prediction is the answer shown is below this",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     add_config_option(parser)
     parser.set_defaults(handler=_diagnose)
@@ -62,12 +72,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
     from llama_index_lvlm_retriever.cli._loading import load_encoder, load_reader, load_task
-    from llama_index_lvlm_retriever.heads import QueryHead
+    from llama_index_lvlm_retriever.heads import load_head
     from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 
-    if args.top_k < 1:
-        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    check_retrieval_options(args)
+    if not 0.0 < args.min_support <= 1.0:
+        raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
     if not Path(args.image).is_file():
         raise CLIError(f"--image {args.image}: file not found")
     task = load_task(args.task)
@@ -76,15 +87,16 @@ def _diagnose(args: argparse.Namespace) -> int:
     engine = LVLMDiagnosisQueryEngine.from_defaults(
         knowledge_base=kb,
         reader=reader,
-        image_head=QueryHead.from_pretrained(args.image_head) if args.image_head else None,
-        text_head=QueryHead.from_pretrained(args.text_head) if args.text_head else None,
-        k_image=args.top_k,
-        k_text=args.top_k,
+        image_head=load_head(args.image_head) if args.image_head else None,
+        text_head=load_head(args.text_head) if args.text_head else None,
+        k_image=args.k_image,
+        k_text=args.k_text,
+        head_fusion=args.head_fusion,
         question_weight=args.question_weight,
         aggregation=args.aggregation,
         rerank_method=args.rerank,
         temperature=args.temperature,
-        min_agreement=args.min_agreement,
+        min_support=args.min_support,
     )
     response = engine.query(QueryBundle(query_str=args.question, image_path=args.image))
     rerank = engine.rerank
@@ -104,9 +116,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     print(f"answer: {response.response}")
     print(f"label: {meta[keys.LABEL]}  probability: {meta[keys.LABEL_PROBABILITY]:.4f}")
     print(
-        f"consistent: {meta[keys.CONSISTENT]}  agreement: {meta[keys.AGREEMENT]:.2f}  "
-        f"vote entropy: {meta[keys.VOTE_ENTROPY]:.3f}  distinct answers: {meta[keys.N_DISTINCT]}  "
-        f"abstain: {meta[keys.ABSTAIN]}"
+        f"answer support: {meta[keys.SUPPORT]:.2f} of neighbours ({meta[keys.WEIGHTED_SUPPORT]:.2f} of the "
+        f"retrieval weight)  abstain: {meta[keys.ABSTAIN]} (min support {args.min_support:.2f})"
+    )
+    print(
+        f"consistent (all neighbours agree): {meta[keys.CONSISTENT]}  majority share: {meta[keys.AGREEMENT]:.2f}  "
+        f"vote entropy: {meta[keys.VOTE_ENTROPY]:.3f}  distinct answers: {meta[keys.N_DISTINCT]}"
     )
     print("evidence:")
     print(format_table(evidence, ["rank", "id", "head", "retrieval_score", "rerank_score", "prediction", "confidence", "text"]))

@@ -9,6 +9,8 @@ from pathlib import Path
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
+    add_retrieval_options,
+    check_retrieval_options,
     resolved_config,
     write_json_atomic,
 )
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     systems.add_argument("--baseline", default=None, help=f"system the others are compared with (default: {STANDARD_RAG!r}, else the first)")
     reading = parser.add_argument_group("reader and aggregation")
     reading.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
-    reading.add_argument("--k", type=int, default=4, help="neighbours per case")
+    add_retrieval_options(reading)
     reading.add_argument("--method", default="weighted", choices=["weighted", "majority", "most_confident"], help="aggregation of the per-neighbour predictions")
     reading.add_argument("--temperature", type=float, default=0.05, help="softmax temperature over retrieval scores (weighted)")
     reading.add_argument("--batch-size", type=int, default=16, help="cases per retrieval / reader call")
@@ -97,8 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
     from llama_index_lvlm_retriever.evaluation.report import write_report
 
-    if args.k < 1:
-        raise CLIError(f"--k must be >= 1, got {args.k}")
+    check_retrieval_options(args)
     trained = parse_systems(args.system)
     if args.no_standard and not trained:
         raise CLIError("--no-standard leaves no retrieval system; add --system NAME=HEADS_DIR")
@@ -106,11 +107,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     cases = load_cases(args.cases)
     reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype, batch_size=args.reader_batch_size)
     encoder = load_encoder(args.kb, device=args.device)
-    # k per head, so the merged list holds at least k neighbours after de-duplication.
+    # Every neighbour the two heads return is read (k_image + k_text, fewer when both heads find a pair).
     heads: dict[str, tuple[Path | None, Path | None]] = {} if args.no_standard else {STANDARD_RAG: (None, None)}
     heads.update(trained)
     systems = {
-        name: load_retriever(args.kb, encoder, image_head=image, text_head=text, k_image=args.k, k_text=args.k)
+        name: load_retriever(
+            args.kb, encoder, image_head=image, text_head=text, k_image=args.k_image, k_text=args.k_text,
+            head_fusion=args.head_fusion,
+        )
         for name, (image, text) in heads.items()
     }
     report = evaluate_dataset(
@@ -118,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         systems,
         reader,
         task,
-        k=args.k,
+        k=None,
         closed_book=not args.no_closed_book,
         method=args.method,
         temperature=args.temperature,

@@ -11,6 +11,8 @@ from typing import Any
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
+    add_retrieval_options,
+    check_retrieval_options,
     resolved_config,
     write_json_atomic,
 )
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--kb", required=True, help="KB directory written by build-kb")
     query.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
     query.add_argument("--question", default="", help="question about the image (used when --question-weight > 0)")
-    query.add_argument("--top-k", type=int, default=2, help="neighbours per head (image head and text head)")
+    add_retrieval_options(query)
     query.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector (0 = image only)")
     query.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
     query.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
@@ -138,12 +140,11 @@ def _query(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-    from llama_index_lvlm_retriever.heads import QueryHead
+    from llama_index_lvlm_retriever.heads import load_head
     from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 
-    if args.top_k < 1:
-        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    check_retrieval_options(args)
     image_head, text_head = args.image_head, args.text_head
     if args.heads is not None:
         if image_head or text_head:
@@ -160,10 +161,11 @@ def _query(args: argparse.Namespace) -> int:
     kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
     retriever = LVLMAwareRetriever(
         knowledge_base=kb,
-        image_head=QueryHead.from_pretrained(image_head) if image_head else None,
-        text_head=QueryHead.from_pretrained(text_head) if text_head else None,
-        k_image=args.top_k,
-        k_text=args.top_k,
+        image_head=load_head(image_head) if image_head else None,
+        text_head=load_head(text_head) if text_head else None,
+        k_image=args.k_image,
+        k_text=args.k_text,
+        head_fusion=args.head_fusion,
         question_weight=args.question_weight,
         exclude_self=args.exclude_self,
     )
@@ -177,8 +179,12 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def node_summary(node_with_score: Any) -> dict[str, Any]:
-    """The JSON row the CLI prints for one retrieved node."""
-    from llama_index_lvlm_retriever.retriever import META_HEADS, META_KB_ID, META_SOURCE
+    """The JSON row the CLI prints for one retrieved node.
+
+    ``head`` lists the heads that found it (the one whose fused score it carries first), ``score`` is
+    the fused retrieval score and ``cosine`` the raw cosine per head.
+    """
+    from llama_index_lvlm_retriever.retriever import META_HEADS, META_KB_ID, META_SOURCE, SCORE_KEYS
 
     node = node_with_score.node
     meta = node.metadata
@@ -187,6 +193,7 @@ def node_summary(node_with_score: Any) -> dict[str, Any]:
         "source": meta.get(META_SOURCE, ""),
         "head": "+".join(meta.get(META_HEADS, [])),
         "score": round(float(node_with_score.score or 0.0), 6),
+        "cosine": {head: round(float(meta[key]), 6) for head, key in SCORE_KEYS.items() if key in meta},
         "text": node.get_content(),
         "image_path": getattr(node, "image_path", None),
     }

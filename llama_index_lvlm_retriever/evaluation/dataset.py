@@ -36,6 +36,7 @@ from llama_index_lvlm_retriever.retriever import (
     META_KB_METADATA,
     META_LABEL,
     META_SOURCE,
+    node_head,
 )
 
 __all__ = ["CLOSED_BOOK", "evaluate_dataset"]
@@ -54,7 +55,7 @@ def evaluate_dataset(
     reader: ReaderLike,
     task: TaskLike | None = None,
     *,
-    k: int = 4,
+    k: int | None = None,
     closed_book: bool = True,
     closed_book_name: str = CLOSED_BOOK,
     method: AggregationMethod = "weighted",
@@ -78,7 +79,9 @@ def evaluate_dataset(
         reader: Scores every label given a case and one candidate pair (``reader.score``) or no
             candidate (``reader.score_closed_book``).
         task: The task; default ``reader.task``. Its labels must equal the reader's.
-        k: Neighbours per case (top-``k`` of what the retriever returns; the paper: 4).
+        k: Neighbours read per case: the top ``k`` of what the retriever returns; ``None`` reads all
+            of them (for an ``LVLMAwareRetriever``: ``k_image + k_text``, the paper's 2 + 2, fewer when
+            both heads return a pair).
         closed_book: Add the reader-without-retrieval row.
         closed_book_name: Name of that row.
         method: Aggregation of the per-neighbour distributions (as in ``LVLMRerank``).
@@ -143,7 +146,7 @@ def _check_inputs(
     systems: Mapping[str, Any],
     labels: list[str],
     multi_label: bool,
-    k: int,
+    k: int | None,
     batch_size: int,
     closed_book: bool,
     closed_book_name: str,
@@ -152,7 +155,7 @@ def _check_inputs(
         raise ValueError("no cases to evaluate; pass a non-empty list of labelled cases")
     if not systems and not closed_book:
         raise ValueError("nothing to evaluate: no systems and closed_book=False")
-    if k < 1 or batch_size < 1:
+    if (k is not None and k < 1) or batch_size < 1:
         raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
     if closed_book and closed_book_name in systems:
         raise ValueError(
@@ -192,7 +195,7 @@ def _retrieve(
     name: str,
     retriever: BatchRetriever | BaseRetriever,
     cases: Sequence[Case],
-    k: int,
+    k: int | None,
     batch_size: int,
     show_progress: bool,
 ) -> list[list[NodeWithScore]]:
@@ -266,6 +269,7 @@ def _read(
                 retrieval_scores=None if any(s is None for s in raw) else np.array(raw, dtype=np.float64),
                 neighbour_ids=tuple(item.id for item in candidates[i]),
                 neighbour_labels=tuple(item.label for item in candidates[i]),
+                neighbour_heads=tuple(node_head(n.node) for n in neighbours[i]),
             )
         )
     return out

@@ -9,7 +9,7 @@ same code ``LVLMRerank`` runs at inference time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
     aggregate,
+    answer_support,
     consistency,
     label_set_from_code,
     predict_label,
@@ -41,6 +42,8 @@ class CasePrediction:
             e.g. closed-book).
         neighbour_labels: Knowledge-base labels of the neighbours (``None`` where unknown); empty
             when unknown for all.
+        neighbour_heads: Which retriever head found each neighbour (``"image"``/``"text"``, ``None``
+            where unknown); empty when unknown for all.
 
     Example:
         >>> import numpy as np
@@ -55,6 +58,7 @@ class CasePrediction:
     retrieval_scores: np.ndarray | None = None
     neighbour_ids: tuple[str, ...] = ()
     neighbour_labels: tuple[str | None, ...] = ()
+    neighbour_heads: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,13 @@ class CaseResult:
         vote_entropy: Normalised vote entropy in ``[0, 1]``.
         n_distinct: Number of distinct answers among the neighbours.
         majority: The majority answer (ties broken by summed probability).
+        neighbour_heads: The retriever head that found each neighbour (may be empty).
+        support: Share of neighbours whose own answer is ``prediction`` (the answer shown; unlike
+            ``agreement``, which backs the majority answer).
+        weighted_support: The same share weighted by the retrieval weights.
+        head_correct: Per head (``"image"``, ``"text"``): whether the answer aggregated from that
+            head's neighbours alone is correct, the paper's "acc img" / "acc text"; a head
+            with no neighbour for the case is absent.
     """
 
     case_id: str
@@ -103,6 +114,10 @@ class CaseResult:
     vote_entropy: float
     n_distinct: int
     majority: tuple[str, ...]
+    neighbour_heads: tuple[str | None, ...] = ()
+    support: float = 1.0
+    weighted_support: float = 1.0
+    head_correct: dict[str, bool] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -129,6 +144,10 @@ class CaseResult:
             "vote_entropy": self.vote_entropy,
             "n_distinct": self.n_distinct,
             "majority": list(self.majority),
+            "neighbour_heads": list(self.neighbour_heads),
+            "support": self.support,
+            "weighted_support": self.weighted_support,
+            "head_correct": dict(self.head_correct),
         }
 
     @classmethod
@@ -155,6 +174,10 @@ class CaseResult:
             vote_entropy=float(record["vote_entropy"]),
             n_distinct=int(record["n_distinct"]),
             majority=tuple(record["majority"]),
+            neighbour_heads=tuple(record.get("neighbour_heads", ())),
+            support=float(record.get("support", 1.0)),
+            weighted_support=float(record.get("weighted_support", 1.0)),
+            head_correct={str(h): bool(v) for h, v in (record.get("head_correct") or {}).items()},
         )
 
 
@@ -192,7 +215,11 @@ def score_case(
             f"{where}: distributions must have shape (k >= 1, {len(labels)} labels), got {p.shape}"
         )
     k = p.shape[0]
-    for name, values in (("neighbour_ids", prediction.neighbour_ids), ("neighbour_labels", prediction.neighbour_labels)):
+    for name, values in (
+        ("neighbour_ids", prediction.neighbour_ids),
+        ("neighbour_labels", prediction.neighbour_labels),
+        ("neighbour_heads", prediction.neighbour_heads),
+    ):
         if values and len(values) != k:
             raise ValueError(
                 f"{where}: {name} has {len(values)} entries for {k} neighbours; give one per neighbour or none"
@@ -201,6 +228,7 @@ def score_case(
     try:
         aggregated = aggregate(p, scores, method, temperature, multi_label)
         stats = consistency(p, multi_label)
+        head_correct = _head_correct(prediction, p, labels, multi_label, method, temperature)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from error
     gold = tuple(prediction.gold)
@@ -222,6 +250,10 @@ def score_case(
         majority = (labels[stats.majority_label],)
         correct = answer == gold
         neighbour_correct = tuple(a == gold for a in neighbour_answers)
+    answer_index: int | tuple[int, ...] = (
+        tuple(labels.index(name) for name in answer) if multi_label else labels.index(answer[0])
+    )
+    support, weighted_support = answer_support(p, answer_index, scores, temperature, multi_label)
     return CaseResult(
         case_id=prediction.case_id,
         gold=gold,
@@ -240,7 +272,33 @@ def score_case(
         vote_entropy=float(stats.vote_entropy),
         n_distinct=int(stats.n_distinct),
         majority=majority,
+        neighbour_heads=tuple(prediction.neighbour_heads),
+        support=support,
+        weighted_support=weighted_support,
+        head_correct=head_correct,
     )
+
+
+def _head_correct(
+    prediction: CasePrediction,
+    p: np.ndarray,
+    labels: Sequence[str],
+    multi_label: bool,
+    method: AggregationMethod,
+    temperature: float,
+) -> dict[str, bool]:
+    """Correctness of the answer aggregated from each head's neighbours alone (heads with none absent)."""
+    out: dict[str, bool] = {}
+    heads = prediction.neighbour_heads
+    for head in sorted({h for h in heads if h is not None}):
+        rows = [i for i, h in enumerate(heads) if h == head]  # this head's neighbours
+        scores = None if prediction.retrieval_scores is None else np.asarray(prediction.retrieval_scores)[rows]
+        distribution = aggregate(p[rows], scores, method, temperature, multi_label)  # (L,)
+        if multi_label:
+            out[head] = {labels[i] for i in predict_label_set(distribution)} == set(prediction.gold)
+        else:
+            out[head] = (labels[predict_label(distribution)],) == tuple(prediction.gold)
+    return out
 
 
 def _check_gold(prediction: CasePrediction, labels: Sequence[str], multi_label: bool, where: str) -> None:

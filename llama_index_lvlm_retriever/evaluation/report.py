@@ -37,9 +37,12 @@ _MAIN_COLUMNS = (
     ("accuracy_inconsistent", "Acc. inconsistent"),
     ("oracle", "Oracle@k"),
     ("oracle_gap", "Oracle gap"),
+    ("accuracy_image_head", "Acc. img head"),
+    ("accuracy_text_head", "Acc. text head"),
 )
 _DETAIL_COLUMNS = (
-    ("agreement", "Agreement"),
+    ("agreement", "Majority share"),
+    ("answer_support", "Answer support"),
     ("vote_entropy", "Vote entropy"),
     ("n_distinct", "Distinct answers"),
     ("all_correct", "All-correct@k"),

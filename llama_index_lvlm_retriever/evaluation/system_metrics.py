@@ -51,6 +51,9 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "oracle_gap": "oracle minus accuracy",
     "label_precision": "share of labelled neighbours whose label is a gold label",
     "label_recall": "share of cases with at least one neighbour carrying a gold label",
+    "answer_support": "mean share of neighbours whose own answer is the answer shown",
+    "accuracy_image_head": "accuracy of the answer from the image head's neighbours alone (paper: acc img)",
+    "accuracy_text_head": "accuracy of the answer from the text head's neighbours alone (paper: acc text)",
     "aurc": "area under the risk-coverage curve when abstaining on low agreement (lower is better)",
     "disagreement_auroc": "AUROC of (1 - agreement) for detecting wrong answers",
 }
@@ -77,6 +80,10 @@ class CaseArrays:
         all_correct: ``(n,)`` every neighbour is right.
         label_precision: ``(n,)`` share of labelled neighbours with a gold label (NaN: none labelled).
         label_hit: ``(n,)`` 1 if some neighbour has a gold label, 0 if not (NaN: none labelled).
+        support: ``(n,)`` share of neighbours whose own answer is the answer shown.
+        image_head_correct: ``(n,)`` the answer from the image head's neighbours alone is right
+            (NaN: the case has none).
+        text_head_correct: ``(n,)`` the same for the text head's neighbours.
     """
 
     correct: np.ndarray
@@ -91,6 +98,9 @@ class CaseArrays:
     all_correct: np.ndarray
     label_precision: np.ndarray
     label_hit: np.ndarray
+    support: np.ndarray
+    image_head_correct: np.ndarray
+    text_head_correct: np.ndarray
 
     @classmethod
     def from_rows(cls, rows: Sequence[CaseResult], labels: Sequence[str]) -> CaseArrays:
@@ -122,6 +132,9 @@ class CaseArrays:
             all_correct=np.array([all(row.neighbour_correct) for row in rows], dtype=bool),
             label_precision=precision,
             label_hit=hit,
+            support=np.array([row.support for row in rows], dtype=np.float64),
+            image_head_correct=_head_correct(rows, "image"),
+            text_head_correct=_head_correct(rows, "text"),
         )
 
 
@@ -154,6 +167,9 @@ def system_statistics(rows: Sequence[CaseResult], labels: Sequence[str]) -> dict
         "oracle_gap": lambda w: weighted_mean(a.oracle.astype(float) - a.correct, w),
         "label_precision": lambda w: weighted_mean(a.label_precision, w),
         "label_recall": lambda w: weighted_mean(a.label_hit, w),
+        "answer_support": lambda w: weighted_mean(a.support, w),
+        "accuracy_image_head": lambda w: weighted_mean(a.image_head_correct, w),
+        "accuracy_text_head": lambda w: weighted_mean(a.text_head_correct, w),
         "aurc": lambda w: aurc(a.agreement, error, w),
         "disagreement_auroc": lambda w: auroc(1.0 - a.agreement, error, w),
     }
@@ -172,6 +188,11 @@ def system_curve(rows: Sequence[CaseResult]) -> dict[str, list[float]]:
     error = np.array([not row.correct for row in rows], dtype=bool)
     thresholds, coverage, risk = risk_coverage_curve(agreement, error)
     return {"threshold": thresholds.tolist(), "coverage": coverage.tolist(), "risk": risk.tolist()}
+
+
+def _head_correct(rows: Sequence[CaseResult], head: str) -> np.ndarray:
+    """``(n,)`` 1/0 where the case has neighbours of ``head``, NaN where it has none."""
+    return np.array([float(row.head_correct[head]) if head in row.head_correct else np.nan for row in rows])
 
 
 def _label_f1(a: CaseArrays, j: int) -> Statistic:

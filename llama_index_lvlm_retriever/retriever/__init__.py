@@ -17,6 +17,7 @@ from llama_index_lvlm_retriever.retriever.nodes import (
     HEAD_IMAGE,
     HEAD_TEXT,
     HEADS,
+    META_HEAD,
     META_HEADS,
     META_IMAGE_RANK,
     META_IMAGE_SCORE,
@@ -30,12 +31,14 @@ from llama_index_lvlm_retriever.retriever.nodes import (
     SCORE_KEYS,
     CaptionedImageNode,
     merge_hits,
+    node_head,
 )
 
 __all__ = [
     "HEAD_IMAGE",
     "HEAD_TEXT",
     "HEADS",
+    "META_HEAD",
     "META_HEADS",
     "META_IMAGE_RANK",
     "META_IMAGE_SCORE",
@@ -52,4 +55,5 @@ __all__ = [
     "LVLMAwareRetriever",
     "LVLMAwareRetrieverConfig",
     "merge_hits",
+    "node_head",
 ]

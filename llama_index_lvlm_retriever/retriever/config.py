@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
+
 
 class LVLMAwareRetrieverConfig(BaseModel):
     """Settings of an :class:`LVLMAwareRetriever` (validated eagerly; bad values raise).
@@ -11,6 +13,8 @@ class LVLMAwareRetrieverConfig(BaseModel):
     Example:
         >>> LVLMAwareRetrieverConfig(k_image=2, k_text=0).k_text
         0
+        >>> LVLMAwareRetrieverConfig().head_fusion
+        'max'
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -27,6 +31,11 @@ class LVLMAwareRetrieverConfig(BaseModel):
         le=1.0,
         description="Weight w of the question in the query: normalize((1 - w) * image + w * question); "
         "0 = image only (the paper).",
+    )
+    head_fusion: HeadFusion = Field(
+        default=DEFAULT_HEAD_FUSION,
+        description="Per-head score normalisation before merging: 'max' (each head's scores divided by its "
+        "best, the paper), 'rank', 'zscore' or 'none' (raw cosines).",
     )
     exclude_self: bool = Field(
         default=False,

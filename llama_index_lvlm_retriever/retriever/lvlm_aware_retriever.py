@@ -29,6 +29,7 @@ from llama_index_lvlm_retriever.data.images import ImageInput, load_image
 from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, load_head
 from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
 from llama_index_lvlm_retriever.retriever.config import LVLMAwareRetrieverConfig
+from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
 from llama_index_lvlm_retriever.retriever.nodes import (
     HEAD_IMAGE,
     HEAD_TEXT,
@@ -57,10 +58,12 @@ class LVLMAwareRetriever(BaseRetriever):
     For each query image: embed it with the knowledge base's frozen encoder (fused with the
     question's text embedding when ``question_weight > 0``), apply ``image_head`` and search the
     image index for ``k_image`` neighbours, apply ``text_head`` and search the caption index for
-    ``k_text`` neighbours, then merge. A pair found by both heads appears once, scored by its best
-    head, with both per-head scores in its metadata; nodes are ordered by score, best first. Scores
-    are cosine similarities; the text head's cross-modal cosines are usually lower than the image
-    head's, so its hits tend to come after the image head's.
+    ``k_text`` neighbours, then merge. Each head's cosines are normalised first (``head_fusion``;
+    default ``"max"``, the paper's rule: divided by that head's best score), because the text
+    head's image->caption cosines (~0.1-0.3) live on another scale than the image head's (~0.9):
+    without it the text head's neighbours would never carry weight. A pair found by both heads
+    appears once, scored by its best fused head score, with both raw cosines in its metadata; nodes
+    are ordered by fused score, best first.
 
     Nodes are ``ImageNode`` s: ``id_`` and metadata ``kb_id`` are the pair's id, ``text`` is the
     caption, ``image_path`` the image; metadata also holds ``source``, ``label`` (when known),
@@ -77,6 +80,9 @@ class LVLMAwareRetriever(BaseRetriever):
         k_image: Neighbours from the image head (the paper: 2); 0 disables the head.
         k_text: Neighbours from the text head (the paper: 2); 0 disables the head.
         question_weight: Weight of the question's text embedding in the query vector (0 = image only).
+        head_fusion: Per-head score normalisation before merging (see
+            :mod:`~llama_index_lvlm_retriever.retriever.fusion`): ``"max"``, ``"rank"``, ``"zscore"``
+            or ``"none"``.
         exclude_self: Drop pairs whose decoded image equals the query image (needs the query image
             to be decodable by :func:`~llama_index_lvlm_retriever.data.images.load_image`).
         show_progress: Show progress bars while embedding query batches.
@@ -119,6 +125,7 @@ class LVLMAwareRetriever(BaseRetriever):
         k_image: int = 2,
         k_text: int = 2,
         question_weight: float = 0.0,
+        head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
         exclude_self: bool = False,
         show_progress: bool = False,
         callback_manager: CallbackManager | None = None,
@@ -128,6 +135,7 @@ class LVLMAwareRetriever(BaseRetriever):
             k_image=k_image,
             k_text=k_text,
             question_weight=question_weight,
+            head_fusion=head_fusion,
             exclude_self=exclude_self,
             show_progress=show_progress,
         )
@@ -371,7 +379,7 @@ class LVLMAwareRetriever(BaseRetriever):
             embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes,
             images=images,
         )
-        return [merge_hits({name: hits[name][i] for name in HEADS}) for i in range(n)]
+        return [merge_hits({name: hits[name][i] for name in HEADS}, settings.head_fusion) for i in range(n)]
 
     def _settings(self, **overrides: Any) -> LVLMAwareRetrieverConfig:
         values = self._config.model_dump()

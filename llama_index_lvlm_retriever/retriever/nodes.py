@@ -9,9 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import BaseContentBlock, TextBlock
-from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore
+from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, NodeWithScore
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.retriever.fusion import (
+    DEFAULT_HEAD_FUSION,
+    HeadFusion,
+    fuse_head_scores,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from llama_index_lvlm_retriever.kb import SearchHit
@@ -26,6 +31,7 @@ META_KB_ID = "kb_id"
 META_SOURCE = "source"
 META_LABEL = "label"
 META_HEADS = "heads"
+META_HEAD = "head"
 META_IMAGE_SCORE = "image_score"
 META_TEXT_SCORE = "text_score"
 META_IMAGE_RANK = "image_rank"
@@ -38,6 +44,7 @@ RANK_KEYS: dict[str, str] = {HEAD_IMAGE: META_IMAGE_RANK, HEAD_TEXT: META_TEXT_R
 _EXCLUDED_LLM_KEYS = [
     META_KB_ID,
     META_HEADS,
+    META_HEAD,
     META_IMAGE_SCORE,
     META_TEXT_SCORE,
     META_IMAGE_RANK,
@@ -63,28 +70,51 @@ class CaptionedImageNode(ImageNode):
         return blocks
 
 
-def merge_hits(per_head: dict[str, list[SearchHit]]) -> list[NodeWithScore]:
-    """Merge per-head hit lists by KB id; best head score wins, both scores are kept."""
+def node_head(node: BaseNode) -> str | None:
+    """The retriever head whose (fused) score a node carries, or ``None`` for nodes of other retrievers."""
+    head = node.metadata.get(META_HEAD)
+    return None if head is None else str(head)
+
+
+def merge_hits(per_head: dict[str, list[SearchHit]], fusion: HeadFusion = DEFAULT_HEAD_FUSION) -> list[NodeWithScore]:
+    """Merge per-head hit lists by KB id, scored by the best fused head score; raw scores are kept.
+
+    Each head's scores are normalised first (:func:`~llama_index_lvlm_retriever.retriever.fusion.fuse_head_scores`),
+    so a text-head hit competes with an image-head hit on one scale.
+    """
     items: dict[str, KBItem] = {}
     scores: dict[str, dict[str, float]] = {}
+    fused: dict[str, dict[str, float]] = {}
     ranks: dict[str, dict[str, int]] = {}
     for head in HEADS:
-        for rank, hit in enumerate(per_head.get(head, []), start=1):
+        hits = per_head.get(head, [])
+        normalised = fuse_head_scores([hit.score for hit in hits], fusion)  # (n_head,)
+        for rank, (hit, value) in enumerate(zip(hits, normalised), start=1):
             item_id = hit.item.id
             items.setdefault(item_id, hit.item)
             scores.setdefault(item_id, {})[head] = float(hit.score)
+            fused.setdefault(item_id, {})[head] = float(value)
             ranks.setdefault(item_id, {})[head] = rank
-    # Best score first; ties go to the better rank, then the id, so the order is deterministic.
-    order = sorted(items, key=lambda i: (-max(scores[i].values()), min(ranks[i].values()), i))
-    return [to_node(items[i], scores[i], ranks[i]) for i in order]
+    # Best fused score first; ties go to the better rank, then the id, so the order is deterministic.
+    order = sorted(items, key=lambda i: (-max(fused[i].values()), min(ranks[i].values()), i))
+    return [to_node(items[i], scores[i], ranks[i], fused[i]) for i in order]
 
 
-def to_node(item: KBItem, scores: dict[str, float], ranks: dict[str, int]) -> NodeWithScore:
-    """One knowledge-base pair as a scored node; ``scores``/``ranks`` hold the heads that found it."""
+def to_node(
+    item: KBItem, scores: dict[str, float], ranks: dict[str, int], fused: dict[str, float] | None = None
+) -> NodeWithScore:
+    """One knowledge-base pair as a scored node; ``scores``/``ranks`` hold the heads that found it.
+
+    The node's score is the best fused score (``fused``; the raw scores when ``None``); metadata
+    ``heads`` lists the heads that found it; ``head`` is the one whose fused score it carries.
+    """
+    fused = dict(scores) if fused is None else fused
     metadata: dict[str, Any] = {
         META_KB_ID: item.id,
         META_SOURCE: item.source,
         META_HEADS: [head for head in HEADS if head in scores],
+        # The head whose fused score the node carries; HEADS order breaks ties.
+        META_HEAD: max((head for head in HEADS if head in scores), key=lambda h: fused[h]),
     }
     if item.label is not None:
         metadata[META_LABEL] = item.label
@@ -104,4 +134,4 @@ def to_node(item: KBItem, scores: dict[str, float], ranks: dict[str, int]) -> No
         excluded_llm_metadata_keys=list(excluded_llm),
         excluded_embed_metadata_keys=list(_EXCLUDED_EMBED_KEYS),
     )
-    return NodeWithScore(node=node, score=max(scores.values()))
+    return NodeWithScore(node=node, score=max(fused.values()))

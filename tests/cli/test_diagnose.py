@@ -60,7 +60,7 @@ def _run(argv: list[str]) -> int:
 def test_diagnose_json(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code = _run(
         ["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", "breastmnist",
-         "--image", setup["image"], "--top-k", "1", "--min-agreement", "0.5", "--json"]
+         "--image", setup["image"], "--k-image", "1", "--k-text", "1", "--min-support", "0.5", "--json"]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
@@ -71,7 +71,11 @@ def test_diagnose_json(setup: dict[str, str], capsys: pytest.CaptureFixture[str]
     assert 1 <= len(evidence) <= 2 and {row["id"] for row in evidence} <= {"r0", "r1", "r2"}
     assert [row["id"] for row in evidence] == [p[keys.NEIGHBOUR_KB_ID] for p in out[keys.NEIGHBOUR_PREDICTIONS]]
     assert [row["rerank_score"] for row in evidence] == sorted((row["rerank_score"] for row in evidence), reverse=True)
-    assert out[keys.ABSTAIN] == (out[keys.AGREEMENT] < 0.5)
+    # Each evidence item names its head; abstention follows the answer's support, not the majority's share.
+    assert {row["head"] for row in evidence} <= {"image", "text", "image+text"}
+    assert all(p[keys.NEIGHBOUR_HEAD] in {"image", "text"} for p in out[keys.NEIGHBOUR_PREDICTIONS])
+    assert 0.0 <= out[keys.SUPPORT] <= 1.0 and 0.0 <= out[keys.WEIGHTED_SUPPORT] <= 1.0
+    assert out[keys.ABSTAIN] == (out[keys.SUPPORT] < 0.5)
     assert out["answer"].startswith(out[keys.LABEL]) or out["answer"].startswith("Inconclusive")
 
 
@@ -83,7 +87,8 @@ def test_diagnose_text_with_task_file(setup: dict[str, str], capsys: pytest.Capt
     assert code == 0
     out = capsys.readouterr().out
     assert out.startswith("answer: ")
-    assert "probability:" in out and "consistent:" in out and "evidence:" in out
+    assert "probability:" in out and "answer support:" in out and "consistent (all neighbours agree):" in out
+    assert "evidence:" in out
     assert "prediction" in out and "fundus crop" in out
     assert TaskSpec.from_json(setup["task_json"]).name == "custom-breast"
 
@@ -94,5 +99,9 @@ def test_diagnose_bad_inputs(setup: dict[str, str], tmp_path: Path) -> None:
         _run([*base, "--task", "nosuchtask", "--image", setup["image"]])
     with pytest.raises(CLIError, match="--image .*missing.png: file not found"):
         _run([*base, "--task", "breastmnist", "--image", str(tmp_path / "missing.png")])
-    with pytest.raises(CLIError, match="--top-k must be >= 1, got 0"):
-        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--top-k", "0"])
+    with pytest.raises(CLIError, match="--k-image and --k-text are both 0"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--k-image", "0", "--k-text", "0"])
+    with pytest.raises(CLIError, match="--k-text must be >= 0, got -1"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--k-text", "-1"])
+    with pytest.raises(CLIError, match=r"--min-support must be in \(0, 1\], got 0.0"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--min-support", "0"])

@@ -59,7 +59,7 @@ def test_evaluate_writes_a_report_with_every_system(world: dict[str, Any], capsy
     args = _parse([
         "evaluate", "--kb", str(root / "kb"), "--cases", str(root / "data" / "test.jsonl"),
         "--reader", str(root / "models" / "reader"), "--task", str(root / "data" / "task.json"),
-        "--system", f"copy={world['identity']}", "--k", "3", "--bootstrap", "20", "--seed", "3",
+        "--system", f"copy={world['identity']}", "--k-image", "2", "--k-text", "1", "--bootstrap", "20", "--seed", "3",
         "--out", str(out), "--no-progress",
     ])
     assert args.handler(args) == 0
@@ -79,7 +79,7 @@ def test_evaluate_writes_a_report_with_every_system(world: dict[str, Any], capsy
     assert report.settings["n_bootstrap"] == 20 and report.settings["seed"] == 3
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", evaluate.EVAL_CONFIG_FILE}
     config = json.loads((out / evaluate.EVAL_CONFIG_FILE).read_text())
-    assert config["k"] == 3 and config["system"] == [f"copy={world['identity']}"]
+    assert (config["k_image"], config["k_text"]) == (2, 1) and config["system"] == [f"copy={world['identity']}"]
 
 
 def test_system_options_can_drop_the_defaults(world: dict[str, Any]) -> None:
@@ -112,8 +112,8 @@ def test_bad_inputs_are_refused(world: dict[str, Any], tmp_path: Path) -> None:
         evaluate.parse_systems([f"x={tmp_path}"])
     with pytest.raises(CLIError, match="folder not found"):
         evaluate.parse_systems([f"x={tmp_path / 'missing'}"])
-    args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--k", "0"])
-    with pytest.raises(CLIError, match="--k must be >= 1, got 0"):
+    args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--k-image", "0", "--k-text", "0"])
+    with pytest.raises(CLIError, match="--k-image and --k-text are both 0"):
         args.handler(args)
     args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--no-standard"])
     with pytest.raises(CLIError, match="--no-standard leaves no retrieval system"):
@@ -129,4 +129,5 @@ def test_bad_inputs_are_refused(world: dict[str, Any], tmp_path: Path) -> None:
 
 def test_defaults_match_the_paper() -> None:
     args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r"])
-    assert (args.k, args.bootstrap, args.seed, args.method, args.system) == (4, 1000, 0, "weighted", [])
+    assert (args.k_image, args.k_text, args.head_fusion) == (2, 2, "max")  # the paper's 2 + 2, max-normalised
+    assert (args.bootstrap, args.seed, args.method, args.system) == (1000, 0, "weighted", [])

@@ -77,12 +77,13 @@ def test_build_kb_writes_all_items_and_build_config(kb_dir: Path, clip_dir: Path
 
 def test_query_json_sorted_and_self_first(kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = kb_jsonl.parent / "ihc-b.png"
-    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", str(image), "--top-k", "3")
+    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", str(image), "--k-image", "3", "--k-text", "3", "--head-fusion", "none")
     scores = [r["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert rows[0]["id"] == "ihc-b"
     assert rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert set(rows[0]) == {"id", "source", "head", "score", "text", "image_path"}
+    assert set(rows[0]) == {"id", "source", "head", "score", "cosine", "text", "image_path"}
+    assert rows[0]["cosine"]["image"] == pytest.approx(1.0, abs=1e-4)  # the raw cosine per head that found it
     assert (rows[0]["text"], rows[0]["source"]) == ("crop ihc-b", "skimage")
     assert Path(rows[0]["image_path"]).name == "ihc-b.png"
 
@@ -91,7 +92,7 @@ def test_query_exclude_self_scores_are_image_cosines(
     kb_dir: Path, kb_jsonl: Path, clip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = str(kb_jsonl.parent / "ihc-b.png")
-    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", image, "--top-k", "4", "--exclude-self")
+    rows = _query_json(capsys, "--kb", str(kb_dir), "--image", image, "--k-image", "4", "--k-text", "4", "--exclude-self", "--head-fusion", "none")
     image_rows = [r for r in rows if "image" in r["head"].split("+")]
     assert "ihc-b" not in [r["id"] for r in rows]
     assert len(image_rows) == 4  # the four other pairs
@@ -112,7 +113,7 @@ def test_query_exclude_self_scores_are_image_cosines(
 def test_query_dicom_image_and_text_table(kb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ct = pydicom.data.get_testdata_file("CT_small.dcm")
     capsys.readouterr()
-    assert main(["query", "--kb", str(kb_dir), "--image", ct, "--top-k", "1"]) == 0
+    assert main(["query", "--kb", str(kb_dir), "--image", ct, "--k-image", "1", "--k-text", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "id", "head", "score", "source", "text"]
     assert lines[2].split()[:2] == ["1", "ct-small"]
@@ -214,8 +215,8 @@ def test_query_with_other_encoder_errors_clearly(
 
 def test_bad_top_k_is_a_usage_error(kb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    assert main(["query", "--kb", str(kb_dir), "--image", "x.png", "--top-k", "0"]) == 2
-    assert "--top-k must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["query", "--kb", str(kb_dir), "--image", "x.png", "--k-image", "-1"]) == 2
+    assert "--k-image must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,7 +224,7 @@ def test_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["query", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--exclude-self", "--json", "--top-k", "--dtype", "--config", "--heads"):
+    for option in ("--exclude-self", "--json", "--k-image", "--k-text", "--head-fusion", "--dtype", "--config", "--heads"):
         assert option in out
     assert "build_config.json" in out
 
@@ -248,7 +249,7 @@ def linear_heads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_query_heads_folder_loads_both_heads(
     kb_dir: Path, kb_jsonl: Path, linear_heads_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "retina-a.png"), "--top-k", "4"]
+    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "retina-a.png"), "--k-image", "4", "--k-text", "4"]
     with_heads = _query_json(capsys, *query, "--heads", str(linear_heads_dir))
     separate = _query_json(
         capsys, *query,
@@ -266,7 +267,7 @@ def test_query_heads_folder_with_encoder_head(
     # query image, and reproduce standard RAG.
     head = EncoderQueryHead.from_embedding(CLIPEmbedding.from_pretrained(clip_dir))
     heads = _heads_folder(tmp_path / "encoder", head)
-    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "ihc-a.png"), "--top-k", "3"]
+    query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "ihc-a.png"), "--k-image", "3", "--k-text", "3"]
     with_heads = _query_json(capsys, *query, "--heads", str(heads))
     standard = _query_json(capsys, *query)
     assert [r["id"] for r in with_heads] == [r["id"] for r in standard]

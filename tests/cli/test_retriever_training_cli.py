@@ -126,7 +126,7 @@ def test_train_retriever_encoder_mode_trains_tower_copies_that_query_loads(
 
     # The trained tower copy moves the scores of the plain query.
     image = next((workdir / "data").rglob("*.png"))
-    query = ["query", "--kb", str(workdir / "kb"), "--image", str(image), "--top-k", "3", "--json"]
+    query = ["query", "--kb", str(workdir / "kb"), "--image", str(image), "--k-image", "3", "--k-text", "3", "--json"]
     capsys.readouterr()
     assert main(query) == 0
     plain = json.loads(capsys.readouterr().out)

@@ -15,6 +15,9 @@ Knowledge base (image colour -> image vector; caption -> text vector):
 Query: a yellow image (pixel-identical to the KB's "yellow"), q = (1, 1, 0)/sqrt2.
     image head: yellow 1, white 2/sqrt6 = 0.816497, red 1/sqrt2 = 0.707107, cyan 0.5, blue 0
     text head:  yellow 1, red 0.707107, blue 2/sqrt10 = 0.632456, white 0.5, cyan 0
+
+The scores asserted here are these raw cosines, so the retrievers use ``head_fusion="none"``; the
+per-head normalisation has its own hand-computed tests in ``test_fusion.py``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.retriever import (
     HEAD_IMAGE,
     HEAD_TEXT,
+    META_HEAD,
     META_HEADS,
     META_IMAGE_RANK,
     META_IMAGE_SCORE,
@@ -142,7 +146,7 @@ def _ids_scores(nodes: Sequence[NodeWithScore]) -> list[tuple[str, float]]:
 
 
 def test_default_retrieval_merges_both_heads(kb: KnowledgeBase, query: str) -> None:
-    retriever = LVLMAwareRetriever(kb)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none")
     nodes = retriever.retrieve(QueryBundle(query_str="", image_path=query))
     # image top-2: yellow 1, white 2/sqrt6; text top-2: yellow 1, red 1/sqrt2.
     # yellow is found by both heads and appears once.
@@ -150,7 +154,7 @@ def test_default_retrieval_merges_both_heads(kb: KnowledgeBase, query: str) -> N
 
 
 def test_node_shape_and_metadata(kb: KnowledgeBase, query: str, folder: Path) -> None:
-    nodes = LVLMAwareRetriever(kb).retrieve(QueryBundle(query_str="", image_path=query))
+    nodes = LVLMAwareRetriever(kb, head_fusion="none").retrieve(QueryBundle(query_str="", image_path=query))
     yellow, white, red = (n.node for n in nodes)
     assert isinstance(yellow, ImageNode)
     assert yellow.image_path == str(folder / "yellow.png") and yellow.text == "red green"
@@ -159,6 +163,7 @@ def test_node_shape_and_metadata(kb: KnowledgeBase, query: str, folder: Path) ->
         META_SOURCE: "stub",
         META_LABEL: "yellow",
         META_HEADS: [HEAD_IMAGE, HEAD_TEXT],
+        META_HEAD: HEAD_IMAGE,  # equal cosines (1, 1): HEADS order breaks the tie
         META_IMAGE_SCORE: pytest.approx(1.0, abs=1e-6),
         META_TEXT_SCORE: pytest.approx(1.0, abs=1e-6),
         META_IMAGE_RANK: 1,
@@ -177,8 +182,8 @@ def test_node_shape_and_metadata(kb: KnowledgeBase, query: str, folder: Path) ->
 
 
 def test_identity_heads_equal_standard_cosine_retrieval(kb: KnowledgeBase, query: str) -> None:
-    plain = LVLMAwareRetriever(kb, k_image=5, k_text=5)
-    explicit = LVLMAwareRetriever(kb, QueryHead.identity(3), QueryHead.identity(3), k_image=5, k_text=5)
+    plain = LVLMAwareRetriever(kb, head_fusion="none", k_image=5, k_text=5)
+    explicit = LVLMAwareRetriever(kb, QueryHead.identity(3), QueryHead.identity(3), k_image=5, k_text=5, head_fusion="none")
     emb = plain.embed_queries([query])
     np.testing.assert_allclose(emb, [[1 / S2, 1 / S2, 0.0]], atol=1e-6)
     for retriever in (plain, explicit):
@@ -204,7 +209,7 @@ def test_a_trained_head_changes_only_its_own_index(kb: KnowledgeBase, query: str
     head = QueryHead(QueryHeadConfig(dim=3, kind="linear", alpha=1.0))
     with torch.no_grad():
         head.proj.weight.copy_(torch.tensor([[2.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
-    nodes = LVLMAwareRetriever(kb, image_head=head).retrieve(QueryBundle(query_str="", image_path=query))
+    nodes = LVLMAwareRetriever(kb, head_fusion="none", image_head=head).retrieve(QueryBundle(query_str="", image_path=query))
     # The text head is still the identity: yellow 1, red 1/sqrt2. Merged: yellow 1 (text),
     # red .894427 (image rank 1, text rank 2), white .774597 (image).
     assert _ids_scores(nodes) == [("yellow", 1.0), ("red", round(2 / S5, 5)), ("white", round(3 / math.sqrt(15), 5))]
@@ -216,10 +221,10 @@ def test_a_trained_head_changes_only_its_own_index(kb: KnowledgeBase, query: str
 
 def test_disabling_a_head(kb: KnowledgeBase, query: str) -> None:
     bundle = QueryBundle(query_str="", image_path=query)
-    image_only = LVLMAwareRetriever(kb, k_text=0).retrieve(bundle)
+    image_only = LVLMAwareRetriever(kb, head_fusion="none", k_text=0).retrieve(bundle)
     assert _ids_scores(image_only) == [("yellow", 1.0), ("white", 0.8165)]
     assert all(n.node.metadata[META_HEADS] == [HEAD_IMAGE] for n in image_only)
-    text_only = LVLMAwareRetriever(kb, k_image=0).retrieve(bundle)
+    text_only = LVLMAwareRetriever(kb, head_fusion="none", k_image=0).retrieve(bundle)
     assert _ids_scores(text_only) == [("yellow", 1.0), ("red", 0.70711)]
     assert all(n.node.metadata[META_HEADS] == [HEAD_TEXT] for n in text_only)
 
@@ -229,7 +234,7 @@ def test_question_fusion_changes_the_ranking(kb: KnowledgeBase, query: str) -> N
     # f = normalize(0.75 * (1, 1, 0)/sqrt2 + 0.25 * (0, 0, 1)) = (3, 3, sqrt2) / sqrt20.
     # image: white (6 + sqrt2)/(sqrt20 sqrt3) = .957168, yellow 6/sqrt40 = .948683
     # text:  yellow .948683, blue (6 + sqrt2)/(sqrt20 sqrt5) = .741421
-    retriever = LVLMAwareRetriever(kb, question_weight=0.25)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none", question_weight=0.25)
     emb = retriever.embed_queries([query], ["blue"])
     np.testing.assert_allclose(emb, [[3 / math.sqrt(20), 3 / math.sqrt(20), S2 / math.sqrt(20)]], atol=1e-6)
     nodes = retriever.retrieve(QueryBundle(query_str="blue", image_path=query))
@@ -240,12 +245,12 @@ def test_question_fusion_changes_the_ranking(kb: KnowledgeBase, query: str) -> N
     ]
     # An empty question leaves the image query alone; so does weight 0.
     assert _ids_scores(retriever.retrieve(QueryBundle(query_str="", image_path=query))) == _ids_scores(
-        LVLMAwareRetriever(kb).retrieve(QueryBundle(query_str="blue", image_path=query))
+        LVLMAwareRetriever(kb, head_fusion="none").retrieve(QueryBundle(query_str="blue", image_path=query))
     )
 
 
 def test_exclude_self_drops_the_pixel_identical_item(kb: KnowledgeBase, query: str) -> None:
-    nodes = LVLMAwareRetriever(kb, exclude_self=True).retrieve(QueryBundle(query_str="", image_path=query))
+    nodes = LVLMAwareRetriever(kb, head_fusion="none", exclude_self=True).retrieve(QueryBundle(query_str="", image_path=query))
     # Without yellow: image white .816497, red .707107; text red .707107, blue .632456.
     assert _ids_scores(nodes) == [("white", 0.8165), ("red", 0.70711), ("blue", 0.63246)]
     assert nodes[1].node.metadata[META_HEADS] == [HEAD_IMAGE, HEAD_TEXT]
@@ -253,7 +258,7 @@ def test_exclude_self_drops_the_pixel_identical_item(kb: KnowledgeBase, query: s
 
 
 def test_retrieve_batch_embeds_once_and_excludes_per_query(kb: KnowledgeBase, query: str, folder: Path) -> None:
-    retriever = LVLMAwareRetriever(kb)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none")
     red_query = _png(folder / "red_query.png", (255, 0, 0))
     ColourEmbedding.image_batches.clear()
     results = retriever.retrieve_batch([query, red_query], exclude_ids=[{"yellow"}, set()])
@@ -267,7 +272,7 @@ def test_retrieve_batch_embeds_once_and_excludes_per_query(kb: KnowledgeBase, qu
 
 
 def test_query_image_inputs_other_than_paths(kb: KnowledgeBase, query: str) -> None:
-    retriever = LVLMAwareRetriever(kb, exclude_self=True)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none", exclude_self=True)
     data = Path(query).read_bytes()
     expected = _ids_scores(retriever.retrieve_batch([query])[0])
     for image in (Path(query), data, io.BytesIO(data), Image.open(query)):
@@ -279,10 +284,10 @@ def test_dicom_and_missing_query_images(kb: KnowledgeBase) -> None:
     # MR_small decodes to grey (176, 176, 176) at (0, 0): the stub sees (1, 1, 1)/sqrt3, which is
     # the KB's white image exactly (score 1; yellow and cyan follow at 2/sqrt6).
     dicom = pydicom_data.get_testdata_file("MR_small.dcm")
-    nodes = LVLMAwareRetriever(kb, k_image=1, k_text=0).retrieve(QueryBundle(query_str="", image_path=dicom))
+    nodes = LVLMAwareRetriever(kb, head_fusion="none", k_image=1, k_text=0).retrieve(QueryBundle(query_str="", image_path=dicom))
     assert _ids_scores(nodes) == [("white", 1.0)]
     with pytest.raises(ImageLoadError, match="image file not found: .*nowhere.png"):
-        LVLMAwareRetriever(kb).retrieve(QueryBundle(query_str="", image_path="/nowhere.png"))
+        LVLMAwareRetriever(kb, head_fusion="none").retrieve(QueryBundle(query_str="", image_path="/nowhere.png"))
 
 
 def test_batched_image_method_of_the_encoder_is_used(kb: KnowledgeBase, query: str) -> None:
@@ -296,13 +301,13 @@ def test_batched_image_method_of_the_encoder_is_used(kb: KnowledgeBase, query: s
     stub = ArrayColourEmbedding()
     kb_with_method = KnowledgeBase.build(kb.items, stub, show_progress=False)
     stub.calls.clear()
-    nodes = LVLMAwareRetriever(kb_with_method).retrieve_batch([query, query])
+    nodes = LVLMAwareRetriever(kb_with_method, head_fusion="none").retrieve_batch([query, query])
     assert stub.calls == [2]
     assert [n.node.node_id for n in nodes[0]] == ["yellow", "white", "red"]
 
 
 def test_search_heads_returns_raw_candidate_lists(kb: KnowledgeBase, query: str) -> None:
-    retriever = LVLMAwareRetriever(kb)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none")
     emb = retriever.embed_queries([query, query])
     hits = retriever.search_heads(emb, 4, 0, exclude_ids=[set(), {"white"}], exclude_hashes=[set(), set()])
     assert set(hits) == {HEAD_IMAGE, HEAD_TEXT}
@@ -313,7 +318,7 @@ def test_search_heads_returns_raw_candidate_lists(kb: KnowledgeBase, query: str)
 
 
 def test_sync_and_async_agree(kb: KnowledgeBase, query: str) -> None:
-    retriever = LVLMAwareRetriever(kb, question_weight=0.25, exclude_self=True)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none", question_weight=0.25, exclude_self=True)
     bundle = QueryBundle(query_str="blue", image_path=query)
     sync_nodes = retriever.retrieve(bundle)
     async_nodes = asyncio.run(retriever.aretrieve(bundle))
@@ -322,7 +327,7 @@ def test_sync_and_async_agree(kb: KnowledgeBase, query: str) -> None:
 
 
 def test_query_without_image_raises(kb: KnowledgeBase) -> None:
-    retriever = LVLMAwareRetriever(kb)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none")
     message = r"needs a query image: QueryBundle\(query_str=\.\.\., image_path=\.\.\.\)"
     with pytest.raises(ValueError, match=message):
         retriever.retrieve("which grade?")
@@ -343,7 +348,7 @@ def test_instrumentation_events_fire_once_per_query(kb: KnowledgeBase, query: st
     recorder = _Recorder(events=[])
     root.add_event_handler(recorder)
     try:
-        retriever = LVLMAwareRetriever(kb)
+        retriever = LVLMAwareRetriever(kb, head_fusion="none")
         retriever.retrieve(QueryBundle(query_str="q", image_path=query))
         assert [type(e) for e in recorder.events] == [RetrievalStartEvent, RetrievalEndEvent]
         recorder.events.clear()
@@ -369,24 +374,24 @@ def test_instrumentation_events_fire_once_per_query(kb: KnowledgeBase, query: st
 )
 def test_bad_settings_raise(kb: KnowledgeBase, kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        LVLMAwareRetriever(kb, **kwargs)
+        LVLMAwareRetriever(kb, head_fusion="none", **kwargs)
 
 
 def test_bad_heads_raise(kb: KnowledgeBase) -> None:
     with pytest.raises(ValueError, match=r"image_head produces 5-d query vectors but the knowledge base indexes are 3-d"):
-        LVLMAwareRetriever(kb, image_head=QueryHead(QueryHeadConfig(dim=3, kind="linear", out_dim=5)))
+        LVLMAwareRetriever(kb, head_fusion="none", image_head=QueryHead(QueryHeadConfig(dim=3, kind="linear", out_dim=5)))
     with pytest.raises(TypeError, match="text_head must be a QueryHead or None"):
-        LVLMAwareRetriever(kb, text_head="heads/text")  # type: ignore[arg-type]
+        LVLMAwareRetriever(kb, head_fusion="none", text_head="heads/text")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="query embeddings are 4-d but the knowledge base is 3-d"):
-        LVLMAwareRetriever(kb).search_heads(np.ones((1, 4), dtype=np.float32))
+        LVLMAwareRetriever(kb, head_fusion="none").search_heads(np.ones((1, 4), dtype=np.float32))
     # A 2-d -> 3-d head fits the indexes but not this encoder's 3-d query embeddings.
-    narrow = LVLMAwareRetriever(kb, image_head=QueryHead(QueryHeadConfig(dim=2, kind="linear", out_dim=3)))
+    narrow = LVLMAwareRetriever(kb, head_fusion="none", image_head=QueryHead(QueryHeadConfig(dim=2, kind="linear", out_dim=3)))
     with pytest.raises(ValueError, match="query embeddings are 3-d but the image head expects 2-d"):
         narrow.search_heads(np.ones((1, 3), dtype=np.float32))
 
 
 def test_bad_batch_arguments_raise(kb: KnowledgeBase, query: str) -> None:
-    retriever = LVLMAwareRetriever(kb)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none")
     with pytest.raises(ValueError, match=r"one collection per query .* got the string 'yellow'"):
         retriever.retrieve_batch([query], exclude_ids=["yellow"])
     with pytest.raises(ValueError, match="exclude_ids has 2 entries for 1 queries"):
@@ -406,9 +411,9 @@ def test_from_persist_dir_round_trip(kb: KnowledgeBase, query: str, tmp_path: Pa
     kb.persist(tmp_path / "kb")
     head.save_pretrained(tmp_path / "image_head")
     loaded = LVLMAwareRetriever.from_persist_dir(
-        tmp_path / "kb", ColourEmbedding(), image_head_dir=tmp_path / "image_head", k_text=1
+        tmp_path / "kb", ColourEmbedding(), image_head_dir=tmp_path / "image_head", k_text=1, head_fusion="none"
     )
-    in_memory = LVLMAwareRetriever(kb, image_head=head, k_text=1)
+    in_memory = LVLMAwareRetriever(kb, head_fusion="none", image_head=head, k_text=1)
     bundle = QueryBundle(query_str="", image_path=query)
     assert _ids_scores(loaded.retrieve(bundle)) == _ids_scores(in_memory.retrieve(bundle))
     assert loaded.k_text == 1 and loaded.image_head is not None and loaded.text_head is None
@@ -457,7 +462,7 @@ def _image_bytes(block: ImageBlock) -> bytes:
 
 def test_retriever_query_engine_sends_images_and_captions_to_a_chat_llm(kb: KnowledgeBase, query: str) -> None:
     llm = RecordingChatLLM(received=[])
-    engine = RetrieverQueryEngine.from_args(LVLMAwareRetriever(kb), llm=llm, multimodal=True)
+    engine = RetrieverQueryEngine.from_args(LVLMAwareRetriever(kb, head_fusion="none"), llm=llm, multimodal=True)
     response = engine.query(QueryBundle(query_str="What colour is it?", image_path=query))
 
     assert str(response) == "yellow"
@@ -483,7 +488,8 @@ def test_merge_breaks_score_ties_by_rank_then_id() -> None:
         {
             HEAD_IMAGE: [SearchHit(c, 0.9, 2), SearchHit(b, 0.5, 1), SearchHit(d, 0.4, 3)],
             HEAD_TEXT: [SearchHit(a, 0.9, 0), SearchHit(d, 0.9, 3), SearchHit(b, 0.7, 1)],
-        }
+        },
+        "none",
     )
     # a and c tie at 0.9 with rank 1 -> by id; d ties at 0.9 with text rank 2 -> after them;
     # b's best is its text score 0.7.
@@ -509,19 +515,19 @@ def test_with_the_tiny_clip_encoder(tmp_path: Path) -> None:
     kb = KnowledgeBase.build(items, embed, show_progress=False)
     query = items[2].image_path
 
-    retriever = LVLMAwareRetriever(kb, k_image=1, k_text=1)
+    retriever = LVLMAwareRetriever(kb, head_fusion="none", k_image=1, k_text=1)
     emb = retriever.embed_queries([query])
     np.testing.assert_allclose(emb[0], kb.image_vectors[2], atol=1e-5)
     nodes = retriever.retrieve(QueryBundle(query_str="", image_path=query))
     assert nodes[0].node.node_id == "kb2" and nodes[0].score == pytest.approx(1.0, abs=1e-5)
-    excluded = LVLMAwareRetriever(kb, k_image=1, k_text=1, exclude_self=True).retrieve_batch([query])[0]
+    excluded = LVLMAwareRetriever(kb, head_fusion="none", k_image=1, k_text=1, exclude_self=True).retrieve_batch([query])[0]
     assert "kb2" not in [n.node.node_id for n in excluded if HEAD_IMAGE in n.node.metadata[META_HEADS]]
 
     # Question fusion goes through embed_texts: (1 - w) * image + w * text, renormalised.
-    fused = LVLMAwareRetriever(kb, question_weight=0.5).embed_queries([query], ["clear lungs"])
+    fused = LVLMAwareRetriever(kb, head_fusion="none", question_weight=0.5).embed_queries([query], ["clear lungs"])
     expected = 0.5 * kb.image_vectors[2] + 0.5 * kb.text_vectors[1]
     np.testing.assert_allclose(fused[0], expected / np.linalg.norm(expected), atol=1e-5)
 
     kb.persist(tmp_path / "kb")
-    reloaded = LVLMAwareRetriever.from_persist_dir(tmp_path / "kb", embed, k_image=1, k_text=1)
+    reloaded = LVLMAwareRetriever.from_persist_dir(tmp_path / "kb", embed, k_image=1, k_text=1, head_fusion="none")
     assert _ids_scores(reloaded.retrieve_batch([query])[0]) == _ids_scores(nodes)
