@@ -282,3 +282,24 @@ def test_rounds_resume_after_a_crash_without_rescoring(world: dict[str, Any]) ->
     second = set(again.scored)
     assert not first & second and len(again.scored) == len(second)
     assert first | second == _pairs(engine.feedback) - _pairs(feedback)
+
+
+# ---------------------------------------------------------------------------- L2-SP
+class ZeroLoss(torch.nn.Module):
+    """A loss with zero gradient everywhere: only the decay can move the weights."""
+
+    def forward(self, scores: torch.Tensor, reader_log_probs: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        return {"loss": scores.sum() * 0.0}
+
+
+def test_decay_pulls_toward_the_initial_weights_not_toward_zero(world: dict[str, Any]) -> None:
+    feedback = _collect(world, "fb-small", world["train"][:80], CountingReader())
+    config = FAST.model_copy(update={"max_steps": 20, "learning_rate": 0.1, "weight_decay": 0.5,
+                                     "validation_fraction": 0.0})
+    engine = RetrieverFinetuneEngine(world["retriever"], feedback, loss=ZeroLoss(), head="both", config=config)
+    engine.finetune()
+    trained = engine.get_finetuned_model()
+    for name in ("image_head", "text_head"):
+        initial, after = getattr(world["retriever"], name).state_dict(), getattr(trained, name).state_dict()
+        # [I; 0] stays [I; 0]: decoupled decay toward 0 would have shrunk the identity block by ~(1 - 0.1 * 0.5)^20.
+        assert all(torch.equal(after[k], initial[k]) for k in initial), name
