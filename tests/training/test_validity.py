@@ -32,7 +32,11 @@ from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.training.config import TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
-from llama_index_lvlm_retriever.training.losses import ENTROPY_RETRIEVER_KEY, ENTROPY_TARGET_KEY, PosteriorKLLoss
+from llama_index_lvlm_retriever.training.losses import (
+    ENTROPY_RETRIEVER_KEY,
+    ENTROPY_TARGET_KEY,
+    PosteriorKLLoss,
+)
 from llama_index_lvlm_retriever.training.temperature import auto_gamma, retrieval_entropy
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 from llama_index_lvlm_retriever.training.validation import ValidationResult, no_regression_decision
