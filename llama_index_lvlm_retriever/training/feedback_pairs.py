@@ -31,6 +31,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
 from llama_index_lvlm_retriever.training._feedback_shards import atomic_write, json_bytes
+from llama_index_lvlm_retriever.training._reader_scoring import _gold_log_probs, _score_pairs
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from llama_index_lvlm_retriever.data.records import Case, KBItem
@@ -173,8 +174,6 @@ def score_pairs(
     Raises:
         ValueError: A case id has no Case record, or the reader returns a bad shape or NaN.
     """
-    # Imported here: feedback -> feedback_cache -> this module, so a top-level import would be circular.
-    from llama_index_lvlm_retriever.training.feedback import _score_pairs
 
     pool = pool_lookup(cache) if pool is None else pool
     store = cache.pair_store
@@ -230,8 +229,6 @@ class _null_bar:  # noqa: N801 - a context manager used like tqdm(disable=True)
 
 def gold_log_probs(label_log_probs: torch.Tensor, gold: torch.Tensor, multi_label: bool) -> torch.Tensor:
     """``log P(gold | candidate)`` ``(n, N)`` from label log-probs ``(n, N, L)`` and multi-hot gold ``(n, L)``."""
-    from llama_index_lvlm_retriever.training.feedback import _gold_log_probs
-
     return _gold_log_probs(label_log_probs, gold, multi_label)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
+from llama_index_lvlm_retriever.training._reader_scoring import _gold_targets
 from llama_index_lvlm_retriever.training.feedback_pairs import score_pairs
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -56,8 +57,6 @@ def expand_pools(
     Raises:
         ValueError: A cached case id has no Case record.
     """
-    from llama_index_lvlm_retriever.training.feedback import _gold_targets
-
     ids = cache.case_ids
     missing = [cid for cid in ids if cid not in cases]
     if missing:

@@ -41,6 +41,7 @@ from llama_index_lvlm_retriever.aggregation import (
 )
 from llama_index_lvlm_retriever.evaluation.bootstrap import bootstrap_estimates
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
+from llama_index_lvlm_retriever.training._reader_scoring import _gold_targets
 from llama_index_lvlm_retriever.training.feedback_pairs import pool_lookup, score_pairs
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -125,8 +126,6 @@ class RetrievalValidator:
         pool_cache: FeedbackCache | None = None,
         batch_size: int = 64,
     ) -> None:
-        from llama_index_lvlm_retriever.training.feedback import _gold_targets
-
         self._retriever = retriever
         self._reader = reader
         self._cases = list(cases)
