@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +114,9 @@ class RetrieverFinetuneEngine:
         retriever: The retriever that collected ``feedback`` (checked; the cache names it).
         feedback: Training feedback from ``collect_feedback``.
         loss: A loss module ``forward(scores, reader_log_probs, *, frozen_scores, mask, disagree)``
-            returning a dict with a scalar ``"loss"``, used for every head; ``None`` = per head
-            ``PosteriorKLLoss(gamma)`` with ``config.gamma`` resolved for that head.
+            returning a dict with a scalar ``"loss"``, used for every head as it is; or a factory
+            ``gamma -> loss module`` called per head with ``config.gamma`` resolved for that head
+            (e.g. ``functools.partial(LSRLoss, beta=0.5)``); ``None`` = ``PosteriorKLLoss``.
         head: Which heads to train: ``"text"``, ``"image"`` or ``"both"``.
         config: Optimisation settings; ``None`` = defaults.
         validation: Validation feedback (same retriever); ``None`` holds out
@@ -153,7 +154,7 @@ class RetrieverFinetuneEngine:
         self,
         retriever: LVLMAwareRetriever,
         feedback: FeedbackCache,
-        loss: nn.Module | None = None,
+        loss: nn.Module | Callable[[float], nn.Module] | None = None,
         head: TrainHead = "both",
         config: TrainerConfig | None = None,
         validation: FeedbackCache | None = None,
@@ -223,8 +224,10 @@ class RetrieverFinetuneEngine:
             raise ValueError("selection_metric='val_loss' needs validation feedback (validation= or a held-out split) "
                              "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
-        self._gammas = {name: self._resolve_gamma(name, loss) for name in self._trained}
-        self._losses = {name: loss if loss is not None else PosteriorKLLoss(gamma=self._gammas[name]) for name in self._trained}
+        fixed = loss if isinstance(loss, nn.Module) else None
+        factory = PosteriorKLLoss if loss is None else loss
+        self._gammas = {name: self._resolve_gamma(name, fixed) for name in self._trained}
+        self._losses = {name: fixed if fixed is not None else factory(self._gammas[name]) for name in self._trained}
         self._cols: dict[str, torch.Tensor] = {}
         self._baseline: ValidationResult | None = None
         self._last_best: ValidationResult | None = None
