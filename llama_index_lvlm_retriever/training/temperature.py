@@ -32,13 +32,17 @@ scores' spread).
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import torch
 
 from llama_index_lvlm_retriever.training.losses._common import _masked_log_softmax
 
-__all__ = ["AUTO_ENTROPY_SHARE", "UNIFORM_WARNING_SHARE", "auto_gamma", "retrieval_entropy"]
+__all__ = ["AUTO_ENTROPY_SHARE", "UNIFORM_WARNING_SHARE", "auto_gamma", "resolve_gamma", "retrieval_entropy"]
+
+logger = logging.getLogger(__name__)
 
 AUTO_ENTROPY_SHARE = 0.5
 """``gamma="auto"`` targets a mean entropy of this share of ``log n`` (``exp(H) = n^0.5`` candidates)."""
@@ -119,3 +123,41 @@ def auto_gamma(scores: torch.Tensor, mask: torch.Tensor, share: float = AUTO_ENT
         else:
             high = mid
     return float(math.exp(0.5 * (low + high)))
+
+
+def resolve_gamma(
+    name: str, frozen_scores: torch.Tensor, mask: torch.Tensor, gamma: float | str, loss: Any = None
+) -> tuple[float, dict[str, Any]]:
+    """One head's temperature and its record; warns when ``P_retr`` is ~uniform at it.
+
+    Args:
+        name: The head (``"image"`` or ``"text"``), for the messages.
+        frozen_scores: ``(n, N)`` frozen scores of the head's training candidates.
+        mask: ``(n, N)`` bool.
+        gamma: ``TrainerConfig.gamma``: a float or ``"auto"`` (:func:`auto_gamma`).
+        loss: A ready loss module; when it has a float ``gamma``, that value is the head's.
+
+    Returns:
+        ``(gamma, record)``; the record (for the training history) holds the rule used, the mean
+        entropy of ``P_retr`` over the training queries and the mean ``log n``.
+    """
+    scores, mask = frozen_scores.detach().cpu(), mask.detach().cpu()
+    loss_gamma = getattr(loss, "gamma", None)  # duck-typed: the package's losses expose their temperature
+    if loss is not None and isinstance(loss_gamma, (int, float)):
+        value, rule = float(loss_gamma), "loss"
+    elif gamma == "auto":
+        value, rule = auto_gamma(scores, mask), "auto"
+    else:
+        value, rule = float(gamma), "fixed"
+    entropy, log_n = retrieval_entropy(scores, mask, value)
+    logger.info("%s head: gamma %.5g (%s); mean entropy of P_retr over training queries %.3f of log n %.3f",
+                name, value, rule, entropy, log_n)
+    if log_n > 0 and entropy > UNIFORM_WARNING_SHARE * log_n:
+        logger.warning(
+            "%s head: with gamma=%.4g the retrieval softmax is nearly uniform (mean entropy %.3f > %.0f%% of "
+            "log n = %.3f): the loss carries little signal; use TrainerConfig(gamma='auto') or a smaller gamma",
+            name, value, entropy, 100 * UNIFORM_WARNING_SHARE, log_n,
+        )
+    record = {"event": "temperature", "head": name, "gamma": value, "rule": rule, "mean_entropy": entropy,
+              "mean_log_n": log_n}
+    return value, record

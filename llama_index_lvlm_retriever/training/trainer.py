@@ -57,25 +57,28 @@ from transformers import (
 from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
 from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
-from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead
 from llama_index_lvlm_retriever.kb.encoding import describe_encoder
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
 from llama_index_lvlm_retriever.training._identity import sha256_json
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
-from llama_index_lvlm_retriever.training.head_data import HeadData, build_head_data, query_pixels
+from llama_index_lvlm_retriever.training.head_data import (
+    HeadData,
+    build_head_data,
+    candidate_scores,
+    pool_scores,
+    query_pixels,
+)
+from llama_index_lvlm_retriever.training.head_init import initial_head
 from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
 from llama_index_lvlm_retriever.training.rounds import expand_pools
-from llama_index_lvlm_retriever.training.temperature import (
-    UNIFORM_WARNING_SHARE,
-    auto_gamma,
-    retrieval_entropy,
-)
+from llama_index_lvlm_retriever.training.temperature import resolve_gamma
 from llama_index_lvlm_retriever.training.validation import (
     OUTSIDE_POOL_WARNING,
     AdoptionDecision,
-    RetrievalValidator,
     ValidationResult,
+    build_validator,
     no_regression_decision,
     pool_rag_loglik,
 )
@@ -98,8 +101,6 @@ _TRAIN_HEADS: dict[str, tuple[str, ...]] = {
     # The paper's order: the text head first, then the image head.
     "both": (HEAD_TEXT, HEAD_IMAGE),
 }
-_EVAL_CHUNK = 4096  # cases per no-grad scoring chunk (bounds memory on large caches)
-_ENCODER_EVAL_CHUNK = 128  # images per no-grad tower pass in encoder mode (bounds activation memory)
 
 
 class RetrieverFinetuneEngine:
@@ -195,7 +196,7 @@ class RetrieverFinetuneEngine:
                 )
         self._device = torch.device(cfg.device)
         self._seed_everything()
-        self._heads: dict[str, QueryHead | EncoderQueryHead] = {n: self._initial_head(n, feedback.dim) for n in self._trained}
+        self._heads: dict[str, QueryHead | EncoderQueryHead] = {n: initial_head(retriever, n, feedback.dim, cfg, self._device) for n in self._trained}
         # Initial weights: the L2-SP anchor and what the no-regression rule falls back to.
         self._initial = {n: copy.deepcopy(h.state_dict()) for n, h in self._heads.items()}
         self._anchors = {n: {k: p.detach().clone() for k, p in h.named_parameters() if p.requires_grad}
@@ -219,14 +220,21 @@ class RetrieverFinetuneEngine:
         if self._val is not None and any(data.rows.numel() == 0 for data in self._val.values()):
             logger.warning("no validation case has candidates for every trained head; pool validation is off")
             self._val = None
-        self._validator = self._build_validator(feedback, validation, validation_cases)
+        self._validator = build_validator(retriever, reader, feedback, validation, validation_cases, self._cases)
         if cfg.selection_metric == "val_loss" and self._val is None and self._validator is not None:
             raise ValueError("selection_metric='val_loss' needs validation feedback (validation= or a held-out split) "
                              "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
         fixed = loss if isinstance(loss, nn.Module) else None
         factory = PosteriorKLLoss if loss is None else loss
-        self._gammas = {name: self._resolve_gamma(name, fixed) for name in self._trained}
+        self._gammas: dict[str, float] = {}
+        for name in self._trained:
+            data, n_keep = self._train[name], cfg.n_train_candidates
+            # Pools are sorted by the collecting retriever: the first columns are the frozen training candidates.
+            width = data.mask.shape[1] if n_keep is None else min(n_keep, data.mask.shape[1])
+            self._gammas[name], record = resolve_gamma(name, data.frozen_scores[:, :width], data.mask[:, :width],
+                                                       cfg.gamma, fixed)
+            self._history.append(record)
         self._losses = {name: fixed if fixed is not None else factory(self._gammas[name]) for name in self._trained}
         self._cols: dict[str, torch.Tensor] = {}
         self._baseline: ValidationResult | None = None
@@ -239,103 +247,10 @@ class RetrieverFinetuneEngine:
         torch.manual_seed(self._config.seed)
         np.random.seed(self._config.seed)
 
-    def _initial_head(self, name: str, dim: int) -> QueryHead | EncoderQueryHead:
-        current = self._retriever.image_head if name == HEAD_IMAGE else self._retriever.text_head
-        cfg = self._config
-        if self._encoder:
-            if isinstance(current, EncoderQueryHead):
-                if current.config.lora_merged:
-                    # A saved LoRA head is a plain frozen tower: new zero adapters on its merged weights.
-                    return current.with_fresh_lora().to(self._device)
-                return copy.deepcopy(current).to(self._device)  # continue from the retriever's tower
-            head = EncoderQueryHead.from_embedding(
-                self._retriever.knowledge_base.embed_model, alpha=cfg.alpha, train_last_n_blocks=cfg.encoder_last_n_blocks,
-                lora_r=cfg.encoder_lora_r, lora_alpha=cfg.encoder_lora_alpha, lora_dropout=cfg.encoder_lora_dropout,
-                lora_target_modules=cfg.encoder_lora_target_modules,
-            )
-            if head.dim != dim or head.out_dim != int(self._retriever.knowledge_base.dim):
-                raise ValueError(
-                    f"the encoder's image tower gives {head.dim}-d vectors but the feedback cache holds {dim}-d "
-                    f"query embeddings and the knowledge base {self._retriever.knowledge_base.dim}-d keys; "
-                    "encoder mode needs a retriever without question fusion over its own encoder's KB"
-                )
-            return head.to(self._device)
-        if isinstance(current, EncoderQueryHead):
-            raise ValueError(
-                f"the retriever's {name} head is an EncoderQueryHead (an image tower); continue training it "
-                "with TrainerConfig(mode='encoder') and cases=, not mode='adapter'"
-            )
-        if current is not None and not current.is_identity:
-            if current.dim != dim:
-                raise ValueError(
-                    f"the retriever's {name} head reads {current.dim}-d embeddings but the feedback cache "
-                    f"holds {dim}-d ones; collect feedback with this retriever"
-                )
-            return copy.deepcopy(current).to(self._device)  # continue from the retriever's trained head
-        return QueryHead(QueryHeadConfig(
-            dim=dim, kind=cfg.head_kind, hidden_dim=cfg.head_hidden_dim, out_dim=int(self._retriever.knowledge_base.dim),
-            alpha=cfg.alpha, dropout=cfg.dropout,
-        )).to(self._device)
-
     def _head_data(self, cache: FeedbackCache, name: str, pixels: torch.Tensor | None = None) -> HeadData:
         if self._encoder and pixels is None:
             pixels = query_pixels(self._retriever.knowledge_base, cache, self._case_images)
         return build_head_data(cache, name, self._retriever.knowledge_base, self._device, pixels=pixels)
-
-    def _build_validator(self, feedback: FeedbackCache, validation: FeedbackCache | None,
-                         validation_cases: Sequence[Case] | None) -> RetrievalValidator | None:
-        if self._reader is None:
-            if validation is not None:
-                logger.warning("no reader given: validation re-ranks the validation cases' cached pools and cannot "
-                               "see what the heads retrieve outside them; pass reader= for real-retrieval validation")
-            return None
-        if validation_cases is None and validation is None:
-            return None
-        if validation_cases is not None:
-            val_cases = list(validation_cases)
-            overlap = sorted({c.id for c in val_cases} & set(feedback.case_ids))
-            if overlap:
-                raise ValueError(f"validation case {overlap[0]!r} is also a training case ({len(overlap)} overlap); "
-                                 "validate on held-out cases")
-            val_ids = {c.id for c in val_cases}
-            pool = validation if validation is not None and val_ids <= set(validation.case_ids) else None
-        else:
-            assert validation is not None
-            missing = [cid for cid in validation.case_ids if cid not in self._cases]
-            if missing:
-                raise ValueError(
-                    f"real-retrieval validation reads the validation cases, but no Case record was given for "
-                    f"{missing[0]!r} ({len(missing)} missing); pass cases= (all cases of the feedback) or validation_cases="
-                )
-            val_cases, pool = [self._cases[cid] for cid in validation.case_ids], validation
-        return RetrievalValidator(self._retriever, self._reader, val_cases, cache=pool if pool is not None else feedback,
-                                  pool_cache=pool)
-
-    def _resolve_gamma(self, name: str, loss: nn.Module | None) -> float:
-        """The head's temperature (see :mod:`.temperature`), with an entropy check on the training pool."""
-        data, cfg = self._train[name], self._config
-        width = data.mask.shape[1] if cfg.n_train_candidates is None else min(cfg.n_train_candidates, data.mask.shape[1])
-        # Pools are sorted by the collecting retriever: the first columns are the frozen training candidates.
-        scores, mask = data.frozen_scores[:, :width].cpu(), data.mask[:, :width].cpu()
-        loss_gamma = getattr(loss, "gamma", None)  # duck-typed: the package's losses expose their temperature
-        if loss is not None and isinstance(loss_gamma, (int, float)):
-            gamma, rule = float(loss_gamma), "loss"
-        elif cfg.gamma == "auto":
-            gamma, rule = auto_gamma(scores, mask), "auto"
-        else:
-            gamma, rule = float(cfg.gamma), "fixed"
-        entropy, log_n = retrieval_entropy(scores, mask, gamma)
-        self._history.append({"event": "temperature", "head": name, "gamma": gamma, "rule": rule,
-                              "mean_entropy": entropy, "mean_log_n": log_n})
-        logger.info("%s head: gamma %.5g (%s); mean entropy of P_retr over training queries %.3f of log n %.3f",
-                    name, gamma, rule, entropy, log_n)
-        if log_n > 0 and entropy > UNIFORM_WARNING_SHARE * log_n:
-            logger.warning(
-                "%s head: with gamma=%.4g the retrieval softmax is nearly uniform (mean entropy %.3f > %.0f%% of "
-                "log n = %.3f): the loss carries little signal; use TrainerConfig(gamma='auto') or a smaller gamma",
-                name, gamma, entropy, 100 * UNIFORM_WARNING_SHARE, log_n,
-            )
-        return gamma
 
     # ------------------------------------------------------------------ public API
     @classmethod
@@ -547,35 +462,15 @@ class RetrieverFinetuneEngine:
                 batch = perm[start : start + size]
                 yield {name: batch for name in names}
 
-    def _scores(self, name: str, data: HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Cosine of the head's query vector with each selected candidate's key, ``(B, n)``."""
-        if data.pixels is not None:
-            # Encoder mode: the tower reads the query images, blended with the cached frozen embedding.
-            query = self._heads[name](data.pixels[rows], data.embeddings[rows])  # (B, D)
-        else:
-            query = self._heads[name](data.embeddings[rows])  # (B, D) from the cached frozen embedding
-        keys = data.keys[data.slots[rows].gather(1, cols)]  # (B, n, D)
-        return torch.einsum("bd,bnd->bn", query, keys)  # both unit-norm: cosines
-
     def _loss_on(self, name: str, data: HeadData, rows: torch.Tensor, cols_all: torch.Tensor) -> dict[str, torch.Tensor]:
         cols = cols_all[rows]  # (B, n) columns of the cached pool used in the softmax
         return self._losses[name](
-            self._scores(name, data, rows, cols),  # (B, n)
+            candidate_scores(self._heads[name], data, rows, cols),  # (B, n)
             data.gold[rows].gather(1, cols),
             frozen_scores=data.frozen_scores[rows].gather(1, cols),
             mask=data.mask[rows].gather(1, cols),
             disagree=data.disagree[rows],
         )
-
-    @torch.no_grad()
-    def _pool_scores(self, name: str, data: HeadData) -> torch.Tensor:
-        """Current-head cosines over the whole cached pool, ``(n, N)``, -inf where masked."""
-        self._heads[name].eval()
-        n, big_n = data.mask.shape
-        all_cols = torch.arange(big_n, device=data.mask.device).expand(n, big_n)  # (n, N)
-        chunk = _ENCODER_EVAL_CHUNK if data.pixels is not None else _EVAL_CHUNK
-        scores = [self._scores(name, data, rows, all_cols[rows]) for rows in torch.arange(n, device=data.mask.device).split(chunk)]
-        return torch.cat(scores).masked_fill(~data.mask, float("-inf"))
 
     def _refresh(self, name: str) -> None:
         """Columns of the training softmax per case: the top ``n_train_candidates`` under the current head."""
@@ -584,7 +479,7 @@ class RetrieverFinetuneEngine:
         if n_keep is None or n_keep >= big_n:
             self._cols[name] = torch.arange(big_n, device=data.mask.device).expand(data.mask.shape[0], big_n)
         else:  # masked slots score -inf, so they sort last and only fill lists shorter than n_keep
-            self._cols[name] = self._pool_scores(name, data).topk(n_keep, dim=1).indices  # (n, n_keep)
+            self._cols[name] = pool_scores(self._heads[name], data).topk(n_keep, dim=1).indices  # (n, n_keep)
 
     # ------------------------------------------------------------------ validation
     @property
@@ -606,7 +501,7 @@ class RetrieverFinetuneEngine:
             pool_loglik = np.zeros(len(next(iter(self._val.values())).mask))
             for name in names:
                 data = self._val[name]
-                pool = self._pool_scores(name, data)  # (n, N)
+                pool = pool_scores(self._heads[name], data)  # (n, N)
                 pool_loglik += pool_rag_loglik(pool, data, self._val_k(name), cfg.val_gamma or self._gammas[name])
                 cols = pool.topk(min(cfg.n_train_candidates or pool.shape[1], pool.shape[1]), dim=1).indices
                 record[f"val_loss/{name}"] = float(self._loss_on(name, data, data.rows, cols)[LOSS_KEY])

@@ -244,6 +244,50 @@ def pool_rag_loglik(pool_scores: torch.Tensor, data: HeadData, k: int, gamma: fl
     return out.masked_fill(~valid.any(dim=1), 0.0).double().cpu().numpy()
 
 
+def build_validator(
+    retriever: LVLMAwareRetriever,
+    reader: Reader | None,
+    feedback: FeedbackCache,
+    validation: FeedbackCache | None,
+    validation_cases: Sequence[Case] | None,
+    cases: Mapping[str, Case],
+) -> RetrievalValidator | None:
+    """The engine's real-retrieval validator, or ``None`` (no reader, or nothing to validate on).
+
+    Validation cases are ``validation_cases`` (their pool: ``validation`` when it holds them all),
+    else the Case records of ``validation``'s rows found in ``cases``.
+
+    Raises:
+        ValueError: A validation case is also a training case, or a validation row has no Case record.
+    """
+    if reader is None:
+        if validation is not None:
+            logger.warning("no reader given: validation re-ranks the validation cases' cached pools and cannot "
+                           "see what the heads retrieve outside them; pass reader= for real-retrieval validation")
+        return None
+    if validation_cases is None and validation is None:
+        return None
+    if validation_cases is not None:
+        val_cases = list(validation_cases)
+        overlap = sorted({c.id for c in val_cases} & set(feedback.case_ids))
+        if overlap:
+            raise ValueError(f"validation case {overlap[0]!r} is also a training case ({len(overlap)} overlap); "
+                             "validate on held-out cases")
+        val_ids = {c.id for c in val_cases}
+        pool = validation if validation is not None and val_ids <= set(validation.case_ids) else None
+    else:
+        assert validation is not None
+        missing = [cid for cid in validation.case_ids if cid not in cases]
+        if missing:
+            raise ValueError(
+                f"real-retrieval validation reads the validation cases, but no Case record was given for "
+                f"{missing[0]!r} ({len(missing)} missing); pass cases= (all cases of the feedback) or validation_cases="
+            )
+        val_cases, pool = [cases[cid] for cid in validation.case_ids], validation
+    return RetrievalValidator(retriever, reader, val_cases, cache=pool if pool is not None else feedback,
+                              pool_cache=pool)
+
+
 @dataclass(frozen=True)
 class AdoptionDecision:
     """Whether the trained heads replace the initial ones, and the numbers behind it.
@@ -333,6 +377,7 @@ __all__ = [
     "OUTSIDE_POOL_WARNING",
     "AdoptionDecision",
     "RetrievalValidator",
+    "build_validator",
     "ValidationResult",
     "max_normalise",
     "no_regression_decision",
