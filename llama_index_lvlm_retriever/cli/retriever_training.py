@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from pathlib import Path
@@ -80,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--text-head", default=None, help="text head the feedback was collected with (default: as --image-head)")
     objective = train.add_argument_group("objective")
     objective.add_argument("--loss", default="posterior_kl", choices=list(LOSSES), help="training loss")
-    objective.add_argument("--gamma", type=float, default=0.05, help="retrieval softmax temperature (divides the scores)")
+    objective.add_argument("--gamma", type=_gamma, default="auto",
+                           help="retrieval softmax temperature (divides the scores): a float, or 'auto' = per head, "
+                           "the value giving the frozen softmax half its maximum entropy")
     objective.add_argument("--only-inconsistent", action="store_true", help="train only on cases whose reader prediction changes with the candidate")
     objective.add_argument("--head", default="both", choices=["text", "image", "both"], help="heads to train")
     objective.add_argument("--schedule", default="joint", choices=["joint", "sequential"], help="train heads together or text then image")
@@ -94,13 +97,33 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     encoder.add_argument("--mode", default="adapter", choices=["adapter", "encoder"],
                          help="adapter: residual head on cached embeddings (fast); encoder: tower copy on the query images")
     encoder.add_argument("--cases", default=None,
-                         help="encoder mode: the training cases (JSONL or CSV) the feedback was collected for")
+                         help="the training cases (JSONL or CSV) the feedback was collected for: needed by encoder mode, "
+                         "--rounds > 1 and real-retrieval validation of a held-out split")
     encoder.add_argument("--encoder-last-n-blocks", type=int, default=1, help="trainable blocks of the tower copy")
     encoder.add_argument("--encoder-lora-r", type=int, default=None,
                          help="train rank-r LoRA adapters instead of the last blocks (needs the peft extra)")
+    optim.add_argument("--weight-decay", type=float, default=0.01,
+                       help="L2-SP: pull the trainable weights toward their start (not toward zero)")
     optim.add_argument("--validation-fraction", type=float, default=0.1, help="cases held out for checkpoint selection (0 = none)")
     optim.add_argument("--eval-every", type=int, default=25, help="validate every this many steps")
     optim.add_argument("--seed", type=int, default=0, help="seed of split, batches and initialisation")
+    valid = train.add_argument_group("validation on real retrieval and feedback rounds (need the reader)")
+    valid.add_argument("--reader", default=None,
+                       help="the frozen reader that scored --feedback (hub id or folder): validation then searches the "
+                       "whole KB and scores new pairs through the cache; without it, it re-ranks the cached pools")
+    valid.add_argument("--task", default=None,
+                       help="built-in task name or task JSON file (default: as in the cache's collect_config.json)")
+    valid.add_argument("--validation-cases", default=None,
+                       help="held-out validation cases (JSONL or CSV); default: --validation-fraction of --cases")
+    valid.add_argument("--rounds", type=int, default=1,
+                       help="feedback rounds: after each, score the trained heads' new candidates and train on the merged pool")
+    valid.add_argument("--adoption", default="no_regression", choices=["no_regression", "best"],
+                       help="no_regression: keep the trained heads only if they beat the initial ones on validation")
+    valid.add_argument("--reader-dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
+                       help="reader dtype (default: as in the cache's collect_config.json, else auto); the reader "
+                       "must be loaded as it was for collect-feedback, or the cache refuses it")
+    valid.add_argument("--reader-batch-size", type=int, default=None,
+                       help="sequences per reader forward pass (default: as in collect_config.json, else 8)")
     runtime = train.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="torch device for training")
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -140,8 +163,21 @@ def _collect_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_loss(name: str, gamma: float, *, only_inconsistent: bool = False) -> Any:
-    """The loss module named by ``--loss``.
+def _gamma(value: str) -> float | str:
+    """``--gamma``: ``auto`` or a float > 0."""
+    if value == "auto":
+        return value
+    try:
+        gamma = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float > 0 or 'auto', got {value!r}") from None
+    if not gamma > 0:
+        raise argparse.ArgumentTypeError(f"expected a float > 0 or 'auto', got {value!r}")
+    return gamma
+
+
+def build_loss(name: str, gamma: float | str, *, only_inconsistent: bool = False) -> Any:
+    """The loss module named by ``--loss``; with ``gamma="auto"`` a factory ``gamma -> loss`` the engine calls per head.
 
     Raises:
         CLIError: An unknown name.
@@ -151,18 +187,26 @@ def build_loss(name: str, gamma: float, *, only_inconsistent: bool = False) -> A
     classes = {"posterior_kl": PosteriorKLLoss, "lsr": LSRLoss, "emdr": EMDRLoss}
     if name not in classes:
         raise CLIError(f"--loss {name!r}: choose one of {list(classes)}")
+    if gamma == "auto":
+        return functools.partial(classes[name], only_inconsistent=only_inconsistent)
     return classes[name](gamma=gamma, only_inconsistent=only_inconsistent)
 
 
-def collected_heads(feedback_dir: str) -> tuple[str | None, str | None]:
-    """The head folders recorded in a feedback cache's ``collect_config.json`` (``None`` = identity)."""
+def _collect_record(feedback_dir: str) -> dict[str, Any]:
+    """The options collect-feedback ran with (its ``collect_config.json``), ``{}`` when absent."""
     path = Path(feedback_dir) / COLLECT_CONFIG_FILE
     if not path.is_file():
-        return None, None
+        return {}
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CLIError(f"{path} is not valid JSON; pass --image-head/--text-head explicitly") from err
+    return record if isinstance(record, dict) else {}
+
+
+def collected_heads(feedback_dir: str) -> tuple[str | None, str | None]:
+    """The head folders recorded in a feedback cache's ``collect_config.json`` (``None`` = identity)."""
+    record = _collect_record(feedback_dir)
     return record.get("image_head"), record.get("text_head")
 
 
@@ -178,6 +222,8 @@ def _train_retriever(args: argparse.Namespace) -> int:
                        "was collected for (or use --mode adapter)")
     if args.mode != "encoder" and args.encoder_lora_r is not None:
         raise CLIError("--encoder-lora-r needs --mode encoder")
+    if args.rounds > 1 and not (args.reader and args.cases):
+        raise CLIError(f"--rounds {args.rounds} scores the trained heads' new candidates: pass --reader and --cases")
     config = TrainerConfig(
         mode=args.mode,
         encoder_last_n_blocks=args.encoder_last_n_blocks,
@@ -188,6 +234,10 @@ def _train_retriever(args: argparse.Namespace) -> int:
         max_steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        gamma=args.gamma,
+        rounds=args.rounds,
+        adoption=args.adoption,
         validation_fraction=args.validation_fraction,
         eval_every=args.eval_every,
         seed=args.seed,
@@ -200,10 +250,25 @@ def _train_retriever(args: argparse.Namespace) -> int:
     text_head = args.text_head or recorded_text
     feedback = FeedbackCache.from_persist_dir(args.feedback)
     retriever = load_retriever(args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head)
-    cases = load_cases(args.cases) if args.mode == "encoder" else None
-    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config, cases=cases)
+    cases = load_cases(args.cases) if args.cases else None
+    reader = None
+    if args.reader:
+        # The cache checks the reader's identity, settings included: load it as collect-feedback did.
+        collected = _collect_record(args.feedback)
+        reader = load_reader(
+            args.reader, load_task(args.task or collected.get("task")), device=args.device,
+            dtype=args.reader_dtype or collected.get("dtype") or "auto",
+            batch_size=args.reader_batch_size or collected.get("reader_batch_size") or 8,
+        )
+    validation_cases = load_cases(args.validation_cases) if args.validation_cases else None
+    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config, cases=cases,
+                                     reader=reader, validation_cases=validation_cases)
     engine.finetune()
     out = engine.save(args.out)
     write_json_atomic(out / TRAIN_CONFIG_FILE, {**resolved_config(args), "image_head": image_head, "text_head": text_head})
-    print(f"trained the {args.head} head(s) ({args.mode} mode) with {args.loss} for {args.steps} steps -> {out}")
+    gammas = ", ".join(f"{h} {g:.4g}" for h, g in engine.gammas.items())
+    print(f"trained the {args.head} head(s) ({args.mode} mode) with {args.loss} for {args.steps} steps "
+          f"(gamma: {gammas}) -> {out}")
+    if engine.decision is not None:
+        print(engine.decision.message)
     return 0

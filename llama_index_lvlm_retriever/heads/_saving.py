@@ -22,6 +22,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CLASS_KEY = "class_name"
 VERSIONS_KEY = "versions"
+TRAINED_ON_KEY = "trained_on"
+"""Config key of a trained head's record of the encoder and knowledge base it was trained for."""
 
 HEAD_CLASSES: dict[str, type] = {}
 """Saved ``class_name`` -> head class (filled by :func:`register_head`)."""
@@ -33,19 +35,31 @@ def register_head(cls: type) -> type:
     return cls
 
 
-def write_head(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any], class_name: str) -> Path:
-    """Write the weights, then the config (the config last: its presence marks a complete head)."""
+def write_head(
+    folder: str | Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    class_name: str,
+    trained_on: dict[str, Any] | None = None,
+) -> Path:
+    """Write the weights, then the config (the config last: its presence marks a complete head).
+
+    ``trained_on`` (the encoder and knowledge base a trained head was fitted for, see
+    :data:`TRAINED_ON_KEY`) is stored next to the constructor settings when given.
+    """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     atomic_write_bytes(out / WEIGHTS_NAME, _safetensors_bytes(tensors, metadata={"format": "pt"}))
     record = {CLASS_KEY: class_name, **config, VERSIONS_KEY: package_versions()}
+    if trained_on is not None:
+        record[TRAINED_ON_KEY] = trained_on
     atomic_write_bytes(out / CONFIG_NAME, json_bytes(record))
     return out
 
 
 def read_head_config(folder: str | Path) -> tuple[str | None, dict[str, Any]]:
-    """Return ``(class_name, settings)`` of a saved head (versions dropped).
+    """Return ``(class_name, settings)`` of a saved head (versions and ``trained_on`` dropped).
 
     Raises:
         FileNotFoundError: The folder, its ``config.json`` or its ``model.safetensors`` is missing.
@@ -70,7 +84,19 @@ def read_head_config(folder: str | Path) -> tuple[str | None, dict[str, Any]]:
     if not isinstance(record, dict):
         raise ValueError(f"{path / CONFIG_NAME} must hold a JSON object, got {type(record).__name__}; re-save the head")
     record.pop(VERSIONS_KEY, None)
+    record.pop(TRAINED_ON_KEY, None)  # provenance, not a constructor argument: see read_trained_on
     return record.pop(CLASS_KEY, None), record
+
+
+def read_trained_on(folder: str | Path) -> dict[str, Any] | None:
+    """The ``trained_on`` record of a saved head (encoder and KB fingerprints), ``None`` when absent.
+
+    Older saves and untrained heads have none; a head with one is checked against the knowledge base
+    it is used with (see ``LVLMAwareRetriever``).
+    """
+    record = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+    value = record.get(TRAINED_ON_KEY) if isinstance(record, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def load_head(folder: str | Path, *, device: str | torch.device = "cpu") -> Any:
@@ -105,10 +131,12 @@ __all__ = [
     "CLASS_KEY",
     "CONFIG_NAME",
     "HEAD_CLASSES",
+    "TRAINED_ON_KEY",
     "VERSIONS_KEY",
     "WEIGHTS_NAME",
     "load_head",
     "read_head_config",
+    "read_trained_on",
     "register_head",
     "write_head",
 ]

@@ -55,6 +55,7 @@ from llama_index_lvlm_retriever.heads._saving import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     read_head_config,
+    read_trained_on,
     register_head,
     write_head,
 )
@@ -189,6 +190,8 @@ class EncoderQueryHead(nn.Module):
     def __init__(self, config: EncoderQueryHeadConfig) -> None:
         super().__init__()
         self.config = config
+        # Encoder and KB fingerprints of a trained head (see QueryHead.trained_on); None when fresh.
+        self.trained_on: dict[str, Any] | None = None
         vision = CLIPVisionConfig(**config.vision_config)
         depth = int(vision.num_hidden_layers)
         if config.train_last_n_blocks > depth:
@@ -376,7 +379,7 @@ class EncoderQueryHead(nn.Module):
         """
         state = {f"tower.{k}": v for k, v in self._plain_tower_state().items()}  # == state_dict() without LoRA
         config = replace(self.config, lora_merged=True) if self.config.uses_lora else self.config
-        out = write_head(save_directory, state, config.to_dict(), ENCODER_HEAD_CLASS)
+        out = write_head(save_directory, state, config.to_dict(), ENCODER_HEAD_CLASS, trained_on=self.trained_on)
         logger.info("saved an encoder query head to %s", out)
         return out
 
@@ -407,6 +410,7 @@ class EncoderQueryHead(nn.Module):
             head._load_tower_weights({k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()})
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"weights in {weights_path} do not fit the config in {config_path}: {err}") from err
+        head.trained_on = read_trained_on(folder)
         return head.to(device).eval()
 
 

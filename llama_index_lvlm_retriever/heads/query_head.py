@@ -36,6 +36,7 @@ from llama_index_lvlm_retriever.heads._saving import (
     WEIGHTS_NAME,
     load_head,
     read_head_config,
+    read_trained_on,
     register_head,
     write_head,
 )
@@ -148,6 +149,9 @@ class QueryHead(nn.Module):
     def __init__(self, config: QueryHeadConfig) -> None:
         super().__init__()
         self.config = config
+        # What a trained head was fitted for (encoder and KB fingerprints); saved with the head and
+        # checked by the retriever. ``None`` for fresh heads and older saves.
+        self.trained_on: dict[str, Any] | None = None
         dim, out_dim = config.dim, int(config.out_dim or config.dim)
         self.proj: nn.Linear | None = None
         self.fc1: nn.Linear | None = None
@@ -258,7 +262,8 @@ class QueryHead(nn.Module):
         Returns:
             The folder.
         """
-        out = write_head(save_directory, self.state_dict(), self.config.to_dict(), type(self).__name__)
+        out = write_head(save_directory, self.state_dict(), self.config.to_dict(), type(self).__name__,
+                         trained_on=self.trained_on)
         logger.info("saved %s query head to %s", self.config.kind, out)
         return out
 
@@ -293,6 +298,7 @@ class QueryHead(nn.Module):
             raise ValueError(
                 f"weights in {folder / WEIGHTS_NAME} do not fit the config in {folder / CONFIG_NAME}: {err}"
             ) from err
+        head.trained_on = read_trained_on(folder)
         return head.to(device).eval()
 
 

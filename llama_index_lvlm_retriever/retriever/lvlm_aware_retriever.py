@@ -140,8 +140,8 @@ class LVLMAwareRetriever(BaseRetriever):
             show_progress=show_progress,
         )
         self._kb = knowledge_base
-        self._image_head = _check_head("image_head", image_head, knowledge_base.dim)
-        self._text_head = _check_head("text_head", text_head, knowledge_base.dim)
+        self._image_head = _check_head("image_head", image_head, knowledge_base.dim, knowledge_base)
+        self._text_head = _check_head("text_head", text_head, knowledge_base.dim, knowledge_base)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -448,9 +448,30 @@ class LVLMAwareRetriever(BaseRetriever):
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)  # (m, dim)
 
 
-def _check_head(name: str, head: QueryHead | None, kb_dim: int) -> QueryHead | None:
+def _check_head(
+    name: str, head: QueryHead | None, kb_dim: int, knowledge_base: KnowledgeBase | None = None
+) -> QueryHead | None:
     if head is None:
         return None
+    # A trained head records the encoder it was fitted for (``trained_on``, written by the training
+    # engine); a head without a record (fresh, or saved by an older version) is not checked.
+    trained_on = getattr(head, "trained_on", None)  # duck-typed heads need not have the attribute
+    if knowledge_base is not None and isinstance(trained_on, dict) and isinstance(trained_on.get("encoder"), dict):
+        from llama_index_lvlm_retriever.kb import EncoderMismatchError
+        from llama_index_lvlm_retriever.kb.encoding import describe_encoder, encoder_label
+
+        saved = trained_on["encoder"]
+        given = describe_encoder(knowledge_base.embed_model, with_probe=False)
+        # Fingerprints (weights hashes) decide when both sides have one, else the model names.
+        key = "fingerprint" if saved.get("fingerprint") and given.get("fingerprint") else "model_name"
+        if saved.get(key) and given.get(key) and (saved[key], saved.get("class_name")) != (
+            given[key], given.get("class_name")
+        ):
+            raise EncoderMismatchError(
+                f"{name} was trained for a knowledge base built with {encoder_label(saved)}, but this knowledge "
+                f"base was built with {encoder_label(given)} ({key} differs); use heads trained on this knowledge "
+                "base's encoder, or the knowledge base the heads were trained on"
+            )
     # Image-input heads are duck-typed (needs_image=True) so users can plug in their own towers.
     if not isinstance(head, (QueryHead, EncoderQueryHead)) and not getattr(head, "needs_image", False):
         raise TypeError(

@@ -23,6 +23,8 @@ TrainHead = Literal["text", "image", "both"]
 Schedule = Literal["joint", "sequential"]
 SelectionMetric = Literal["val_rag_loglik", "val_loss"]
 AdapterKind = Literal["linear", "mlp"]
+Adoption = Literal["no_regression", "best"]
+Gamma = float | Literal["auto"]
 
 
 class FeedbackConfig(BaseModel):
@@ -68,9 +70,13 @@ class FeedbackConfig(BaseModel):
 class TrainerConfig(BaseModel):
     """Settings of :class:`~llama_index_lvlm_retriever.training.trainer.RetrieverFinetuneEngine`.
 
-    Defaults follow the paper where it is sound (softmax temperature 0.05, blend 0.15, the text head
-    before the image head in the ``"sequential"`` schedule) and fix its reference code where it is
-    not (weight decay 0.01 instead of 1.0; gradients clipped after ``backward``).
+    Defaults follow the paper where it is sound (blend 0.15, the text head before the image head in
+    the ``"sequential"`` schedule) and fix it where it is not: the softmax temperature is derived from
+    the encoder's score spread (``gamma="auto"``, see
+    :mod:`~llama_index_lvlm_retriever.training.temperature`) instead of a fixed 0.05; weight decay
+    pulls toward the initial weights (L2-SP, 0.01) instead of toward zero at 1.0; gradients are
+    clipped after ``backward``; a trained head is adopted only when it beats the initial heads on
+    validation (``adoption="no_regression"``).
 
     Example:
         >>> TrainerConfig(schedule="sequential", max_steps=100).learning_rate
@@ -126,7 +132,39 @@ class TrainerConfig(BaseModel):
     batch_size: int = Field(default=256, gt=0, description="Training cases per step.")
     learning_rate: float = Field(default=1e-3, gt=0.0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(
-        default=0.01, ge=0.0, description="AdamW decoupled weight decay on weight matrices (not biases)."
+        default=0.01,
+        ge=0.0,
+        description="L2-SP coefficient lambda: the loss gains lambda * ||w - w0||^2 over the trainable weights, "
+        "pulling them toward their initial values (the frozen tower copy, the identity adapter), not toward zero; "
+        "AdamW's own decoupled decay is 0.",
+    )
+    gamma: Gamma = Field(
+        default="auto",
+        description="Temperature dividing cosines in the retrieval softmax of the default loss (and of the pool "
+        "validation): a float > 0, or 'auto' = per head, the temperature at which the frozen retriever's softmax "
+        "over the training candidates has a mean entropy of half log n (see training.temperature).",
+    )
+    rounds: int = Field(
+        default=1,
+        ge=1,
+        description="Feedback rounds: after each round but the last, the trained heads retrieve new candidates "
+        "for the training cases, the reader scores the new pairs (through the feedback cache) and training "
+        "continues on the merged pool. > 1 needs reader= and cases=.",
+    )
+    adoption: Adoption = Field(
+        default="no_regression",
+        description="'no_regression': keep the trained heads only if their paired validation log-likelihood gain "
+        "over the initial heads has a one-sided bootstrap lower bound > 0 and validation accuracy does not "
+        "drop, else keep the initial heads; 'best': keep the best validation checkpoint.",
+    )
+    adoption_confidence: float = Field(
+        default=0.9,
+        gt=0.5,
+        lt=1.0,
+        description="One-sided confidence of the no-regression rule's bootstrap lower bound.",
+    )
+    bootstrap_resamples: int = Field(
+        default=1000, gt=0, description="Bootstrap resamples (over validation cases) of the no-regression rule."
     )
     max_grad_norm: float | None = Field(
         default=1.0, gt=0.0, description="Clip the global gradient norm to this after backward; None = no clipping."
@@ -173,8 +211,8 @@ class TrainerConfig(BaseModel):
     val_gamma: float | None = Field(
         default=None,
         gt=0.0,
-        description="Temperature dividing cosines in the validation retrieval softmax; None = the loss's gamma, "
-        "else 0.05.",
+        description="Pool validation (no reader given) only: temperature dividing cosines in its retrieval "
+        "softmax; None = the head's resolved gamma. Real-retrieval validation fuses as at inference.",
     )
     seed: int = Field(default=0, ge=0, description="Seed of torch and numpy (split, batches, init).")
     device: str = Field(default="cpu", description="Torch device for training ('cpu', 'cuda', 'cuda:1', ...).")
@@ -199,6 +237,13 @@ class TrainerConfig(BaseModel):
                 "set mode='encoder' or encoder_lora_r=None"
             )
         return self
+
+    @field_validator("gamma")
+    @classmethod
+    def _check_gamma(cls, gamma: float | str) -> float | str:
+        if gamma != "auto" and not (isinstance(gamma, (int, float)) and 0.0 < float(gamma) < float("inf")):
+            raise ValueError(f"TrainerConfig.gamma must be a finite float > 0 or 'auto', got {gamma!r}")
+        return gamma
 
     @model_validator(mode="after")
     def _check_refresh(self) -> TrainerConfig:

@@ -7,6 +7,8 @@ or :meth:`FeedbackCache.persist`)::
     shard-00000.safetensors    the tensors of cases [0, shard_size)
     shard-00000.json           those cases' ids, their candidates' KB ids, a hash of the tensors
     shard-00001.safetensors    ...
+    pairs-00000.safetensors    reader scores of pairs found after collection (validation, rounds);
+    pairs-00000.json           see :mod:`~llama_index_lvlm_retriever.training.feedback_pairs`
 
 Tensors of a shard with ``s`` cases (``N`` candidates per head, ``L`` labels, ``d`` = query dim)::
 
@@ -56,6 +58,7 @@ from llama_index_lvlm_retriever.training._identity import (
     reader_identity,
     retriever_identity,
 )
+from llama_index_lvlm_retriever.training.feedback_pairs import PairScoreStore
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from llama_index_lvlm_retriever.readers.base import Reader
@@ -112,6 +115,7 @@ class FeedbackCache:
         *,
         candidate_ids: dict[str, list[list[str]]] | None = None,
         persist_dir: Path | None = None,
+        pair_store: PairScoreStore | None = None,
     ) -> None:
         self._manifest = {key: value for key, value in manifest.items() if key != "shards"}
         self._shards: list[dict[str, Any]] = list(manifest.get("shards", []))
@@ -125,6 +129,7 @@ class FeedbackCache:
         self._heads = heads
         self._candidate_ids = candidate_ids
         self._persist_dir = persist_dir
+        self._pair_store = pair_store
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -302,6 +307,17 @@ class FeedbackCache:
         return json.loads(json.dumps(self._manifest))
 
     @property
+    def pair_store(self) -> PairScoreStore:
+        """Reader scores of pairs outside the candidate pools, kept in the cache's folder.
+
+        Loaded on first use; a subset (:meth:`select`, :meth:`split`) shares its parent's store, so
+        pairs scored for a validation split land in the parent cache's folder.
+        """
+        if self._pair_store is None:
+            self._pair_store = PairScoreStore.load(self._persist_dir)
+        return self._pair_store
+
+    @property
     def persist_dir(self) -> Path | None:
         """Where the cache was loaded from (``None`` for an in-memory subset)."""
         return self._persist_dir
@@ -452,6 +468,58 @@ class FeedbackCache:
             self._query_embeddings[index],
             {h: arrays.select(index) for h, arrays in self._heads.items()},
             candidate_ids={h: [cand[h][i] for i in rows] for h in self.heads},
+            pair_store=self.pair_store,
+        )
+
+    def with_extra_candidates(
+        self,
+        extras: dict[str, list[list[tuple[int, str, float, torch.Tensor]]]],
+        gold: torch.Tensor,
+    ) -> FeedbackCache:
+        """An in-memory cache whose pools also hold extra candidates, appended after the collected ones.
+
+        Used by feedback rounds: the candidates a trained head retrieves beyond the pool, with their
+        reader scores. The pool width grows to the longest merged list (shorter ones are masked).
+
+        Args:
+            extras: Per head, per case (row order), ``(KB row, KB id, frozen score, (L,) label
+                log-probs)`` of each extra candidate.
+            gold: ``(n, L)`` bool multi-hot gold labels of the cases (for ``gold_log_probs``).
+
+        Returns:
+            The merged cache (same identities, case ids and pair store).
+        """
+        from llama_index_lvlm_retriever.training.feedback_pairs import gold_log_probs
+
+        n, n_labels = len(self), len(self.labels)
+        cand = {h: self.candidate_ids(h) for h in self.heads}
+        width = max(
+            int(self.mask(h)[r].sum()) + len(extras.get(h, [[]] * n)[r]) for h in self.heads for r in range(n)
+        )
+        width = max(width, self.n_candidates)
+        heads: dict[str, _HeadArrays] = {}
+        new_ids: dict[str, list[list[str]]] = {}
+        for h in self.heads:
+            old = self._heads[h]
+            big_n = old.mask.shape[1]
+            positions = torch.full((n, width), -1, dtype=torch.long)
+            scores = torch.zeros(n, width)
+            label_lp = torch.zeros(n, width, n_labels)
+            mask = torch.zeros(n, width, dtype=torch.bool)
+            positions[:, :big_n], scores[:, :big_n] = old.positions, old.retrieval_scores
+            label_lp[:, :big_n], mask[:, :big_n] = old.label_log_probs, old.mask
+            new_ids[h] = [list(row) for row in cand[h]]
+            for r in range(n):
+                col = int(old.mask[r].sum())  # collected lists are left-aligned: extras go after them
+                for position, kb_id, score, lp in extras.get(h, [[]] * n)[r]:
+                    positions[r, col], scores[r, col], label_lp[r, col], mask[r, col] = position, score, lp, True
+                    new_ids[h][r].append(kb_id)
+                    col += 1
+            gold_lp = gold_log_probs(label_lp, gold, self.multi_label) * mask  # (n, width)
+            heads[h] = _HeadArrays(positions, scores, gold_lp, label_lp, mask)
+        manifest = {**self._manifest, "n_candidates": width}
+        return FeedbackCache(
+            manifest, self._query_embeddings, heads, candidate_ids=new_ids, pair_store=self.pair_store
         )
 
     def split(self, validation_fraction: float, *, seed: int = 0) -> tuple[FeedbackCache, FeedbackCache]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from llama_index_lvlm_retriever.data.images import ImageInput, load_image
 from llama_index_lvlm_retriever.kb import KnowledgeBase
@@ -21,6 +22,8 @@ from llama_index_lvlm_retriever.retriever import HEAD_IMAGE
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 
 _PROCESS_CHUNK = 256  # images per processor call (bounds peak memory of the decoded PIL images)
+_EVAL_CHUNK = 4096  # cases per no-grad scoring chunk (bounds memory on large caches)
+_ENCODER_EVAL_CHUNK = 128  # images per no-grad tower pass in encoder mode (bounds activation memory)
 
 
 @dataclass
@@ -94,4 +97,33 @@ def query_pixels(kb: KnowledgeBase, cache: FeedbackCache, case_images: Mapping[s
     return torch.cat(chunks).float()  # (n, C, H, W)
 
 
-__all__ = ["HeadData", "build_head_data", "query_pixels"]
+def candidate_scores(head: nn.Module, data: HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Cosine of the head's query vector with each selected candidate's key, ``(B, n)``.
+
+    Args:
+        head: A ``QueryHead`` (reads the cached frozen embedding) or, when ``data.pixels`` is set,
+            an ``EncoderQueryHead`` (reads the query images, blended with the frozen embedding).
+        data: The head's cached candidates.
+        rows: ``(B,)`` cases.
+        cols: ``(B, n)`` columns of their pools.
+    """
+    if data.pixels is not None:
+        query = head(data.pixels[rows], data.embeddings[rows])  # (B, D)
+    else:
+        query = head(data.embeddings[rows])  # (B, D)
+    keys = data.keys[data.slots[rows].gather(1, cols)]  # (B, n, D)
+    return torch.einsum("bd,bnd->bn", query, keys)  # both unit-norm: cosines
+
+
+@torch.no_grad()
+def pool_scores(head: nn.Module, data: HeadData) -> torch.Tensor:
+    """The head's cosines over every case's whole cached pool, ``(n, N)``, ``-inf`` where masked."""
+    head.eval()
+    n, big_n = data.mask.shape
+    all_cols = torch.arange(big_n, device=data.mask.device).expand(n, big_n)  # (n, N)
+    chunk = _ENCODER_EVAL_CHUNK if data.pixels is not None else _EVAL_CHUNK
+    rows = torch.arange(n, device=data.mask.device).split(chunk)
+    return torch.cat([candidate_scores(head, data, r, all_cols[r]) for r in rows]).masked_fill(~data.mask, float("-inf"))
+
+
+__all__ = ["HeadData", "build_head_data", "candidate_scores", "pool_scores", "query_pixels"]

