@@ -67,7 +67,7 @@ def main(work_dir: Path) -> None:
     reader = HFLVLMReader.from_pretrained(build_tiny_llava(work_dir / "llava"), get_task("retinamnist"))
 
     engine = LVLMDiagnosisQueryEngine.from_defaults(
-        knowledge_base=kb, reader=reader, k_image=2, k_text=2, top_n=3, min_agreement=0.5
+        knowledge_base=kb, reader=reader, k_image=2, k_text=2, top_n=3, min_support=0.5
     )
     response = engine.query(QueryBundle(query_str="", image_path=str(query)))
     meta = response.metadata

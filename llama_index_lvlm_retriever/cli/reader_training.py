@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
+    add_retrieval_options,
+    check_retrieval_options,
     resolved_config,
     write_json_atomic,
 )
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     train = subparsers.add_parser(
         "train-reader",
         help="fine-tune the reader on retrieval-augmented prompts (stage-1 SFT)",
-        description="Retrieve the top --per-head pairs per head for every training case (its own pair "
+        description="Retrieve the top --k-image / --k-text pairs of each head for every training case (its own pair "
         "excluded), fine-tune the reader to answer the gold verbalizer in the exact inference prompt, "
         "and save the reader (loadable by HFLVLMReader.from_pretrained) to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--task", default=None, help="built-in task name or task JSON file (default: the one saved in a reader folder)")
     data.add_argument("--image-head", default=None, help="trained image-head folder (default: identity)")
     data.add_argument("--text-head", default=None, help="trained text-head folder (default: identity)")
-    data.add_argument("--per-head", type=int, default=2, help="retrieved pairs per head per case; one sample each")
+    add_retrieval_options(data)  # retrieved pairs per head per case; one sample each (the paper: 2 + 2)
     model = train.add_argument_group("reader")
     model.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
     model.add_argument("--mode", default=_default("mode"), choices=["full", "lora"], help="full fine-tuning or LoRA adapters (merged before saving)")
@@ -111,8 +113,7 @@ def _train_reader(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTEngine
     from llama_index_lvlm_retriever.training.sft_data import build_sft_samples, export_sft_jsonl
 
-    if args.per_head < 1:
-        raise CLIError(f"--per-head must be >= 1, got {args.per_head}")
+    check_retrieval_options(args)
     if not Path(args.kb).is_dir():
         raise CLIError(f"--kb {args.kb}: folder not found; build one with build-kb")
     config = sft_config_from_args(args)
@@ -121,9 +122,10 @@ def _train_reader(args: argparse.Namespace) -> int:
     reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
-        k_image=args.per_head, k_text=args.per_head,
+        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,
     )
-    samples = build_sft_samples(cases, retriever, reader.task, per_head=args.per_head)
+    heads = tuple(h for h, k in (("image", args.k_image), ("text", args.k_text)) if k > 0)
+    samples = build_sft_samples(cases, retriever, reader.task, heads=heads)
     out = Path(args.out)
     export_sft_jsonl(samples, out / SAMPLES_FILE, reader.task, reader.config.prompt)
     engine = ReaderSFTEngine(reader, samples, config)

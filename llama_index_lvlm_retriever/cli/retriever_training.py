@@ -12,6 +12,8 @@ from typing import Any
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
+    add_retrieval_options,
+    check_retrieval_options,
     resolved_config,
     write_json_atomic,
 )
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     fb = collect.add_argument_group("feedback")
     fb.add_argument("--n-candidates", type=int, default=50, help="candidates scored per case and head (the paper: 50)")
     fb.add_argument("--heads", nargs="+", default=["image", "text"], choices=["image", "text"], help="heads whose candidates are collected")
-    fb.add_argument("--k", type=int, default=2, help="retriever neighbours per head (defines disagreeing cases)")
+    add_retrieval_options(fb)  # the retriever's k per head defines disagreeing cases and validation's top-k
     fb.add_argument("--shard-size", type=int, default=256, help="cases per shard (unit of resumption)")
     fb.add_argument("--embed-batch-size", type=int, default=32, help="query images per encoder call")
     fb.add_argument("--pairs-batch-size", type=int, default=64, help="(case, candidate) pairs per reader.score call")
@@ -137,8 +139,7 @@ def _collect_feedback(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.training.config import FeedbackConfig
     from llama_index_lvlm_retriever.training.feedback import collect_feedback
 
-    if args.k < 1:
-        raise CLIError(f"--k must be >= 1, got {args.k}")
+    check_retrieval_options(args)
     config = FeedbackConfig(
         n_candidates=args.n_candidates,
         heads=tuple(args.heads),
@@ -151,7 +152,7 @@ def _collect_feedback(args: argparse.Namespace) -> int:
     reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype, batch_size=args.reader_batch_size)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
-        k_image=args.k, k_text=args.k,
+        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,
     )
     cache = collect_feedback(cases, retriever, reader, args.out, config, show_progress=not args.no_progress)
     record = resolved_config(args)
@@ -249,12 +250,17 @@ def _train_retriever(args: argparse.Namespace) -> int:
     image_head = args.image_head or recorded_image
     text_head = args.text_head or recorded_text
     feedback = FeedbackCache.from_persist_dir(args.feedback)
-    retriever = load_retriever(args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head)
+    # The retriever as collect-feedback ran it: its per-head k and fusion set validation's top-k.
+    collected = _collect_record(args.feedback)
+    retriever = load_retriever(
+        args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head,
+        k_image=int(collected.get("k_image", 2)), k_text=int(collected.get("k_text", 2)),
+        head_fusion=str(collected.get("head_fusion", "max")),
+    )
     cases = load_cases(args.cases) if args.cases else None
     reader = None
     if args.reader:
         # The cache checks the reader's identity, settings included: load it as collect-feedback did.
-        collected = _collect_record(args.feedback)
         reader = load_reader(
             args.reader, load_task(args.task or collected.get("task")), device=args.device,
             dtype=args.reader_dtype or collected.get("dtype") or "auto",

@@ -285,7 +285,7 @@ def _example_query(run: SeedRun, config: DemoConfig, echo: Echo) -> None:
     inconsistent = {row.case_id for row in run.report.rows[STANDARD_ROW] if not row.consistent}
     case = next((c for c in run.data.test if c.id in inconsistent), run.data.test[0])
     engine = LVLMDiagnosisQueryEngine.from_defaults(
-        reader=run.reader, retriever=run.retriever, top_n=config.k, min_agreement=0.5
+        reader=run.reader, retriever=run.retriever, top_n=config.k, min_support=0.5
     )
     response = engine.query(QueryBundle(query_str=case.question, image_path=case.image_path))
     meta = response.metadata or {}
@@ -293,8 +293,8 @@ def _example_query(run: SeedRun, config: DemoConfig, echo: Echo) -> None:
          f"gold grade {case.labels[0]}):")
     echo(f"  answer: {response.response}")
     echo(f"  label {meta.get(keys.LABEL)}, probability {meta.get(keys.LABEL_PROBABILITY, float('nan')):.3f}, "
-         f"abstain {meta.get(keys.ABSTAIN)}")
+         f"answer support {meta.get(keys.SUPPORT, float('nan')):.2f}, abstain {meta.get(keys.ABSTAIN)} (min support 0.5)")
     for node in response.source_nodes:
         echo(f"  evidence {node.node.node_id:<14} score {node.score:.3f}  {node.node.get_content()[:90]}")
     result = ConsistencyEvaluator().evaluate_response(response=response)
-    echo(f"  consistency: agreement {result.score:.2f}, consistent {result.passing}; {result.feedback}")
+    echo(f"  consistency: majority share {result.score:.2f}, consistent {result.passing}; {result.feedback}")

@@ -96,17 +96,18 @@ def build_sft_samples(
     cases: Sequence[Case],
     retriever: LVLMAwareRetriever,
     task: TaskSpec,
-    per_head: int = 2,
+    per_head: int | None = None,
     *,
     heads: Sequence[str] = ("image", "text"),
 ) -> list[SFTSample]:
-    """Retrieval-augmented SFT samples: top ``per_head`` pairs per head per case, one pair each.
+    """Retrieval-augmented SFT samples: the top pairs of each head per case, one pair each.
 
     Args:
         cases: Labelled training cases (labels from ``task``'s label set).
         retriever: The (frozen) retriever; its heads are applied.
         task: The task whose verbalizers are the targets.
-        per_head: Pairs taken from each head's list (the paper: 2).
+        per_head: Pairs taken from each head's list; ``None`` = the retriever's own ``k_image`` and
+            ``k_text`` (the paper: 2 + 2), as at inference.
         heads: Heads whose lists are used: ``("image", "text")`` (the paper) or one of them, e.g.
             ``("image",)`` when cases carry no question for the text head.
 
@@ -118,8 +119,10 @@ def build_sft_samples(
         ValueError: ``per_head`` < 1, a case without a gold label, or a gold label not in the
             task's label set (the message names the case and the labels).
     """
-    if per_head < 1:
+    if per_head is not None and per_head < 1:
         raise ValueError(f"per_head must be >= 1, got {per_head}")
+    k_image = retriever.k_image if per_head is None else per_head
+    k_text = retriever.k_text if per_head is None else per_head
     unknown = sorted(set(heads) - {"image", "text"})
     if unknown or not heads:
         raise ValueError(f"heads must be a non-empty subset of ('image', 'text'), got {list(heads)}")
@@ -132,8 +135,8 @@ def build_sft_samples(
         embeddings = retriever.embed_queries([c.image_path for c in chunk], [c.question for c in chunk])
         hits = retriever.search_heads(
             np.asarray(embeddings, dtype=np.float32),
-            k_image=per_head if "image" in heads else 0,
-            k_text=per_head if "text" in heads else 0,
+            k_image=k_image if "image" in heads else 0,
+            k_text=k_text if "text" in heads else 0,
             exclude_ids=[{case.id} for case in chunk],
             exclude_hashes=[{kb.content_hash_of(case.image_path)} for case in chunk],
         )
@@ -142,7 +145,8 @@ def build_sft_samples(
                 for rank, hit in enumerate(hits[head][row]):
                     for label_index, answer_index, target in targets[start + row]:
                         samples.append(SFTSample(case, hit.item, head, rank, answer_index, target, label_index))
-    logger.info("built %d reader SFT samples from %d cases (%d per head)", len(samples), len(cases), per_head)
+    logger.info("built %d reader SFT samples from %d cases (%d image-head + %d text-head pairs each)",
+                len(samples), len(cases), k_image if "image" in heads else 0, k_text if "text" in heads else 0)
     return samples
 
 

@@ -308,8 +308,8 @@ class RetrieverFinetuneEngine:
             heads[name].trained_on = {**record, "gamma": self._gammas[name]}
         base = self._retriever.config
         return LVLMAwareRetriever(kb, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image, k_text=base.k_text,
-                                  question_weight=base.question_weight, exclude_self=base.exclude_self,
-                                  show_progress=base.show_progress)
+                                  question_weight=base.question_weight, head_fusion=base.head_fusion,
+                                  exclude_self=base.exclude_self, show_progress=base.show_progress)
 
     def save(self, output_dir: str | Path) -> Path:
         """Write ``image_head/``, ``text_head/``, ``trainer_config.json`` and ``training_history.json``.
@@ -357,7 +357,8 @@ class RetrieverFinetuneEngine:
         for head in self._heads.values():
             head.eval()
         return LVLMAwareRetriever(base.knowledge_base, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image,
-                                  k_text=base.k_text, question_weight=base.question_weight)
+                                  k_text=base.k_text, question_weight=base.question_weight,
+                                  head_fusion=base.config.head_fusion)
 
     def _adopt(self) -> None:
         cfg = self._config

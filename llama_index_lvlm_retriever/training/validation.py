@@ -41,6 +41,7 @@ from llama_index_lvlm_retriever.aggregation import (
 )
 from llama_index_lvlm_retriever.evaluation.bootstrap import bootstrap_estimates
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
+from llama_index_lvlm_retriever.retriever.fusion import fuse_head_scores
 from llama_index_lvlm_retriever.training._reader_scoring import _gold_targets
 from llama_index_lvlm_retriever.training.feedback_pairs import pool_lookup, score_pairs
 
@@ -83,12 +84,6 @@ class ValidationResult:
         for head, share in self.outside_pool.items():
             out[f"val_outside_pool/{head}"] = share
         return out
-
-
-def max_normalise(scores: np.ndarray) -> np.ndarray:
-    """One head's scores for one query divided by their maximum (``1 + s - max`` when it is <= 0)."""
-    top = float(np.max(scores))
-    return scores / top if top > 0.0 else 1.0 + scores - top
 
 
 class RetrievalValidator:
@@ -167,6 +162,7 @@ class RetrievalValidator:
             k_image=base.k_image,
             k_text=base.k_text,
             question_weight=base.question_weight,
+            head_fusion=base.config.head_fusion,
         )
 
     @torch.no_grad()
@@ -190,7 +186,8 @@ class RetrievalValidator:
                 row = hits[head][i]
                 if not row:
                     continue
-                normalised = max_normalise(np.array([hit.score for hit in row], dtype=np.float64))  # (k,)
+                # The retriever's own per-head fusion, so validation aggregates exactly as inference does.
+                normalised = fuse_head_scores([hit.score for hit in row], self._retriever.config.head_fusion)  # (k,)
                 for hit, s in zip(row, normalised):
                     fused[hit.item.id] = max(fused.get(hit.item.id, -math.inf), float(s))
             if not fused:
@@ -379,7 +376,6 @@ __all__ = [
     "RetrievalValidator",
     "build_validator",
     "ValidationResult",
-    "max_normalise",
     "no_regression_decision",
     "pool_rag_loglik",
 ]

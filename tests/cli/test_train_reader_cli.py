@@ -80,7 +80,7 @@ def test_lora_run_writes_a_loadable_reader_samples_and_config(inputs: dict[str, 
     config = json.loads((out / reader_training.TRAIN_READER_CONFIG_FILE).read_text())
     assert config["sft_config"]["mode"] == "lora" and config["sft_config"]["lora_r"] == 2
     assert config["sft_config"]["target_modules"] == ["q_proj", "v_proj"]
-    assert config["per_head"] == 2 and len(config["history"]) == 1
+    assert (config["k_image"], config["k_text"]) == (2, 2) and len(config["history"]) == 1
     assert (out / SFT_CONFIG_NAME).is_file()
     reader = HFLVLMReader.from_pretrained(out)
     assert reader.task == TASK
@@ -104,8 +104,8 @@ def test_full_mode_with_task_from_the_reader_folder(inputs: dict[str, Path], tmp
 
 
 def test_bad_options_name_the_fix(inputs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(CLIError, match="--per-head must be >= 1, got 0"):
-        _run([*_base(inputs, tmp_path / "x"), "--per-head", "0"])
+    with pytest.raises(CLIError, match="--k-image and --k-text are both 0"):
+        _run([*_base(inputs, tmp_path / "x"), "--k-image", "0", "--k-text", "0"])
     with pytest.raises(CLIError, match=r"invalid train-reader options: epochs: Input should be greater than 0 \(got 0\)"):
         _run([*_base(inputs, tmp_path / "x"), "--epochs", "0"])
     with pytest.raises(CLIError, match="--kb .*missing: folder not found"):

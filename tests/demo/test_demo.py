@@ -73,7 +73,7 @@ def test_quick_demo_writes_a_complete_report(quick_run: dict[str, Any]) -> None:
     for system in SYSTEMS:
         assert f"| {system} |" in markdown and f"| {system} |" in printed
     assert "## Verdict" in markdown and "CC BY-NC-SA 4.0" in markdown
-    assert "example query through LVLMDiagnosisQueryEngine" in printed and "consistency: agreement" in printed
+    assert "example query through LVLMDiagnosisQueryEngine" in printed and "consistency: majority share" in printed and "answer support" in printed
     assert "trains its own small ones" in printed
 
 
