@@ -15,6 +15,7 @@ layer: training and evaluation import them, never the other way round.
 from __future__ import annotations
 
 from llama_index_lvlm_retriever.heads._saving import CONFIG_NAME, WEIGHTS_NAME, load_head
+from llama_index_lvlm_retriever.heads.compatibility import check_head_fits
 from llama_index_lvlm_retriever.heads.encoder_head import EncoderQueryHead, EncoderQueryHeadConfig
 from llama_index_lvlm_retriever.heads.placebo_head import PlaceboQueryHead
 from llama_index_lvlm_retriever.heads.query_head import (
@@ -27,6 +28,7 @@ from llama_index_lvlm_retriever.heads.query_head import (
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "check_head_fits",
     "HEAD_KINDS",
     "EncoderQueryHead",
     "EncoderQueryHeadConfig",

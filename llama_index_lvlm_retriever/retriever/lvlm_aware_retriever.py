@@ -25,8 +25,8 @@ from llama_index.core.instrumentation.events.retrieval import (
 )
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llama_index_lvlm_retriever.data.images import ImageInput, load_image
-from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, load_head
+from llama_index_lvlm_retriever.data.images import ImageInput
+from llama_index_lvlm_retriever.heads import QueryHead, check_head_fits, load_head
 from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
 from llama_index_lvlm_retriever.retriever.config import LVLMAwareRetrieverConfig
 from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
@@ -38,8 +38,10 @@ from llama_index_lvlm_retriever.retriever.nodes import (
 )
 from llama_index_lvlm_retriever.retriever.query_inputs import (
     check_questions,
-    embeddable,
+    embed_query_images,
+    embed_query_texts,
     per_query,
+    query_pixel_values,
     unit_rows,
 )
 
@@ -140,8 +142,8 @@ class LVLMAwareRetriever(BaseRetriever):
             show_progress=show_progress,
         )
         self._kb = knowledge_base
-        self._image_head = _check_head("image_head", image_head, knowledge_base.dim, knowledge_base)
-        self._text_head = _check_head("text_head", text_head, knowledge_base.dim, knowledge_base)
+        self._image_head = check_head_fits("image_head", image_head, knowledge_base.dim, knowledge_base)
+        self._text_head = check_head_fits("text_head", text_head, knowledge_base.dim, knowledge_base)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -228,12 +230,13 @@ class LVLMAwareRetriever(BaseRetriever):
         check_questions(questions, len(images))
         if not images:
             return np.zeros((0, self._query_dim()), dtype=np.float32)
-        emb = unit_rows(self._embed_images(images))  # (n, dim)
+        model, progress = self._kb.embed_model, self._config.show_progress
+        emb = unit_rows(embed_query_images(model, images, progress))  # (n, dim)
         weight = self._config.question_weight
         if weight > 0 and questions is not None:
             asked = [i for i, q in enumerate(questions) if q and q.strip()]
             if asked:
-                text = unit_rows(self._embed_texts([questions[i] for i in asked]))  # (m, dim)
+                text = unit_rows(embed_query_texts(model, [questions[i] for i in asked], progress))  # (m, dim)
                 if text.shape[1] != emb.shape[1]:
                     raise ValueError(
                         f"question embeddings are {text.shape[1]}-d but image embeddings are "
@@ -406,84 +409,9 @@ class LVLMAwareRetriever(BaseRetriever):
                 "the head was trained for another encoder"
             )
         if getattr(head, "needs_image", False):
-            return head.encode(queries, pixel_values=self._pixel_values(name, images, queries.shape[0]))
+            pixels = query_pixel_values(self._kb.embed_model, name, images, queries.shape[0])  # (n, C, H, W)
+            return head.encode(queries, pixel_values=pixels)
         return head.encode(queries)
-
-    def _pixel_values(self, name: str, images: Sequence[ImageInput] | None, n: int) -> Any:
-        """The query images processed by the knowledge base's embedding model, ``(n, C, H, W)``."""
-        if images is None or len(images) != n:
-            got = "none" if images is None else str(len(images))
-            raise ValueError(
-                f"the {name} head reads query images (needs_image=True) but search_heads got {got} images "
-                f"for {n} query embeddings; pass images= with one image per query"
-            )
-        processor = getattr(getattr(self._kb.embed_model, "processor", None), "image_processor", None)
-        if processor is None:
-            raise ValueError(
-                f"the {name} head reads query images but the knowledge base's embedding model "
-                f"{type(self._kb.embed_model).__name__} has no processor.image_processor; use a CLIPEmbedding"
-            )
-        return processor(images=[load_image(img) for img in images], return_tensors="pt")["pixel_values"]
-
-    def _embed_images(self, images: list[ImageInput]) -> np.ndarray:
-        model = self._kb.embed_model
-        embed_images = getattr(model, "embed_images", None)
-        if callable(embed_images):
-            vectors = embed_images(images)
-        else:
-            vectors = model.get_image_embedding_batch(
-                [embeddable(img) for img in images], show_progress=self._config.show_progress
-            )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(images), -1)  # (n, dim)
-
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        # Questions go through the same path as the KB's captions (CLIP-family dual encoders embed
-        # queries and documents alike), so they land in the caption index's space.
-        model = self._kb.embed_model
-        embed_texts = getattr(model, "embed_texts", None)
-        if callable(embed_texts):
-            vectors = embed_texts(texts)
-        else:
-            vectors = model.get_text_embedding_batch(texts, show_progress=self._config.show_progress)
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)  # (m, dim)
-
-
-def _check_head(
-    name: str, head: QueryHead | None, kb_dim: int, knowledge_base: KnowledgeBase | None = None
-) -> QueryHead | None:
-    if head is None:
-        return None
-    # A trained head records the encoder it was fitted for (``trained_on``, written by the training
-    # engine); a head without a record (fresh, or saved by an older version) is not checked.
-    trained_on = getattr(head, "trained_on", None)  # duck-typed heads need not have the attribute
-    if knowledge_base is not None and isinstance(trained_on, dict) and isinstance(trained_on.get("encoder"), dict):
-        from llama_index_lvlm_retriever.kb import EncoderMismatchError
-        from llama_index_lvlm_retriever.kb.encoding import describe_encoder, encoder_label
-
-        saved = trained_on["encoder"]
-        given = describe_encoder(knowledge_base.embed_model, with_probe=False)
-        # Fingerprints (weights hashes) decide when both sides have one, else the model names.
-        key = "fingerprint" if saved.get("fingerprint") and given.get("fingerprint") else "model_name"
-        if saved.get(key) and given.get(key) and (saved[key], saved.get("class_name")) != (
-            given[key], given.get("class_name")
-        ):
-            raise EncoderMismatchError(
-                f"{name} was trained for a knowledge base built with {encoder_label(saved)}, but this knowledge "
-                f"base was built with {encoder_label(given)} ({key} differs); use heads trained on this knowledge "
-                "base's encoder, or the knowledge base the heads were trained on"
-            )
-    # Image-input heads are duck-typed (needs_image=True) so users can plug in their own towers.
-    if not isinstance(head, (QueryHead, EncoderQueryHead)) and not getattr(head, "needs_image", False):
-        raise TypeError(
-            f"{name} must be a QueryHead or None (identity), or an image-input head (needs_image=True, "
-            f"e.g. EncoderQueryHead); got {type(head).__name__}"
-        )
-    if head.out_dim != kb_dim:
-        raise ValueError(
-            f"{name} produces {head.out_dim}-d query vectors but the knowledge base indexes are "
-            f"{kb_dim}-d; use a head trained for this knowledge base (config out_dim={kb_dim})"
-        )
-    return head
 
 
 __all__ = ["NO_IMAGE_MESSAGE", "LVLMAwareRetriever"]

@@ -1,6 +1,8 @@
-"""Checks and conversions of the retriever's query inputs: images, questions, per-query exclusions.
+"""The retriever's query inputs: checks, conversions and frozen embeddings.
 
-Every message names the argument and what to pass instead.
+Images, questions and per-query exclusions are checked (every message names the argument and what
+to pass instead); query images and questions are embedded, in batches, by the knowledge base's own
+encoder, and processed into ``pixel_values`` for image-input heads.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -76,4 +79,57 @@ def embeddable(image: ImageInput) -> str | io.BytesIO:
     raise TypeError(f"unsupported query image of type {type(image).__name__}; pass a path, bytes, BytesIO or PIL image")
 
 
-__all__ = ["check_questions", "embeddable", "per_query", "unit_rows"]
+def embed_query_images(model: Any, images: Sequence[ImageInput], show_progress: bool = False) -> np.ndarray:
+    """Frozen image embeddings ``(n, dim)`` of the query images, in one batch (not normalised)."""
+    embed_images = getattr(model, "embed_images", None)
+    if callable(embed_images):
+        vectors = embed_images(list(images))
+    else:
+        vectors = model.get_image_embedding_batch([embeddable(img) for img in images], show_progress=show_progress)
+    return np.asarray(vectors, dtype=np.float32).reshape(len(images), -1)  # (n, dim)
+
+
+def embed_query_texts(model: Any, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+    """Frozen text embeddings ``(m, dim)`` of questions (not normalised).
+
+    Questions go through the same path as the KB's captions (CLIP-family dual encoders embed queries
+    and documents alike), so they land in the caption index's space.
+    """
+    embed_texts = getattr(model, "embed_texts", None)
+    if callable(embed_texts):
+        vectors = embed_texts(list(texts))
+    else:
+        vectors = model.get_text_embedding_batch(list(texts), show_progress=show_progress)
+    return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)  # (m, dim)
+
+
+def query_pixel_values(model: Any, name: str, images: Sequence[ImageInput] | None, n: int) -> Any:
+    """The query images processed by the knowledge base's embedding model, ``(n, C, H, W)``.
+
+    Raises:
+        ValueError: Not one image per query, or an embedding model without ``processor.image_processor``.
+    """
+    if images is None or len(images) != n:
+        got = "none" if images is None else str(len(images))
+        raise ValueError(
+            f"the {name} head reads query images (needs_image=True) but search_heads got {got} images "
+            f"for {n} query embeddings; pass images= with one image per query"
+        )
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    if processor is None:
+        raise ValueError(
+            f"the {name} head reads query images but the knowledge base's embedding model "
+            f"{type(model).__name__} has no processor.image_processor; use a CLIPEmbedding"
+        )
+    return processor(images=[load_image(img) for img in images], return_tensors="pt")["pixel_values"]
+
+
+__all__ = [
+    "check_questions",
+    "embed_query_images",
+    "embed_query_texts",
+    "embeddable",
+    "per_query",
+    "query_pixel_values",
+    "unit_rows",
+]
