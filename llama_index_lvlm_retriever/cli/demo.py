@@ -32,17 +32,22 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
                       help="seed(s); default 0 1 2 (quick: 0)")
     demo.add_argument("--quick", action="store_true", help="small run for CI (one seed, 480 images, short training)")
     demo.add_argument("--fresh", action="store_true", help="delete the cache and rebuild everything")
-    demo.add_argument("--k", type=int, default=None, help="neighbours read per test case (default 4)")
+    demo.add_argument("--k-image", type=int, default=None, help="neighbours from the image head (default 2, the paper)")
+    demo.add_argument("--k-text", type=int, default=None, help="neighbours from the text head (default 2, the paper)")
     demo.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; quick 200)")
     demo.add_argument("--limit", type=int, default=None, help="use only this many images (stratified)")
-    demo.add_argument("--dataset", choices=["elpv", "retinamnist", "dermamnist", "breastmnist"], default="elpv",
-                      help="elpv (offline, bundled; the default) or a MedMNIST task (real mode; downloads through medmnist)")
+    demo.add_argument("--dataset", choices=["elpv", "fashion-mnist", "retinamnist", "dermamnist", "breastmnist"],
+                      default="elpv",
+                      help="elpv (offline, from PyPI; the default), fashion-mnist (offline scale variant: Debian's "
+                      "dataset-fashion-mnist or --data-root) or a MedMNIST task (real mode; downloads through medmnist)")
     demo.add_argument("--retriever-model", default=None,
                       help="real mode: CLIP/SigLIP checkpoint (hub id or folder) instead of training a small CLIP")
     demo.add_argument("--reader-model", default=None,
                       help="real mode: image-text-to-text checkpoint, e.g. Qwen/Qwen2-VL-2B-Instruct")
-    demo.add_argument("--image-size", type=int, default=None, help="stored image side (default 48; real mode 224)")
-    demo.add_argument("--data-root", default=None, help="MedMNIST download folder (default <out>/cache/medmnist)")
+    demo.add_argument("--image-size", type=int, default=None, help="stored image side (default: elpv 48, fashion-mnist 28; real mode 224); a multiple of the small CLIP's patch")
+    demo.add_argument("--data-root", default=None,
+                      help="fashion-mnist: folder of the idx files (default /usr/share/datasets/fashion-mnist); "
+                      "MedMNIST: download folder (default <out>/cache/medmnist)")
     demo.add_argument("--device", default="cpu", help="torch device for the reader and training, e.g. cuda; default cpu")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(handler=_demo)
@@ -57,26 +62,24 @@ def config_from_args(args: argparse.Namespace):  # -> DemoConfig (import kept la
     """
     from pydantic import ValidationError
 
-    from llama_index_lvlm_retriever.demo.config import DemoConfig, quick_config
+    from llama_index_lvlm_retriever.demo.config import dataset_config, quick_config
 
     values: dict[str, object] = {
         "output_dir": Path(args.out),
         "fresh": args.fresh,
-        "dataset": args.dataset,
         "retriever_model": args.retriever_model,
         "reader_model": args.reader_model,
         "device": args.device,
         "show_progress": not args.no_progress,
     }
-    optional = {"seeds": tuple(args.seed) if args.seed else None, "k": args.k, "n_bootstrap": args.bootstrap,
+    optional = {"seeds": tuple(args.seed) if args.seed else None, "k_image": args.k_image, "k_text": args.k_text,
+                "n_bootstrap": args.bootstrap,
                 "limit": args.limit, "data_root": Path(args.data_root) if args.data_root else None}
     image_size = args.image_size or (224 if args.reader_model or args.retriever_model else None)
     optional["image_size"] = image_size
     values.update({key: value for key, value in optional.items() if value is not None})
-    if image_size is not None and image_size % 8 and not (args.retriever_model and args.reader_model):
-        raise CLIError(f"--image-size {image_size} must be a multiple of 8 (the small CLIP's patch size)")
     try:
-        return quick_config(**values) if args.quick else DemoConfig(**values)
+        return quick_config(dataset=args.dataset, **values) if args.quick else dataset_config(args.dataset, **values)
     except ValidationError as err:
         raise CLIError(str(err)) from err
 

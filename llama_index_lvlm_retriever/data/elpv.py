@@ -40,6 +40,7 @@ __all__ = [
     "ElpvArrays",
     "ElpvSplits",
     "elpv_caption",
+    "load_elpv_arrays",
     "load_elpv_splits",
 ]
 
@@ -214,6 +215,19 @@ def load_elpv_splits(
         label_names=ELPV_LABEL_NAMES,
         image_dir=image_dir,
     )
+
+
+def load_elpv_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The raw ELPV data: ``(images (n, 300, 300) uint8, grades (n,) int 0-3, cell types (n,) str)``.
+
+    Raises:
+        ImportError: ``elpv-dataset`` is not installed.
+        ValueError: A probability that is not one of the four grades.
+    """
+    images, records = _records(_load_dataset())
+    grades = np.array([record.grade for record in records], dtype=np.int64)
+    cell_types = np.array([record.cell_type for record in records])
+    return images, grades, cell_types
 
 
 def _load_dataset() -> ElpvArrays:

@@ -13,11 +13,24 @@ __all__ = [
     "MiniCLIPSettings",
     "MiniReaderSettings",
     "RetrieverTrainingSettings",
+    "dataset_config",
     "quick_config",
 ]
 
-Dataset = Literal["elpv", "retinamnist", "dermamnist", "breastmnist"]
-DATASETS: tuple[str, ...] = ("elpv", "retinamnist", "dermamnist", "breastmnist")
+Dataset = Literal["elpv", "fashion-mnist", "retinamnist", "dermamnist", "breastmnist"]
+DATASETS: tuple[str, ...] = ("elpv", "fashion-mnist", "retinamnist", "dermamnist", "breastmnist")
+MINIATURE_DATASETS: tuple[str, ...] = ("elpv", "fashion-mnist")
+"""Datasets of the offline miniature (small models trained here, disjoint roles, nuisance encoder)."""
+
+# Shares of the six roles (see demo/roles.py); chosen so each seed has a few hundred test cases.
+ELPV_ROLES: dict[str, float] = {
+    "encoder": 0.15, "kb": 0.30, "reader_sft": 0.15, "retriever_train": 0.15, "val": 0.07, "test": 0.18,
+}
+FASHION_MNIST_ROLES: dict[str, float] = {
+    "encoder": 5 / 14, "kb": 3 / 14, "reader_sft": 1.5 / 14, "retriever_train": 3 / 14, "val": 0.5 / 14,
+    "test": 1 / 14,
+}
+FASHION_MNIST_LIMIT = 14_000  # of 70,000: what 2 cores train on in a few minutes per seed
 
 
 class MiniCLIPSettings(BaseModel):
@@ -26,11 +39,17 @@ class MiniCLIPSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     patch_size: int = Field(default=8, gt=0, description="Vision patch side (divides the image size).")
+    stage_a_epochs: int = Field(
+        default=30, ge=0, description="Stage A: epochs on label-only captions (the vectors learn the label)."
+    )
+    p_label: float = Field(
+        default=0.5, ge=0, le=1, description="Stage B: share of captions that also name the label (nuisance always)."
+    )
     hidden: int = Field(default=64, gt=0, description="Width of both towers.")
     layers: int = Field(default=2, gt=0, description="Blocks per tower.")
     heads: int = Field(default=4, gt=0, description="Attention heads per block.")
     projection_dim: int = Field(default=32, gt=0, description="Embedding size (the KB vectors).")
-    epochs: int = Field(default=30, gt=0, description="Contrastive epochs over the KB pairs.")
+    epochs: int = Field(default=30, gt=0, description="Stage B: epochs on nuisance captions.")
     batch_size: int = Field(default=64, ge=2, description="Pairs per step.")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
 
@@ -49,22 +68,27 @@ class MiniReaderSettings(BaseModel):
     epochs: int = Field(default=14, gt=0, description="SFT epochs.")
     batch_size: int = Field(default=32, gt=0, description="SFT samples per step.")
     lr: float = Field(default=2e-3, gt=0, description="Peak AdamW learning rate (full fine-tuning).")
-    per_head: int = Field(default=2, gt=0, description="Retrieved pairs per training case (the paper: 2).")
+    per_head: int = Field(default=1, ge=0, description="Retrieved pairs per head per SFT query (frozen retriever).")
+    same_label: int = Field(default=1, ge=0, description="Sampled same-label KB pairs per SFT query.")
+    other_label: int = Field(default=1, ge=0, description="Sampled other-label KB pairs per SFT query.")
 
 
 class RetrieverTrainingSettings(BaseModel):
-    """Stage 2: feedback collection and LVLM-aware retriever training (encoder mode)."""
+    """Stage 2: feedback collection and LVLM-aware retriever training (both heads, the paper's order)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_candidates: int = Field(default=16, gt=0, description="Frozen top-N pool scored per training query.")
-    kb_queries: int | None = Field(
-        default=800, ge=0, description="KB items used as extra leave-one-out training queries (None = all)."
+    mode: Literal["adapter", "encoder"] = Field(
+        default="adapter",
+        description="adapter: residual heads on the frozen query embedding (fits the 10-minute budget); "
+        "encoder: trainable tower copies (the paper's head, several times slower on CPU).",
     )
+    rounds: int = Field(default=2, gt=0, description="Feedback rounds (new candidates of the trained heads are read).")
     loss: Literal["posterior", "replug"] = Field(
         default="posterior", description="PosteriorKLLoss (frozen prior, the paper) or LSRLoss (REPLUG)."
     )
-    gamma: float = Field(default=0.05, gt=0, description="Retrieval softmax temperature.")
+    gamma: float | Literal["auto"] = Field(default="auto", description="Retrieval softmax temperature; auto = from the encoder.")
     alpha: float = Field(default=0.15, gt=0, le=1, description="Blend weight of the trained tower copy.")
     last_n_blocks: int = Field(default=1, ge=0, description="Trainable blocks of the tower copy.")
     max_steps: int = Field(default=300, gt=0, description="Optimiser steps.")
@@ -95,9 +119,14 @@ class DemoConfig(BaseModel):
     image_size: int = Field(default=48, gt=0, description="Side of the stored square images.")
     limit: int | None = Field(default=None, gt=0, description="Images used in total (stratified); None = all.")
     fractions: tuple[float, float, float, float] = Field(
-        default=(0.5, 0.2, 0.05, 0.25), description="Shares of knowledge base / train / validation / test."
+        default=(0.5, 0.2, 0.05, 0.25), description="Real mode: shares of knowledge base / train / validation / test."
     )
-    k: int = Field(default=4, gt=0, description="Neighbours read per test case (the paper: 4).")
+    role_fractions: dict[str, float] | None = Field(
+        default=None, description="Miniature: shares of the six roles (demo/roles.py); None = the dataset's default."
+    )
+    k_image: int = Field(default=2, ge=0, description="Neighbours from the image head (the paper: 2).")
+    k_text: int = Field(default=2, ge=0, description="Neighbours from the text head (the paper: 2).")
+    ceiling_pool: int = Field(default=16, gt=0, description="Frozen top-N per head that the oracle rerank rows choose from.")
     n_bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for every interval.")
     clip: MiniCLIPSettings = Field(default_factory=MiniCLIPSettings)
     reader: MiniReaderSettings = Field(default_factory=MiniReaderSettings)
@@ -109,7 +138,9 @@ class DemoConfig(BaseModel):
     reader_model: str | None = Field(
         default=None, description="Real mode: an image-text-to-text checkpoint instead of the small LLaVA."
     )
-    data_root: Path | None = Field(default=None, description="MedMNIST download folder (real mode).")
+    data_root: Path | None = Field(
+        default=None, description="Fashion-MNIST idx folder (default: Debian's) or MedMNIST download folder."
+    )
     device: str = Field(default="cpu", description="Torch device of the reader and training.")
     show_progress: bool = Field(default=True, description="tqdm bars.")
 
@@ -123,11 +154,13 @@ class DemoConfig(BaseModel):
             raise ValueError(
                 f"image_size={self.image_size} must be a multiple of clip.patch_size={self.clip.patch_size}"
             )
-        if self.dataset != "elpv" and (self.retriever_model is None or self.reader_model is None):
+        if self.k_image + self.k_text == 0:
+            raise ValueError("k_image and k_text are both 0: nothing would be read")
+        if self.dataset not in MINIATURE_DATASETS and (self.retriever_model is None or self.reader_model is None):
             raise ValueError(
                 f"--dataset {self.dataset} is the real mode: also pass --retriever-model (a CLIP/SigLIP "
                 "checkpoint) and --reader-model (e.g. Qwen/Qwen2-VL-2B-Instruct); the small stand-in models "
-                "are trained only on the offline elpv data"
+                "are trained only on the offline miniature data (elpv, fashion-mnist)"
             )
         return self
 
@@ -137,23 +170,52 @@ class DemoConfig(BaseModel):
         return self.retriever_model is not None or self.reader_model is not None
 
     @property
+    def k(self) -> int:
+        """Neighbours read per test case at most (``k_image + k_text``; fewer when both heads find a pair)."""
+        return self.k_image + self.k_text
+
+    @property
+    def roles(self) -> dict[str, float]:
+        """The role shares in use."""
+        if self.role_fractions is not None:
+            return dict(self.role_fractions)
+        return dict(FASHION_MNIST_ROLES if self.dataset == "fashion-mnist" else ELPV_ROLES)
+
+    @property
     def cache_dir(self) -> Path:
         """Models, knowledge bases and feedback reused by later runs."""
         return self.output_dir / "cache"
 
 
+def dataset_config(dataset: str, **overrides: object) -> DemoConfig:
+    """A :class:`DemoConfig` with the dataset's own defaults (Fashion-MNIST: 28 px, patch 4, 14,000 images)."""
+    values: dict[str, object] = {"dataset": dataset}
+    if dataset == "fashion-mnist":
+        values.update(
+            image_size=28,
+            limit=FASHION_MNIST_LIMIT,
+            clip=MiniCLIPSettings(patch_size=4, batch_size=128, stage_a_epochs=15, epochs=15),
+            reader=MiniReaderSettings(epochs=8),
+            retriever_training=RetrieverTrainingSettings(batch_size=256),
+        )
+    values.update(overrides)
+    return DemoConfig(**values)  # type: ignore[arg-type]
+
+
 def quick_config(**overrides: object) -> DemoConfig:
-    """The ``--quick`` settings: one seed, 480 images, short training (CI, under 3 minutes)."""
+    """The ``--quick`` settings: one seed, a few hundred images, short training (CI, under 2 minutes)."""
+    dataset = str(overrides.pop("dataset", "elpv"))
     values: dict[str, object] = {
         "quick": True,
         "seeds": (0,),
-        "limit": 480,
+        "limit": 700 if dataset == "elpv" else 1400,
         "n_bootstrap": 200,
-        "clip": MiniCLIPSettings(epochs=15),
-        "reader": MiniReaderSettings(epochs=4),
+        "clip": MiniCLIPSettings(stage_a_epochs=6, epochs=6, patch_size=8 if dataset == "elpv" else 4),
+        "reader": MiniReaderSettings(epochs=12, lr=3e-3),
         "retriever_training": RetrieverTrainingSettings(
-            n_candidates=8, kb_queries=120, max_steps=30, batch_size=64, eval_every=10, n_train_candidates=6
+            n_candidates=8, max_steps=30, batch_size=64, eval_every=10, n_train_candidates=6, rounds=1,
+            mode="adapter",
         ),
     }
     values.update(overrides)
-    return DemoConfig(**values)  # type: ignore[arg-type]
+    return dataset_config(dataset, **values)

@@ -19,11 +19,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPModel
 
 from llama_index_lvlm_retriever.data.elpv import ELPV_LABEL_NAMES
-from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.data.fashion_mnist import FASHION_MNIST_LABEL_NAMES
+from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.demo.config import MiniCLIPSettings, MiniReaderSettings
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
@@ -31,11 +33,18 @@ from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 from llama_index_lvlm_retriever.training.clip_pretrain import CLIPPretrainConfig, CLIPPretrainEngine
 from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig, ReaderSFTEngine
-from llama_index_lvlm_retriever.training.sft_data import build_sft_samples
+from llama_index_lvlm_retriever.training.sft_data import SFTSample, build_sft_samples
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ELPV_TASK", "copy_clip_vision_tower", "train_small_clip", "train_small_reader"]
+__all__ = [
+    "ELPV_TASK",
+    "FASHION_MNIST_TASK",
+    "copy_clip_vision_tower",
+    "sampled_neighbour_samples",
+    "train_small_clip",
+    "train_small_reader",
+]
 
 ELPV_TASK = TaskSpec(
     name="elpv_defect_grade",
@@ -49,6 +58,16 @@ ELPV_TASK = TaskSpec(
 )
 """The demo's diagnosis task: the defect grade of a solar cell (four expert levels)."""
 
+FASHION_MNIST_TASK = TaskSpec(
+    name="fashion_mnist_class",
+    labels=FASHION_MNIST_LABEL_NAMES,
+    # One word per class whose first token is its own under the small tokenizer (checked at build).
+    verbalizers=("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
+    question="Which garment is this? Answer {options}.",
+    description="Fashion-MNIST: 28x28 greyscale clothing images, 10 classes.",
+)
+"""The scale variant's task: the class of a clothing image (ten classes)."""
+
 
 def train_small_clip(
     items: Sequence[KBItem],
@@ -58,8 +77,19 @@ def train_small_clip(
     settings: MiniCLIPSettings,
     seed: int,
     show_progress: bool = True,
+    stage_a_items: Sequence[KBItem] = (),
 ) -> Path:
-    """Build a small random ``CLIPModel``, train it on the KB's image-caption pairs, save it.
+    """Build a small random ``CLIPModel``, pre-train it contrastively, save it.
+
+    Args:
+        items: Stage-B pairs (the miniature: nuisance captions, the label named half the time).
+        out_dir: Where the model goes.
+        image_size: Image side.
+        settings: Architecture and epochs.
+        seed: Seed of the weights and the batches.
+        show_progress: tqdm bars.
+        stage_a_items: Stage-A pairs trained first for ``settings.stage_a_epochs`` (label-only
+            captions), so the vectors learn the label before stage B makes the nuisance dominate.
 
     Returns:
         ``out_dir``, loadable with ``CLIPEmbedding.from_pretrained``.
@@ -76,6 +106,18 @@ def train_small_clip(
             max_text_length=64,  # captions are ~30 tokens under the small tokenizer
             seed=seed,
         )
+        if stage_a_items and settings.stage_a_epochs:
+            stage_a = CLIPPretrainEngine(
+                init,
+                stage_a_items,
+                CLIPPretrainConfig(
+                    epochs=settings.stage_a_epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                    show_progress=show_progress,
+                ),
+            )
+            first = stage_a.finetune()
+            logger.info("small CLIP stage A (label captions): loss %.3f -> %.3f", first[0]["loss"], first[-1]["loss"])
+            init = stage_a.save(Path(tmp) / "stage_a")
         engine = CLIPPretrainEngine(
             init,
             items,
@@ -117,6 +159,29 @@ def copy_clip_vision_tower(clip: CLIPModel, tower: torch.nn.Module) -> int:
     return len(state)
 
 
+def sampled_neighbour_samples(
+    cases: Sequence[Case], items: Sequence[KBItem], task: TaskSpec, *, same: int, other: int, seed: int
+) -> list[SFTSample]:
+    """SFT samples pairing each case with random same-label and other-label KB pairs (head ``"sampled"``)."""
+    rng = np.random.default_rng([seed, 3])
+    by_label: dict[str, list[KBItem]] = {}
+    for item in items:
+        if item.label is not None:
+            by_label.setdefault(item.label, []).append(item)
+    labels = list(task.labels)
+    out: list[SFTSample] = []
+    for case in cases:
+        gold = case.labels[0]
+        pool_same = [i for i in by_label.get(gold, []) if i.id != case.id]
+        pool_other = [i for label, group in by_label.items() if label != gold for i in group]
+        picks = [("same", pool_same, same), ("other", pool_other, other)]
+        for _, pool, n in picks:
+            for rank, index in enumerate(rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []):
+                answer = labels.index(gold)
+                out.append(SFTSample(case, pool[int(index)], "sampled", rank, answer, task.answer_texts[answer]))
+    return out
+
+
 def _reader_corpus(items: Sequence[KBItem], task: TaskSpec) -> list[str]:
     # The tokenizer learns the captions, the question and the verbalizers, so prompts stay short.
     texts = sorted({item.text for item in items})
@@ -138,8 +203,11 @@ def train_small_reader(
 ) -> Path:
     """Build a small LLaVA reader (tower from the CLIP), fine-tune it with stage-1 SFT, save it.
 
-    The SFT samples are built by the frozen ``retriever``: each training case with each of its
-    top ``per_head`` image neighbours (the paper's retrieval-augmented SFT).
+    Each SFT query is paired with its top ``per_head`` neighbours of each head of the frozen
+    ``retriever`` (the paper's retrieval-augmented SFT) plus ``same_label`` random same-label and
+    ``other_label`` random other-label KB pairs, so the reader learns when a neighbour's caption
+    helps and when to trust the query image instead (a reader trained on retrieved neighbours only
+    sees mostly same-label ones and learns to copy them).
 
     Returns:
         ``out_dir``, loadable with ``HFLVLMReader.from_pretrained``.
@@ -163,7 +231,15 @@ def train_small_reader(
     reader = HFLVLMReader(model, processor, task, batch_size=reader_batch_size, model_name="small-llava")
     if not reader.uses_fast_path:
         raise RuntimeError(f"the verbalizers {task.verbalizers} share first tokens under the small tokenizer")
-    samples = build_sft_samples(train_cases, retriever, task, per_head=settings.per_head, heads=("image",))
+    heads = tuple(h for h, k in (("image", retriever.k_image), ("text", retriever.k_text)) if k > 0)
+    samples = (
+        build_sft_samples(train_cases, retriever, task, per_head=settings.per_head, heads=heads)
+        if settings.per_head
+        else []
+    )
+    samples += sampled_neighbour_samples(
+        train_cases, retriever.knowledge_base.items, task, same=settings.same_label, other=settings.other_label, seed=seed
+    )
     engine = ReaderSFTEngine(
         reader,
         samples,

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from llama_index_lvlm_retriever._io import atomic_write_json
-from llama_index_lvlm_retriever.data.records import Case
-from llama_index_lvlm_retriever.demo.config import DemoConfig
+from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
+from llama_index_lvlm_retriever.demo.config import MINIATURE_DATASETS, DemoConfig
 from llama_index_lvlm_retriever.demo.data import (
     DemoData,
     check_disjoint,
@@ -40,14 +40,14 @@ from llama_index_lvlm_retriever.demo.data import (
 from llama_index_lvlm_retriever.demo.miniature import train_small_clip, train_small_reader
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
+from llama_index_lvlm_retriever.evaluation.kb_diagnostics import diagnose_kb
 from llama_index_lvlm_retriever.evaluation.placebo import (
     PlaceboCalibration,
-    PlaceboQueryHead,
     calibrate_placebo,
     top_k_overlap,
 )
 from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport
-from llama_index_lvlm_retriever.heads import QueryHead
+from llama_index_lvlm_retriever.heads import PlaceboQueryHead, load_head
 from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.cached import CachedReader
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
@@ -55,19 +55,23 @@ from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
-from llama_index_lvlm_retriever.training.losses import LSRLoss, PosteriorKLLoss
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SYSTEMS", "SeedRun", "run_seed", "StageCache"]
+__all__ = ["CEILING_ROWS", "SYSTEMS", "SeedRun", "StageCache", "run_seed"]
 
 CLOSED_BOOK_ROW = "closed-book"
 STANDARD_ROW = "standard RAG"
 AWARE_ROW = "LVLM-aware RAG"
 PLACEBO_ROW = "placebo"
 SYSTEMS = (CLOSED_BOOK_ROW, STANDARD_ROW, AWARE_ROW, PLACEBO_ROW)
+ORACLE_LABEL_ROW = "ceiling: same-label first in frozen top-N"
+ORACLE_READER_ROW = "ceiling: reader's best of frozen top-N"
+ORACLE_FIT_ROW = "ceiling: oracle-fit head (test feedback)"
+CEILING_ROWS = (ORACLE_LABEL_ROW, ORACLE_READER_ROW, ORACLE_FIT_ROW)
+"""Rows computed with the test cases' labels or feedback: bounds, not legal systems."""
 _STAGE_FILE = ".stage.json"
 
 Echo = Callable[[str], None]
@@ -163,166 +167,222 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
     cache = StageCache(config.cache_dir / f"seed{seed}")
     clock = _Clock(echo, f"[seed {seed}]")
     progress = config.show_progress
+    miniature = config.dataset in MINIATURE_DATASETS
 
-    with clock.stage("data: stratified split, no image in two splits"):
+    with clock.stage("data: roles, disjoint by content hash"):
         data = load_demo_data(config, seed)
-        if config.dataset == "elpv":
+        if miniature:
             check_disjoint(data)
-    sizes = {"kb": len(data.kb), "train": len(data.train), "val": len(data.val), "test": len(data.test)}
-    echo(f"[seed {seed}]   knowledge base {sizes['kb']}, train {sizes['train']}, val {sizes['val']}, "
-         f"test {sizes['test']} images")
+    sizes = {"encoder": len(data.encoder_stage_a), "kb": len(data.kb), "reader_sft": len(data.reader_sft),
+             "train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    echo(f"[seed {seed}]   encoder {sizes['encoder']}, knowledge base {sizes['kb']}, reader SFT {sizes['reader_sft']}, "
+         f"retriever training {sizes['train']}, val {sizes['val']}, test {sizes['test']} images")
+    ids = lambda records: sorted(r.id for r in records)  # noqa: E731
 
-    # Frozen retriever encoder.
-    clip_key = fingerprint("clip", config.clip, config.image_size, config.limit, config.fractions, seed)
+    # Frozen retriever encoder: pre-trained on its own role (two stages), or a checkpoint.
+    clip_key = fingerprint("clip", config.dataset, config.clip, config.image_size, ids(data.encoder_stage_b),
+                           sorted(i.text for i in data.encoder_stage_b), seed)
     if config.retriever_model is not None:
         with clock.stage(f"retriever encoder: load {config.retriever_model}"):
             embed = CLIPEmbedding.from_pretrained(config.retriever_model, device=config.device)
         clip_key = fingerprint("checkpoint", config.retriever_model)
     else:
         done = cache.done("clip", clip_key)
-        with clock.stage("retriever encoder: train a small CLIP (contrastive)", cached=done):
+        with clock.stage("retriever encoder: small CLIP, 2-stage pre-training", cached=done):
             if not done:
                 with cache.build("clip", clip_key) as tmp:
-                    train_small_clip(data.kb, tmp, image_size=config.image_size, settings=config.clip, seed=seed,
-                                     show_progress=progress)
+                    train_small_clip(data.encoder_stage_b, tmp, image_size=config.image_size, settings=config.clip,
+                                     seed=seed, show_progress=progress, stage_a_items=data.encoder_stage_a)
             embed = CLIPEmbedding.from_pretrained(str(cache.path("clip")))
 
-    # Knowledge base.
-    kb_key = fingerprint("kb", clip_key, sorted(item.id for item in data.kb))
+    # Knowledge base, and what its frozen vectors hold.
+    kb_key = fingerprint("kb", clip_key, ids(data.kb), sorted(i.text for i in data.kb))
     done = cache.done("kb", kb_key)
     with clock.stage("knowledge base: embed, index, persist", cached=done):
         if not done:
             with cache.build("kb", kb_key) as tmp:
                 KnowledgeBase.build(data.kb, embed, show_progress=progress).persist(tmp / "index")
         kb = KnowledgeBase.from_persist_dir(cache.path("kb") / "index", embed_model=embed)
-    k = config.k
-    standard = LVLMAwareRetriever(kb, k_image=k, k_text=0)
+    diagnostics = diagnose_kb(kb, k=config.k)
+    echo(f"[seed {seed}]   frozen KB vectors: linear probe {diagnostics.linear_probe_accuracy:.3f} vs top-{config.k} "
+         f"label precision {diagnostics.topk_precision_image:.3f} (image) / {diagnostics.topk_precision_text:.3f} "
+         f"(caption); majority {diagnostics.majority_baseline:.3f}")
+    standard = LVLMAwareRetriever(kb, k_image=config.k_image, k_text=config.k_text)
 
-    # Reader.
-    train_queries = list(data.train)
+    # Real mode has no retriever-training role: the KB's labelled items serve, leave-one-out.
+    train_queries = list(data.train) or kb_items_as_cases(data.kb)
+    # Reader: stage-1 SFT on its own queries (retrieved + sampled same-/other-label neighbours).
+    sft_queries = list(data.reader_sft or train_queries)
     if config.reader_model is not None:
         with clock.stage(f"reader: load {config.reader_model}"):
             reader = HFLVLMReader.from_pretrained(config.reader_model, data.task, device=config.device,
                                                   batch_size=config.reader_batch_size)
         reader_key = fingerprint("checkpoint", config.reader_model)
     else:
-        reader_key = fingerprint("reader", kb_key, config.reader, sorted(c.id for c in train_queries))
+        reader_key = fingerprint("reader", kb_key, config.reader, ids(sft_queries), config.k_image, config.k_text)
         done = cache.done("reader", reader_key)
-        with clock.stage("reader: small LLaVA, stage-1 retrieval-augmented SFT", cached=done):
+        with clock.stage("reader: small LLaVA, stage-1 SFT", cached=done):
             if not done:
                 with cache.build("reader", reader_key) as tmp:
-                    train_small_reader(cache.path("clip"), standard, train_queries, tmp / "model", task=data.task,
+                    train_small_reader(cache.path("clip"), standard, sft_queries, tmp / "model", task=data.task,
                                        settings=config.reader, seed=seed, reader_batch_size=config.reader_batch_size,
                                        show_progress=progress)
             reader = HFLVLMReader.from_pretrained(cache.path("reader") / "model", data.task,
                                                   batch_size=config.reader_batch_size)
     cached_reader = CachedReader(reader)
+    neighbour_use = _neighbour_use(cached_reader, data, seed)
+    echo(f"[seed {seed}]   reader on validation: P(gold) {neighbour_use['same_label']:.3f} with a same-label "
+         f"neighbour vs {neighbour_use['other_label']:.3f} with an other-label one")
 
-    # Feedback: training cases plus KB items as leave-one-out queries; validation cases apart.
+    # Feedback on the retriever-training queries (both heads), then LVLM-aware training: text head,
+    # then image head (the paper's order), gamma from the encoder, selection on real retrieval of
+    # the validation cases, the no-regression rule, feedback rounds.
     settings = config.retriever_training
-    kb_cases = kb_items_as_cases(data.kb)
-    if settings.kb_queries is not None and settings.kb_queries < len(kb_cases):
-        rng = np.random.default_rng(seed)
-        kb_cases = [kb_cases[i] for i in sorted(rng.choice(len(kb_cases), settings.kb_queries, replace=False))]
-    queries: list[Case] = [*train_queries, *kb_cases]
-    feedback_config = FeedbackConfig(n_candidates=settings.n_candidates, heads=("image",),
+    feedback_config = FeedbackConfig(n_candidates=settings.n_candidates, heads=_heads(config),
                                      reader_batch_size=config.reader_batch_size)
-    feedback_key = fingerprint("feedback", reader_key, kb_key, settings.n_candidates,
-                               sorted(c.id for c in queries), sorted(c.id for c in data.val))
+    feedback_key = fingerprint("feedback", reader_key, kb_key, settings.n_candidates, ids(train_queries),
+                               config.k_image, config.k_text)
     done = cache.done("feedback", feedback_key)
-    n_read = len(queries) + len(data.val)
-    with clock.stage(f"feedback: {n_read} queries x top-{settings.n_candidates} read", cached=done):
+    with clock.stage(f"feedback: {len(train_queries)} queries x top-{settings.n_candidates} per head", cached=done):
         if not done:
             with cache.build("feedback", feedback_key) as tmp:
-                collect_feedback(queries, standard, reader, tmp / "train", feedback_config, show_progress=progress)
-                if data.val:
-                    collect_feedback(data.val, standard, reader, tmp / "val", feedback_config, show_progress=progress)
+                collect_feedback(train_queries, standard, reader, tmp / "train", feedback_config, show_progress=progress)
         feedback = FeedbackCache.from_persist_dir(cache.path("feedback") / "train")
-        validation = (FeedbackCache.from_persist_dir(cache.path("feedback") / "val") if data.val else None)
-
-    # LVLM-aware retriever training (encoder mode: a blended, trainable copy of the image tower);
-    # the checkpoint kept is the best on the validation cases (never the test cases).
-    trainer_config = TrainerConfig(
-        mode="encoder", alpha=settings.alpha, encoder_last_n_blocks=settings.last_n_blocks,
-        max_steps=settings.max_steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        n_train_candidates=settings.n_train_candidates, refresh_every=settings.refresh_every,
-        eval_every=settings.eval_every, validation_fraction=0.0 if data.val else 0.1, seed=seed,
-        device=config.device, show_progress=progress,
-    )
+    trainer_config = _trainer_config(config, seed, adoption="no_regression")
     head_key = fingerprint("heads", feedback_key, trainer_config.model_dump(mode="json", exclude={"show_progress"}),
-                           settings.loss, settings.gamma)
+                           ids(data.val))
     done = cache.done("heads", head_key)
-    with clock.stage(f"retriever training: {settings.loss} loss, encoder mode", cached=done):
+    with clock.stage(f"retriever training: {settings.mode} mode, {settings.rounds} round(s)", cached=done):
         if not done:
-            loss = (PosteriorKLLoss(gamma=settings.gamma) if settings.loss == "posterior"
-                    else LSRLoss(gamma=settings.gamma))
-            engine = RetrieverFinetuneEngine(standard, feedback, loss=loss, head="image", config=trainer_config,
-                                             validation=validation, cases=[*queries, *data.val])
+            engine = RetrieverFinetuneEngine(standard, feedback, head=_train_head(config),
+                                             config=trainer_config, reader=reader, cases=train_queries,
+                                             validation_cases=data.val)
             engine.finetune()
             with cache.build("heads", head_key) as tmp:
                 engine.save(tmp / "retriever")
-        image_head = QueryHead.from_pretrained(cache.path("heads") / "retriever" / "image_head")
-        aware = LVLMAwareRetriever(kb, image_head=image_head, k_image=k, k_text=0)
-        history = json.loads((cache.path("heads") / "retriever" / "training_history.json").read_text())
+        aware = _load_retriever(kb, cache.path("heads") / "retriever", config)
+        record = json.loads((cache.path("heads") / "retriever" / "trainer_config.json").read_text())
+    adoption = record.get("adoption") or {}
+    echo(f"[seed {seed}]   {adoption.get('message', 'no adoption record')}")
 
-    # Placebo (random perturbation with the trained retriever's top-k overlap) and evaluation;
-    # cached together, since the evaluation of a seed depends on nothing else.
-    eval_key = fingerprint("evaluation", head_key, k, config.n_bootstrap, sorted(c.id for c in data.test))
+    # Placebo, ceilings and evaluation, cached together (they depend on nothing else).
+    eval_key = fingerprint("evaluation", head_key, config.k_image, config.k_text, config.ceiling_pool,
+                           config.n_bootstrap, ids(data.test))
     done = cache.done("evaluation", eval_key)
+    test_images = [case.image_path for case in data.test]
     with clock.stage("placebo: match the top-k overlap", cached=done):
         if done:
-            record = json.loads((cache.path("evaluation") / "placebo.json").read_text())
-            overlap, calibration = float(record["overlap"]), PlaceboCalibration(**record["calibration"])
+            saved = json.loads((cache.path("evaluation") / "placebo.json").read_text())
+            overlap, calibration = float(saved["overlap"]), PlaceboCalibration(**saved["calibration"])
         else:
-            test_images = [case.image_path for case in data.test]
             frozen = standard.embed_queries(test_images)
-            overlap = top_k_overlap(_top_ids(standard, frozen, test_images, k), _top_ids(aware, frozen, test_images, k))
-            _, calibration = calibrate_placebo(standard, frozen, overlap, k=k, seed=seed)
+            overlap = top_k_overlap(_top_ids(standard, frozen, test_images, config),
+                                    _top_ids(aware, frozen, test_images, config))
+            _, calibration = calibrate_placebo(standard, frozen, overlap, k=config.k_image, k_text=config.k_text,
+                                               seed=seed)
         placebo_head = PlaceboQueryHead(kb.dim, calibration.noise_scale, seed)
-        placebo = LVLMAwareRetriever(kb, image_head=placebo_head, k_image=k, k_text=0)
-    echo(f"[seed {seed}]   top-{k} overlap with standard RAG: LVLM-aware {overlap:.3f}, "
+        placebo = LVLMAwareRetriever(kb, image_head=placebo_head, text_head=placebo_head if config.k_text else None,
+                                     k_image=config.k_image, k_text=config.k_text)
+    echo(f"[seed {seed}]   top-{config.k} overlap with standard RAG: LVLM-aware {overlap:.3f}, "
          f"placebo {calibration.achieved_overlap:.3f} (noise scale {calibration.noise_scale:.3f})")
 
-    with clock.stage(f"evaluation: 4 systems on {len(data.test)} test cases", cached=done):
+    with clock.stage("ceiling: oracle-fit head on the test feedback", cached=done):
+        if not done:
+            with cache.build("oracle_fit", eval_key) as tmp:
+                test_feedback = collect_feedback(data.test, standard, reader, tmp / "feedback", feedback_config,
+                                                 show_progress=progress)
+                engine = RetrieverFinetuneEngine(standard, test_feedback, head=_train_head(config),
+                                                 config=_trainer_config(config, seed, adoption="best", rounds=1),
+                                                 cases=data.test)
+                engine.finetune()
+                engine.save(tmp / "retriever")
+        oracle_fit = _load_retriever(kb, cache.path("oracle_fit") / "retriever", config)
+
+    with clock.stage(f"evaluation: {len(SYSTEMS) - 1} systems + ceilings on {len(data.test)} test cases", cached=done):
         if done:
             report = ConsistencyReport.from_json(cache.path("evaluation") / "report.json")
         else:
+            systems: dict[str, Any] = {STANDARD_ROW: standard, AWARE_ROW: aware, PLACEBO_ROW: placebo}
+            systems[ORACLE_LABEL_ROW] = OracleRerankRetriever(standard, data.test, pool=config.ceiling_pool,
+                                                              rule="same_label")
+            systems[ORACLE_READER_ROW] = OracleRerankRetriever(standard, data.test, pool=config.ceiling_pool,
+                                                               rule="reader", reader=cached_reader)
+            systems[ORACLE_FIT_ROW] = oracle_fit
             report = evaluate_dataset(
-                data.test,
-                {STANDARD_ROW: standard, AWARE_ROW: aware, PLACEBO_ROW: placebo},
-                cached_reader,
-                data.task,
-                k=k,
-                closed_book_name=CLOSED_BOOK_ROW,
-                baseline=STANDARD_ROW,
-                n_bootstrap=config.n_bootstrap,
-                seed=seed,
-                batch_size=64,
+                data.test, systems, cached_reader, data.task, k=None, closed_book_name=CLOSED_BOOK_ROW,
+                baseline=STANDARD_ROW, n_bootstrap=config.n_bootstrap, seed=seed, batch_size=64,
                 show_progress=progress,
             )
             with cache.build("evaluation", eval_key) as tmp:
                 report.to_json(tmp / "report.json")
                 atomic_write_json(tmp / "placebo.json", {"overlap": overlap, "calibration": calibration.to_dict()})
+    training = {**_training_summary(record), "diagnostics": diagnostics.to_dict(), "neighbour_use": neighbour_use}
     return SeedRun(
         seed=seed, report=report, placebo=calibration, overlap=overlap, sizes=sizes,
-        timings=clock.timings, cached=clock.cached, training=_training_summary(history),
+        timings=clock.timings, cached=clock.cached, training=training,
         retriever=aware, reader=reader, data=data,
     )
 
 
-def _top_ids(retriever: LVLMAwareRetriever, frozen: np.ndarray, images: list[str], k: int) -> list[list[str]]:
-    hits = retriever.search_heads(frozen, k_image=k, k_text=0, images=images)["image"]
-    return [[hit.item.id for hit in row] for row in hits]
+def _heads(config: DemoConfig) -> tuple[str, ...]:
+    return tuple(h for h, k in (("image", config.k_image), ("text", config.k_text)) if k > 0)
 
 
-def _training_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validation RAG log-likelihood at step 0 and at the kept step, and which step was kept."""
-    validations = [row for row in history if row.get("event") == "validation" and "val_rag_loglik" in row]
-    restored = [row for row in history if row.get("event") == "restored_best"]
-    summary: dict[str, Any] = {"n_validations": len(validations)}
-    if validations:
-        summary["val_rag_loglik_step0"] = validations[0]["val_rag_loglik"]
-        summary["val_rag_loglik_best"] = max(row["val_rag_loglik"] for row in validations)
-    if restored:
-        summary["best_step"] = restored[0].get("best_step")
-    return summary
+def _train_head(config: DemoConfig) -> str:
+    heads = _heads(config)
+    return "both" if len(heads) == 2 else heads[0]
+
+
+def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int | None = None) -> TrainerConfig:
+    settings = config.retriever_training
+    return TrainerConfig(
+        mode=settings.mode, alpha=settings.alpha, encoder_last_n_blocks=settings.last_n_blocks,
+        schedule="sequential", max_steps=settings.max_steps, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, n_train_candidates=settings.n_train_candidates,
+        refresh_every=settings.refresh_every, eval_every=settings.eval_every, gamma=settings.gamma,
+        rounds=rounds or settings.rounds, adoption=adoption, validation_fraction=0.0, seed=seed,
+        device=config.device, show_progress=config.show_progress,
+    )
+
+
+def _load_retriever(kb: KnowledgeBase, folder: Path, config: DemoConfig) -> LVLMAwareRetriever:
+    return LVLMAwareRetriever(
+        kb, load_head(folder / "image_head") if config.k_image else None,
+        load_head(folder / "text_head") if config.k_text else None,
+        k_image=config.k_image, k_text=config.k_text,
+    )
+
+
+def _neighbour_use(reader: Any, data: DemoData, seed: int) -> dict[str, float]:
+    """Mean P_reader(gold) on validation cases with one random same-label vs one other-label KB pair."""
+    if not data.val:
+        return {"same_label": float("nan"), "other_label": float("nan")}
+    rng = np.random.default_rng([seed, 5])
+    by_label: dict[str, list[Any]] = {}
+    for item in data.kb:
+        by_label.setdefault(str(item.label), []).append(item)
+    labels = list(data.task.labels)
+    cases, pairs = [], []
+    for case in data.val:
+        gold = case.labels[0]
+        same = by_label.get(gold, [])
+        other = [i for label, group in by_label.items() if label != gold for i in group]
+        if same and other:
+            cases.append(case)
+            pairs.append([same[int(rng.integers(len(same)))], other[int(rng.integers(len(other)))]])
+    scores = reader.score(cases, pairs)
+    log_probs = np.asarray(scores.log_probs)  # (n, 2, L)
+    gold = np.array([labels.index(case.labels[0]) for case in cases])
+    p = np.exp(log_probs[np.arange(len(cases)), :, gold])  # (n, 2)
+    return {"same_label": float(p[:, 0].mean()), "other_label": float(p[:, 1].mean())}
+
+
+def _top_ids(retriever: LVLMAwareRetriever, frozen: np.ndarray, images: list[str], config: DemoConfig) -> list[list[str]]:
+    """Each query's image-head ids, then its text-head ids not already among them (as the placebo compares)."""
+    hits = retriever.search_heads(frozen, k_image=config.k_image, k_text=config.k_text, images=images)
+    return [list(dict.fromkeys(h.item.id for h in [*hits["image"][i], *hits["text"][i]])) for i in range(len(images))]
+
+
+def _training_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The resolved temperatures and the adoption decision of the retriever training."""
+    return {"gamma": record.get("gamma"), "adoption": record.get("adoption")}

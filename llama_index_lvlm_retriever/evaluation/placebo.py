@@ -80,6 +80,7 @@ def calibrate_placebo(
     exclude_hashes: Sequence[Collection[str]] | None = None,
     tolerance: float = 0.005,
     max_iterations: int = 40,
+    k_text: int = 0,
 ) -> tuple[PlaceboQueryHead, PlaceboCalibration]:
     """Find the noise scale whose top-``k`` image-head lists overlap standard RAG's by ``target_overlap``.
 
@@ -99,6 +100,9 @@ def calibrate_placebo(
         exclude_hashes: Per-query image hashes to skip.
         tolerance: Accepted absolute difference in overlap.
         max_iterations: Bound on search steps.
+        k_text: With ``k_text > 0`` the placebo perturbs both heads (use the returned head as the
+            image head *and* the text head) and the overlap compares the union of each query's
+            ``k`` image-head and ``k_text`` text-head ids, as a 2 + 2 retriever reads them.
 
     Returns:
         The head and a :class:`PlaceboCalibration` record.
@@ -117,10 +121,13 @@ def calibrate_placebo(
     dim = queries.shape[1]
 
     def ids(head: QueryHead | None) -> list[list[str]]:
-        searcher = LVLMAwareRetriever(kb, image_head=head, k_image=k, k_text=0)
-        hits = searcher.search_heads(queries, k_image=k, k_text=0, exclude_ids=exclude_ids,
-                                     exclude_hashes=exclude_hashes)["image"]
-        return [[hit.item.id for hit in row] for row in hits]
+        searcher = LVLMAwareRetriever(kb, image_head=head, text_head=head if k_text else None, k_image=k,
+                                      k_text=k_text)
+        hits = searcher.search_heads(queries, k_image=k, k_text=k_text, exclude_ids=exclude_ids,
+                                     exclude_hashes=exclude_hashes)
+        # One list per query: image-head ids, then text-head ids not already in it.
+        return [list(dict.fromkeys(h.item.id for h in [*hits["image"][i], *hits["text"][i]]))
+                for i in range(len(queries))]
 
     reference = ids(None)
 

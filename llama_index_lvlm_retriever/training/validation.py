@@ -312,6 +312,9 @@ class AdoptionDecision:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
 
 
+_MIN_GAIN = 1e-6  # nats per case; far below any gain worth adopting, far above float round-off
+
+
 def no_regression_decision(
     initial: ValidationResult,
     trained: ValidationResult,
@@ -354,7 +357,8 @@ def no_regression_decision(
     if initial.correct is not None and trained.correct is not None:
         delta_acc = float(np.mean(trained.correct) - np.mean(initial.correct))
     lower = est.ci_low if not math.isnan(est.ci_low) else est.value
-    gains = lower > 0.0
+    # Strictly above float noise: heads that changed nothing (gain ~1e-9) are not "better".
+    gains = lower > _MIN_GAIN
     keeps_accuracy = delta_acc is None or delta_acc >= 0.0
     adopted = bool(gains and keeps_accuracy)
     numbers = (
