@@ -16,6 +16,7 @@ from llama_index_lvlm_retriever.cli import (
     diagnose,
     evaluate,
     kb,
+    predict,
     reader_training,
     retriever_training,
 )
@@ -25,7 +26,7 @@ from llama_index_lvlm_retriever.version import __version__
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in the order --help lists them.
-_COMMAND_MODULES = [kb, diagnose, evaluate, retriever_training, reader_training, demo]
+_COMMAND_MODULES = [kb, diagnose, predict, evaluate, retriever_training, reader_training, demo]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
