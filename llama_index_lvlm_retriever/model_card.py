@@ -150,7 +150,7 @@ def _body(
     if task is not None:
         labels = ", ".join(f"`{label}`" for label in getattr(task, "labels", ()))
         lines += [f"- **Task:** `{getattr(task, 'name', '')}`; labels: {labels}"]
-        question = str(getattr(task, "question", "") or "")
+        question = _question(task)
         if question:
             lines += [f"- **Question:** {question}"]
     if datasets:
@@ -161,7 +161,8 @@ def _body(
     if validation:
         lines += ["", f"## Validation results ({validation_dataset})", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {metric} | {float(value):.4f} |" for metric, value in validation.items()]
-    lines += ["", "## Use", "", "```python", _LOAD[kind].format(folder=folder.as_posix()), "```"]
+    # The folder's own name: a card travels with the folder (to the Hub, to a colleague).
+    lines += ["", "## Use", "", "```python", _LOAD[kind].format(folder=folder.resolve().name), "```"]
     lines += [
         "",
         "## Limitations",
@@ -173,6 +174,16 @@ def _body(
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _question(task: Any) -> str:
+    render = getattr(task, "render_question", None)
+    if callable(render) and not getattr(task, "multi_label", False):
+        try:
+            return str(render())
+        except ValueError:  # a task whose cases bring the question (closed VQA)
+            return ""
+    return str(getattr(task, "question", "") or "")
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
