@@ -180,7 +180,7 @@ def _question(task: Any) -> str:
     render = getattr(task, "render_question", None)
     if callable(render) and not getattr(task, "multi_label", False):
         try:
-            return str(render())
+            return " ".join(str(render()).split())  # instruction + question on one line
         except ValueError:  # a task whose cases bring the question (closed VQA)
             return ""
     return str(getattr(task, "question", "") or "")
