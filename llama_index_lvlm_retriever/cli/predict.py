@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from llama_index_lvlm_retriever import metadata_keys as keys
     from llama_index_lvlm_retriever.cli._loading import (
         heads_dir_paths,
         load_cases,
@@ -92,6 +93,8 @@ def _predict(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.evaluation.predict import (
         EVIDENCE_HTML,
         PREDICTIONS_CSV,
+        PREDICTIONS_JSONL,
+        ROW_ERROR,
         RUN_FILE,
         predict,
     )
@@ -145,13 +148,13 @@ def _predict(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     out = Path(args.out)
-    errors = sum(row["error"] is not None for row in rows)
-    abstained = sum(bool(row["abstain"]) for row in rows) - errors  # an error row also abstains
+    errors = sum(row[ROW_ERROR] is not None for row in rows)
+    abstained = sum(bool(row[keys.ABSTAIN]) for row in rows) - errors  # an error row also abstains
     print(
         f"{len(rows)} cases: {len(rows) - errors - abstained} answered, {abstained} abstain "
         f"(support < {args.min_support:g}), {errors} errors (no readable image or no neighbour)"
     )
-    print(f"predictions -> {out / 'predictions.jsonl'}, {out / PREDICTIONS_CSV}")
+    print(f"predictions -> {out / PREDICTIONS_JSONL}, {out / PREDICTIONS_CSV}")
     if not args.no_viewer:
         print(f"evidence viewer -> {out / EVIDENCE_HTML}")
     print(f"run record -> {out / RUN_FILE}")

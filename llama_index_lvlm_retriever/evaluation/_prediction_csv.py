@@ -10,13 +10,21 @@ from typing import Any
 
 from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.evaluation._prediction_rows import (
+    ROW_CASE_ID,
+    ROW_CORRECT,
+    ROW_ERROR,
+    ROW_GOLD,
+    ROW_IMAGE_PATH,
+    ROW_QUESTION,
+)
 
 # Case-level columns, in order: (CSV column, row key).
 _CASE_COLUMNS = (
-    ("case_id", "case_id"),
-    ("image_path", "image_path"),
-    ("question", "question"),
-    ("gold", "gold"),
+    ("case_id", ROW_CASE_ID),
+    ("image_path", ROW_IMAGE_PATH),
+    ("question", ROW_QUESTION),
+    ("gold", ROW_GOLD),
     ("answer", keys.LABEL),
     ("probability", keys.LABEL_PROBABILITY),
     ("support", keys.SUPPORT),
@@ -24,8 +32,8 @@ _CASE_COLUMNS = (
     ("consistent", keys.CONSISTENT),
     ("agreement", keys.AGREEMENT),
     ("abstain", keys.ABSTAIN),
-    ("correct", "correct"),
-    ("error", "error"),
+    ("correct", ROW_CORRECT),
+    ("error", ROW_ERROR),
 )
 # Per-neighbour columns ``neighbour<j>_<name>`` (j = 1 for the best retrieved): (name, key).
 _NEIGHBOUR_COLUMNS = (

@@ -28,6 +28,16 @@ from typing import Any, Literal
 from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever._io import atomic_write_bytes, atomic_write_text
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
+from llama_index_lvlm_retriever.evaluation._prediction_rows import (
+    NEIGHBOUR_IMAGE_PATH,
+    NEIGHBOUR_TEXT,
+    ROW_CASE_ID,
+    ROW_CORRECT,
+    ROW_ERROR,
+    ROW_GOLD,
+    ROW_IMAGE_PATH,
+    ROW_QUESTION,
+)
 
 __all__ = ["AUTO_EMBED_MAX_CASES", "ViewerImages", "write_evidence_viewer"]
 
@@ -86,7 +96,7 @@ def write_evidence_viewer(
     mode = images if images != "auto" else ("embed" if len(rows) <= AUTO_EMBED_MAX_CASES else "copy")
     store = _ImageStore(mode, path.parent / f"{path.stem}{_FILES_SUFFIX}", max_side)
     cards = [_card(i, row, store) for i, row in enumerate(rows)]
-    has_gold = any(row.get("correct") is not None for row in rows)
+    has_gold = any(row.get(ROW_CORRECT) is not None for row in rows)
     page = _PAGE.format(
         title=_e(title),
         summary=_e(_summary(rows, labels)),
@@ -133,8 +143,8 @@ class _ImageStore:
 
 def _card(index: int, row: Mapping[str, Any], store: _ImageStore) -> str:
     answer = row.get(keys.LABEL)
-    correct = row.get("correct")
-    error = row.get("error")
+    correct = row.get(ROW_CORRECT)
+    error = row.get(ROW_ERROR)
     consistent = row.get(keys.CONSISTENT)
     data = {
         "index": index,
@@ -158,18 +168,18 @@ def _card(index: int, row: Mapping[str, Any], store: _ImageStore) -> str:
         ("support", _fmt(row.get(keys.SUPPORT))),
         ("weighted support", _fmt(row.get(keys.WEIGHTED_SUPPORT))),
     ]
-    if row.get("gold") is not None:
-        facts.append(("gold", _label(row.get("gold"))))
+    if row.get(ROW_GOLD) is not None:
+        facts.append(("gold", _label(row.get(ROW_GOLD))))
     fact_html = "".join(f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in facts)
-    question = f'<p class="question">{_e(str(row["question"]))}</p>' if row.get("question") else ""
+    question = f'<p class="question">{_e(str(row[ROW_QUESTION]))}</p>' if row.get(ROW_QUESTION) else ""
     error_html = f'<p class="error">{_e(str(error))}</p>' if error is not None else ""
     neighbours = "".join(
         _neighbour(rank, entry, store, answer) for rank, entry in enumerate(row.get(keys.NEIGHBOUR_PREDICTIONS) or [], start=1)
     )
     return (
         f'<article class="case" id="case-{index}" {attributes}>'
-        f'<div class="query">{_figure(store.src(row.get("image_path")), "query")}'
-        f'<div class="answer"><h2 title="{_e(str(row["case_id"]))}">{_e(str(row["case_id"]))}</h2>{question}'
+        f'<div class="query">{_figure(store.src(row.get(ROW_IMAGE_PATH)), "query")}'
+        f'<div class="answer"><h2 title="{_e(str(row[ROW_CASE_ID]))}">{_e(str(row[ROW_CASE_ID]))}</h2>{question}'
         f'<p class="label">answer: <b>{_e(_label(answer))}</b> {"".join(badges)}</p>'
         f"<dl>{fact_html}</dl>{error_html}</div></div>"
         f'<div class="neighbours">{neighbours or "<p class=empty>no neighbours</p>"}</div>'
@@ -179,12 +189,12 @@ def _card(index: int, row: Mapping[str, Any], store: _ImageStore) -> str:
 
 def _neighbour(rank: int, entry: Mapping[str, Any], store: _ImageStore, answer: Any) -> str:
     head = entry.get(keys.NEIGHBOUR_HEAD)
-    text = str(entry.get("text") or "")
+    text = str(entry.get(NEIGHBOUR_TEXT) or "")
     prediction = _label(entry.get(keys.NEIGHBOUR_LABEL))
     agrees = "1" if prediction == _label(answer) else "0"  # does this neighbour alone lead to the answer?
     return (
         f'<figure class="neighbour" data-head="{_e(str(head))}" data-agrees="{agrees}">'
-        f"{_img(store.src(entry.get('image_path')), f'neighbour {rank}')}"
+        f"{_img(store.src(entry.get(NEIGHBOUR_IMAGE_PATH)), f'neighbour {rank}')}"
         f"<figcaption><b>#{rank} {_e(str(entry.get(keys.NEIGHBOUR_KB_ID)))}</b>"
         f'<span class="meta">head {_e(str(head or "-"))} · score {_e(_fmt(entry.get(keys.NEIGHBOUR_RETRIEVAL_SCORE)))}</span>'
         f'<span class="pred">predicts <b>{_e(prediction)}</b> (p = {_e(_fmt(entry.get(keys.NEIGHBOUR_PROBABILITY)))})</span>'
@@ -206,10 +216,10 @@ def _summary(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] | None) ->
     n = len(rows)
     abstained = sum(bool(row.get(keys.ABSTAIN)) for row in rows)
     inconsistent = sum(row.get(keys.CONSISTENT) is False for row in rows)
-    scored = [row for row in rows if row.get("correct") is not None]
+    scored = [row for row in rows if row.get(ROW_CORRECT) is not None]
     parts = [f"{n} cases", f"{abstained} abstained", f"{inconsistent} with disagreeing neighbours"]
     if scored:
-        right = sum(bool(row["correct"]) for row in scored)
+        right = sum(bool(row[ROW_CORRECT]) for row in scored)
         parts.append(f"accuracy {right}/{len(scored)} = {right / len(scored):.3f}")
     if labels:
         parts.append("labels: " + ", ".join(str(label) for label in labels))
