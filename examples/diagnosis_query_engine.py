@@ -1,9 +1,11 @@
 """Diagnose an image with LVLMDiagnosisQueryEngine, fully offline with tiny random models.
 
-Run: ``python examples/diagnosis_query_engine.py``. It builds a tiny CLIP encoder and a tiny LLaVA
-reader from configs (random weights, so the *answer* is meaningless; the pipeline is real), makes a
-knowledge base of retina crops from ``skimage.data.retina()``, asks a question about another crop
-and prints the answer, its probability, the neighbours' consistency and the evidence.
+Run: ``python examples/diagnosis_query_engine.py`` after installing the package (``pip install .``
+from a checkout; no extra is needed). It builds a tiny CLIP encoder and a tiny LLaVA reader from
+configs (random weights, so the *answer* is meaningless; the pipeline is real), makes a knowledge
+base of generated fundus-like pictures (an orange disc with vessels, exudates and haemorrhages by
+grade), asks about another one and prints the answer, its probability, the neighbours' support and
+consistency and the evidence.
 
 With real checkpoints, replace the two builders (they download weights once):
 
@@ -24,9 +26,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from llama_index.core.schema import QueryBundle
 from PIL import Image
-from skimage import data as skdata
 
 from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.data.records import KBItem
@@ -40,25 +42,43 @@ from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 
 logger = logging.getLogger(__name__)
 
-# (row, column) of 160-pixel crops of the skimage retina photograph, with made-up captions.
-_CROPS = {
-    "optic-disc": ((250, 100), "Optic disc region; no haemorrhages, grade 0."),
-    "vessels": ((100, 350), "Vessel arcade with a few microaneurysms, grade 1."),
-    "macula": ((400, 450), "Macular region with hard exudates, grade 2."),
-    "periphery": ((600, 200), "Peripheral retina with blot haemorrhages, grade 3."),
+# Made-up captions of four knowledge-base pictures, with the grade each picture is drawn at.
+_PAIRS = {
+    "grade-0": (0, "Healthy-looking fundus; no haemorrhages or exudates, grade 0."),
+    "grade-1": (1, "A few microaneurysms near the vessel arcade, grade 1."),
+    "grade-2": (2, "Hard exudates around the macula, grade 2."),
+    "grade-3": (3, "Blot haemorrhages in all quadrants, grade 3."),
 }
+_SIDE = 96
+
+
+def fundus(grade: int, seed: int) -> Image.Image:
+    """A fundus-like RGB picture: orange disc, dark vessels, and ``grade`` x 4 lesions (dots)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:_SIDE, 0:_SIDE] / _SIDE  # (side, side) each, in [0, 1)
+    disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.22
+    img = np.zeros((_SIDE, _SIDE, 3))
+    img[disc] = (200, 90, 40)
+    for _ in range(4):  # vessels: dark sinusoids leaving the optic disc
+        phase, slope = rng.uniform(0, 6), rng.uniform(-1.5, 1.5)
+        vessel = np.abs(yy - 0.5 - slope * (xx - 0.3) - 0.03 * np.sin(12 * xx + phase)) < 0.012
+        img[vessel & disc] = (120, 30, 20)
+    for _ in range(4 * grade):  # lesions: yellow exudates or dark-red haemorrhages
+        cy, cx = rng.uniform(0.25, 0.75, size=2)
+        spot = ((yy - cy) ** 2 + (xx - cx) ** 2) < rng.uniform(2e-4, 8e-4)
+        img[spot & disc] = (240, 220, 90) if rng.random() < 0.5 else (90, 10, 10)
+    return Image.fromarray(img.astype(np.uint8))
 
 
 def main(work_dir: Path) -> None:
     """Build the tiny models and the knowledge base under ``work_dir``, then answer one query."""
-    retina = skdata.retina()
     items = []
-    for item_id, ((row, col), caption) in _CROPS.items():
+    for seed, (item_id, (grade, caption)) in enumerate(_PAIRS.items()):
         path = work_dir / f"{item_id}.png"
-        Image.fromarray(retina[row : row + 160, col : col + 160]).save(path)
-        items.append(KBItem(id=item_id, image_path=str(path), text=caption, source="skimage"))
+        fundus(grade, seed).save(path)
+        items.append(KBItem(id=item_id, image_path=str(path), text=caption, source="generated"))
     query = work_dir / "query.png"
-    Image.fromarray(retina[300:460, 300:460]).save(query)
+    fundus(2, seed=99).save(query)
 
     # Real use: CLIPEmbedding.from_pretrained("openai/clip-vit-base-patch16").
     embed_model = CLIPEmbedding.from_pretrained(build_tiny_clip(work_dir / "clip"))
@@ -73,7 +93,10 @@ def main(work_dir: Path) -> None:
     meta = response.metadata
 
     logger.info("answer: %s", response.response)
-    logger.info("label %s, probability %.3f, abstain %s", meta[keys.LABEL], meta[keys.LABEL_PROBABILITY], meta[keys.ABSTAIN])
+    logger.info(
+        "label %s, probability %.3f, support %.2f, abstain %s",
+        meta[keys.LABEL], meta[keys.LABEL_PROBABILITY], meta[keys.SUPPORT], meta[keys.ABSTAIN],
+    )
     for neighbour in meta[keys.NEIGHBOUR_PREDICTIONS]:
         logger.info(
             "  neighbour %-10s -> grade %s (p=%.2f)",

@@ -264,12 +264,14 @@ class TaskSpec(BaseModel):
         """Build a task from a dict (the JSON layout), naming ``source`` in errors.
 
         Raises:
-            ValueError: Unknown or missing fields, or any validation error of the task.
+            ValueError: Unknown or missing fields, or any validation error of the task, as one
+                line naming ``source`` and each offending field (e.g. ``invalid task in
+                task.json: missing field 'name' (required: name, labels)``).
         """
         try:
             return cls.model_validate(record)
         except ValidationError as err:
-            raise ValueError(f"invalid task in {source}: {err}") from err
+            raise ValueError(f"invalid task in {source}: {_describe_errors(err)}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> TaskSpec:
@@ -303,6 +305,26 @@ class TaskSpec(BaseModel):
         return cls.from_dict(record, source=str(file))
 
 
+
+
+def _describe_errors(err: ValidationError) -> str:
+    """A pydantic error as one line per offending field, joined by ``"; "`` (no pydantic dump)."""
+    fields = TaskSpec.model_fields
+    required = [name for name, info in fields.items() if info.is_required()]
+    parts = []
+    for error in err.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        kind = error["type"]
+        if kind == "missing":
+            parts.append(f"missing field {where!r} (required: {', '.join(required)})")
+        elif kind == "extra_forbidden":
+            parts.append(f"unknown field {where!r} (known fields: {', '.join(fields)})")
+        elif kind == "value_error":
+            # Our own validator's message already names the task and the fix.
+            parts.append(str(error["msg"]).removeprefix("Value error, "))
+        else:
+            parts.append(f"field {where!r}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(parts)
 
 
 _CHEST_FINDINGS = (

@@ -121,8 +121,27 @@ def test_from_json_errors_name_the_file(tmp_path: Path) -> None:
         TaskSpec.from_json(broken)
     typo = tmp_path / "typo.json"
     typo.write_text(json.dumps({"name": "t", "labels": ["a", "b"], "verbaliser": ["x", "y"]}))
-    with pytest.raises(ValueError, match="(?s)invalid task in .*typo.json.*verbaliser.*Extra inputs are not permitted"):
+    with pytest.raises(ValueError, match=r"invalid task in .*typo.json: unknown field 'verbaliser' \(known fields: name, labels, verbalizers,"):
         TaskSpec.from_json(typo)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"labels": ["a", "b"]}, r"invalid task in .*task.json: missing field 'name' \(required: name, labels\)$"),
+        ({"name": "t"}, r"missing field 'labels' \(required: name, labels\)$"),
+        ({}, r"missing field 'name' \(required: name, labels\); missing field 'labels'"),
+        ({"name": "t", "labels": "ab"}, r"field 'labels': Input should be a valid tuple \(got 'ab'\)$"),
+        ({"name": "t", "labels": ["a", "a"]}, r"task 't': duplicate labels 'a' at positions 0 and 1"),
+    ],
+)
+def test_task_file_errors_are_one_line(tmp_path: Path, record: dict, message: str) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=message) as info:
+        TaskSpec.from_json(path)
+    text = str(info.value)
+    assert "\n" not in text and "pydantic" not in text and "[type=" not in text
 
 
 def test_tasks_are_immutable() -> None:

@@ -5,6 +5,10 @@ folder: a tiny random CLIP encoder and a tiny random LLaVA reader (``llama_index
 and a knowledge base plus training and test cases made of real electroluminescence images of solar
 cells (the ``elpv-dataset`` package, labels ``defective`` / ``functional``). Nothing is downloaded.
 
+The offline data needs the ``elpv`` extra (the ``elpv-dataset`` package)::
+
+    pip install ".[elpv]"        # from a checkout; or: pip install "llama-index-lvlm-retriever[elpv]"
+
 Usage::
 
     python training/run_offline_recipe.py --workdir /tmp/offline-recipe
@@ -60,7 +64,13 @@ def prepare_workdir(workdir: str | Path, *, n_kb: int = 24, n_train: int = 12, n
     Returns:
         ``workdir`` as a ``Path``.
     """
-    from elpv_dataset.utils import load_dataset
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError as err:
+        raise ImportError(
+            'the offline recipe draws its images from the elpv-dataset package: pip install ".[elpv]" '
+            "(from a checkout), or pass --no-prepare with your own --data"
+        ) from err
 
     from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 

@@ -17,6 +17,7 @@ from llama_index_lvlm_retriever.cli import (
     diagnostics,
     evaluate,
     kb,
+    predict,
     reader_training,
     retriever_training,
 )
@@ -26,7 +27,7 @@ from llama_index_lvlm_retriever.version import __version__
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in the order --help lists them.
-_COMMAND_MODULES = [kb, diagnostics, diagnose, evaluate, retriever_training, reader_training, demo]
+_COMMAND_MODULES = [kb, diagnostics, diagnose, predict, evaluate, retriever_training, reader_training, demo]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -98,7 +98,15 @@ def parse_systems(specs: list[str]) -> dict[str, tuple[Path, Path]]:
 def _evaluate(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
     from llama_index_lvlm_retriever.evaluation.report import write_report
+    from llama_index_lvlm_retriever.provenance import (
+        collect_provenance,
+        describe_head,
+        describe_knowledge_base,
+        describe_model,
+        utc_now,
+    )
 
+    started = utc_now()
     check_retrieval_options(args)
     trained = parse_systems(args.system)
     if args.no_standard and not trained:
@@ -133,7 +141,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress=not args.no_progress,
     )
-    paths = write_report(report, args.out)
+    # Every system shares the KB, encoder and reader; only the heads differ.
+    first = next(iter(systems.values()))
+    provenance = collect_provenance(
+        models={
+            "knowledge_base": describe_knowledge_base(first.knowledge_base, args.kb),
+            "encoder": describe_model(encoder),
+            "reader": describe_model(reader),
+            "systems": {
+                name: {"image_head": describe_head(r.image_head, heads[name][0]), "text_head": describe_head(r.text_head, heads[name][1])}
+                for name, r in systems.items()
+            },
+        },
+        inputs={"kb": args.kb, "cases": args.cases},
+        options=resolved_config(args),
+        started_at=started,
+        ended_at=utc_now(),
+    )
+    paths = write_report(report, args.out, provenance)
     write_json_atomic(Path(args.out) / EVAL_CONFIG_FILE, resolved_config(args))
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"report -> {paths['json']}")

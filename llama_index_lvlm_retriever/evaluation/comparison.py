@@ -42,7 +42,8 @@ class PairedComparison:
         difference: ``accuracy - baseline_accuracy`` with a paired bootstrap interval.
         n_system_only: Discordant cases only ``system`` gets right (McNemar's ``b``).
         n_baseline_only: Discordant cases only ``baseline`` gets right (McNemar's ``c``).
-        p_value: Two-sided exact McNemar p-value (1 when there are no discordant cases).
+        p_value: Two-sided exact McNemar p-value (1 when there are no discordant cases; NaN for
+            an empty subset, where there is nothing to test).
     """
 
     system: str
@@ -68,7 +69,7 @@ class PairedComparison:
             "difference": self.difference.to_dict(),
             "n_system_only": self.n_system_only,
             "n_baseline_only": self.n_baseline_only,
-            "p_value": self.p_value,
+            "p_value": None if np.isnan(self.p_value) else self.p_value,
         }
 
     @classmethod
@@ -86,7 +87,7 @@ class PairedComparison:
             difference=Estimate.from_dict(record["difference"]),
             n_system_only=int(record["n_system_only"]),
             n_baseline_only=int(record["n_baseline_only"]),
-            p_value=float(record["p_value"]),
+            p_value=float("nan") if record["p_value"] is None else float(record["p_value"]),
         )
 
 
@@ -116,7 +117,7 @@ def compare_rows(
 
     Returns:
         One :class:`PairedComparison` per subset, in the order ``"all"``, ``"consistent"``,
-        ``"inconsistent"``; an empty subset has ``n_cases == 0`` and NaN accuracies.
+        ``"inconsistent"``; an empty subset has ``n_cases == 0`` and NaN accuracies and p-value.
 
     Raises:
         ValueError: The two row lists do not cover the same case ids in the same order.
@@ -166,7 +167,8 @@ def compare_rows(
                 difference=differences[subset],
                 n_system_only=system_only,
                 n_baseline_only=baseline_only,
-                p_value=mcnemar_exact(system_only, baseline_only),
+                # No cases, no test: NaN (printed "-"), not the p = 1 of "no discordant pairs".
+                p_value=mcnemar_exact(system_only, baseline_only) if n_cases else float("nan"),
             )
         )
     return out

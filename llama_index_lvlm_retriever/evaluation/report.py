@@ -235,10 +235,19 @@ class ConsistencyReport:
             settings=dict(record.get("settings", {})),
         )
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically; returns the path."""
+    def to_json(self, path: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically; returns the path.
+
+        Args:
+            path: Target file.
+            provenance: A block from :func:`~llama_index_lvlm_retriever.provenance.collect_provenance`,
+                stored under ``"provenance"`` (:meth:`from_json` ignores it).
+        """
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        record = self.to_dict()
+        if provenance is not None:
+            record["provenance"] = dict(provenance)
+        text = json.dumps(record, indent=1, allow_nan=False)
         atomic_write_bytes(path, text.encode("utf-8"))
         return path
 
@@ -340,12 +349,15 @@ class ConsistencyReport:
         return [head, rule, *body]
 
 
-def write_report(report: ConsistencyReport, out_dir: str | Path) -> dict[str, Path]:
+def write_report(
+    report: ConsistencyReport, out_dir: str | Path, provenance: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``.
 
     Args:
         report: The report.
         out_dir: Output folder (created if missing).
+        provenance: Provenance block stored in ``report.json`` (see :meth:`ConsistencyReport.to_json`).
 
     Returns:
         ``{"json": ..., "markdown": ..., <plot name>: ...}`` paths of the written files.
@@ -358,7 +370,7 @@ def write_report(report: ConsistencyReport, out_dir: str | Path) -> dict[str, Pa
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": report.to_json(out_dir / "report.json")}
+    paths = {"json": report.to_json(out_dir / "report.json", provenance)}
     markdown = out_dir / "report.md"
     atomic_write_bytes(markdown, report.to_markdown().encode("utf-8"))
     paths["markdown"] = markdown
@@ -381,4 +393,6 @@ def _fmt_estimate(est: Estimate, signed: bool = False) -> str:
 
 
 def _fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):  # an empty subset has no test
+        return "-"
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"

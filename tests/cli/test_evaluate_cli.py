@@ -80,6 +80,10 @@ def test_evaluate_writes_a_report_with_every_system(world: dict[str, Any], capsy
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", evaluate.EVAL_CONFIG_FILE}
     config = json.loads((out / evaluate.EVAL_CONFIG_FILE).read_text())
     assert (config["k_image"], config["k_text"]) == (2, 1) and config["system"] == [f"copy={world['identity']}"]
+    provenance = json.loads((out / "report.json").read_text())["provenance"]
+    assert provenance["inputs"]["cases"]["sha256"] and provenance["options"]["k_text"] == 1
+    assert provenance["models"]["reader"]["fingerprint"] and provenance["models"]["knowledge_base"]["n_items"] > 0
+    assert set(provenance["models"]["systems"]) == {"standard RAG", "copy"} and provenance["ended_at"]
 
 
 def test_system_options_can_drop_the_defaults(world: dict[str, Any]) -> None:

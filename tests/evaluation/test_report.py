@@ -118,3 +118,25 @@ def test_multi_label_report_round_trips(multi_label_predictions, tmp_path: Path)
     loaded = ConsistencyReport.from_json(report.to_json(tmp_path / "ml.json"))
     assert loaded.multi_label and loaded.rows["ml"][2].prediction == ()
     assert "multi-label" in loaded.to_markdown()
+
+
+def test_empty_subset_prints_no_p_value(task, predictions) -> None:
+    # "aware" is consistent on every case, so as the baseline its inconsistent subset is empty:
+    # no cases, no test; the table shows "-" (not p = 1.000) and the JSON null.
+    report = evaluate_predictions(predictions, task, baseline="aware", n_bootstrap=20)
+    empty = [c for c in report.comparisons if c.subset == "inconsistent"]
+    assert empty and all(c.n_cases == 0 and math.isnan(c.p_value) for c in empty)
+    rows = [line for line in report.to_markdown().splitlines() if "| inconsistent | 0 |" in line]
+    assert rows and all(line.endswith("| 0 | 0 | - |") for line in rows)
+    assert all(c["p_value"] is None for c in report.to_dict()["comparisons"] if c["n_cases"] == 0)
+    loaded = ConsistencyReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert math.isnan([c for c in loaded.comparisons if c.subset == "inconsistent"][0].p_value)
+    assert not any("inconsistent_mcnemar_p" in key for key in report.all_metrics())
+
+
+def test_report_json_carries_provenance(report, tmp_path: Path) -> None:
+    block = {"package": {"version": "x"}, "command": ["lvlm-retriever", "evaluate"]}
+    paths = write_report(report, tmp_path / "out", provenance=block)
+    record = json.loads(paths["json"].read_text())
+    assert record["provenance"] == block
+    assert ConsistencyReport.from_json(paths["json"]).to_dict() == report.to_dict()  # the reader ignores it
