@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.readers._hf_batch import append_continuations
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder
@@ -283,5 +284,11 @@ class ReaderSFTEngine:
             "history": self.history,
         }
         atomic_write_text(folder / SFT_CONFIG_NAME, json.dumps(record, indent=2) + "\n")
+        write_model_card(
+            folder, kind="reader", base_model=getattr(self.reader, "model_name", None) or None, task=self.reader.task,
+            training={**self.config.model_dump(mode="json"), "n_samples": len(self.samples)},
+            validation={"final_train_loss": float(self.history[-1]["loss"])} if self.history else None,
+            validation_dataset="training samples (no validation split)",
+        )
         logger.info("saved the fine-tuned reader to %s", folder)
         return folder

@@ -59,6 +59,7 @@ from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
 from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead
 from llama_index_lvlm_retriever.kb.encoding import describe_encoder
+from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
 from llama_index_lvlm_retriever.training._identity import sha256_json
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
@@ -337,9 +338,28 @@ class RetrieverFinetuneEngine:
             "versions": package_versions(),
         }
         atomic_write(out / TRAINER_CONFIG_FILE, json_bytes(record))
+        self._write_cards(out, model)
         atomic_write(out / HISTORY_FILE, json_bytes(self._history))
         logger.info("saved fine-tuned heads and training record to %s", out)
         return out
+
+    def _write_cards(self, out: Path, model: LVLMAwareRetriever) -> None:
+        """A model card (README.md with the Hugging Face header) next to each trained head."""
+        encoder = getattr(model.knowledge_base.embed_model, "model_name", None)
+        validation = None
+        if self._decision is not None:
+            validation = {"delta_val_loglik": self._decision.delta_loglik,
+                          "delta_val_loglik_lower_bound": self._decision.loglik_lower_bound}
+            if self._decision.delta_accuracy is not None:
+                validation["delta_val_accuracy"] = self._decision.delta_accuracy
+        task = self._reader.task if self._reader is not None else None
+        for name in self._trained:
+            write_model_card(
+                out / _HEAD_DIRS[name], kind="query-head", base_model=encoder, task=task,
+                training={**self._config.model_dump(mode="json"), "head": name, "gamma": self._gammas.get(name)},
+                validation=validation, validation_dataset="validation cases (paired vs the initial heads)",
+                notes=self._decision.message if self._decision is not None else "",
+            )
 
     # ------------------------------------------------------------------ rounds and adoption
     def _next_round(self, round_: int) -> None:
