@@ -25,12 +25,11 @@ from llama_index_lvlm_retriever.data.images import (
     image_content_hash,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.kb import checks
+from llama_index_lvlm_retriever.kb import checks, persistence
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb import storage as store
 from llama_index_lvlm_retriever.kb.backends import (
-    BACKENDS,
     BackendConfig,
     FaissBackendConfig,
     FaissIndex,
@@ -39,7 +38,6 @@ from llama_index_lvlm_retriever.kb.backends import (
 from llama_index_lvlm_retriever.kb.types import (
     MODALITIES,
     BackendIdentity,
-    EncoderMismatchError,
     IndexConfig,
     Modality,
     SearchHit,
@@ -661,29 +659,17 @@ class KnowledgeBase:
         """
         if not self._items:
             raise ValueError("knowledge base is empty; nothing to persist")
-        persist_dir = Path(persist_dir)
-        is_faiss = isinstance(self._backend, FaissBackendConfig)
-        manifest = store.make_manifest(
+        persistence.persist_knowledge_base(
+            Path(persist_dir),
             encoder=self._encoder_record(),
-            dim=self.dim,
-            items=self._items,
-            index=self._config.model_dump(),
-            backend=self._backend.model_dump() if is_faiss else self._backend.for_manifest(persist_dir),
+            index_config=self._config,
+            backend=self._backend,
             kb_uid=self._kb_uid,
+            items=self._items,
+            vectors=self._vectors,
+            hashes=self._hashes,
+            indexes=self._indexes,
         )
-        data = {
-            "manifest": manifest,
-            "items": self._items,
-            "image_vectors": self._vectors["image"],
-            "text_vectors": self._vectors["text"],
-            "image_hashes": self._hashes,
-        }
-        if is_faiss:
-            store.write_knowledge_base(persist_dir, **data, write_indexes={name: self._indexes[name].write for name in MODALITIES})
-        else:
-            local = self._backend.uri if self._backend.name == "milvus" else self._backend.path
-            local_store = Path(local) if local is not None and self._backend.is_local else None
-            store.write_knowledge_base_in_place(persist_dir, **data, local_store=local_store)
         logger.info(
             "persisted knowledge base (%d pairs, %d-d, %s, %s) to %s",
             len(self), self.dim, self._config.kind, self._backend.describe(), persist_dir,
@@ -739,68 +725,17 @@ class KnowledgeBase:
         Example:
             >>> kb = KnowledgeBase.from_persist_dir("kb/roco-clip", embed)  # doctest: +SKIP
         """
-        persist_dir = Path(persist_dir)
-        manifest = store.read_manifest(persist_dir)
-        backend = _backend_from(manifest.get("backend") or {"name": "faiss"}, persist_dir, backend)
-        store.require_files(persist_dir, manifest)
-        encoder = dict(manifest.get("encoder") or {})
-        reason = enc.encoder_mismatch(encoder, embed_model)
-        if reason is not None:
-            given = enc.describe_encoder(embed_model, with_probe=False)
-            raise EncoderMismatchError(
-                f"knowledge base {persist_dir} was built with {enc.encoder_label(encoder)}, but the "
-                f"given embed model is {enc.encoder_label(given)} ({reason}). Load it with the encoder "
-                "that built it, or rebuild the knowledge base with this one."
-            )
-        config = _index_config_from(manifest.get("index") or {}, persist_dir)
-        items, image, text, hashes = store.read_knowledge_base(persist_dir, manifest)
-        kb_uid = manifest.get("kb_uid") or uuid.uuid4().hex
-        if isinstance(backend, FaissBackendConfig):
-            indexes: dict[str, VectorBackend] = {
-                name: FaissIndex.read(persist_dir / store.INDEX_FILES[name], config, items, hashes) for name in MODALITIES
-            }
-        else:
-            identity = BackendIdentity(
-                kb_uid=kb_uid, dim=int(manifest.get("dim") or 0), encoder=enc.encoder_digest(encoder),
-                encoder_label=enc.encoder_label(encoder),
-            )
-            indexes = {name: backend.reopen(name, config, identity) for name in MODALITIES}
-            for name in MODALITIES:
-                stored = indexes[name].ntotal
-                if stored != len(items):
-                    raise ValueError(
-                        f"{backend.describe()}: the {name} collection holds {stored} rows but {persist_dir} lists "
-                        f"{len(items)} items; it was changed (add/delete/upsert) without persisting this folder "
-                        "afterwards, or by another process. Persist from the process that changed it, or rebuild."
-                    )
+        loaded = persistence.load_knowledge_base(Path(persist_dir), embed_model, backend)
         kb = cls.__new__(cls)
-        kb._setup(embed_model, config, encoder, items, image, text, list(hashes), indexes=indexes, backend=backend, kb_uid=kb_uid)
-        logger.info("loaded knowledge base (%d pairs, %d-d, %s, %s) from %s", len(kb), kb.dim, config.kind, backend.describe(), persist_dir)
-        return kb
-
-
-def _backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendConfig | None) -> BackendConfig:
-    name = str(recorded.get("name", "faiss"))
-    if name not in BACKENDS:
-        raise ValueError(
-            f"{persist_dir}: the manifest names vector backend {name!r}, which this version does not know "
-            f"(known: {sorted(BACKENDS)}); upgrade the package or rebuild the knowledge base"
+        kb._setup(
+            embed_model, loaded.index_config, loaded.encoder, loaded.items, loaded.image, loaded.text,
+            loaded.hashes, indexes=loaded.indexes, backend=loaded.backend, kb_uid=loaded.kb_uid,
         )
-    if override is not None:
-        if override.name != name:
-            raise ValueError(
-                f"{persist_dir} was built on the {name!r} backend; backend= must be a {name} config too, got {override.name!r}"
-            )
-        return override
-    config = BACKENDS[name](**recorded)
-    return config if isinstance(config, FaissBackendConfig) else config.resolved(persist_dir)
-
-
-def _index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConfig:
-    unknown = sorted(set(recorded) - set(IndexConfig.model_fields))
-    if unknown:
-        logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
-    return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+        logger.info(
+            "loaded knowledge base (%d pairs, %d-d, %s, %s) from %s",
+            len(kb), kb.dim, loaded.index_config.kind, loaded.backend.describe(), persist_dir,
+        )
+        return kb
 
 
 __all__ = ["KnowledgeBase"]

@@ -31,7 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, field_validator
-from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+)
 
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import filters as kb_filters
@@ -134,6 +139,11 @@ class MilvusBackendConfig(BaseModel):
         client = _CLIENTS.pop((uri, self.db_name), None)
         if client is not None:
             client.close()
+        if self.is_local and not any(key[0] == uri for key in _CLIENTS):
+            # Milvus Lite serves the .db from a thread that outlives the client; stop it to unlock the file.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(uri)
 
     def open(self, modality: str, index_config: IndexConfig, identity: BackendIdentity) -> MilvusIndex:
         """The backend for one modality; its collection is created by the first :meth:`MilvusIndex.add`."""

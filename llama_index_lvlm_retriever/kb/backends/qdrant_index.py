@@ -28,8 +28,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+)
 
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import filters as kb_filters
