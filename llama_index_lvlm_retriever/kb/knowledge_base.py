@@ -617,6 +617,15 @@ class KnowledgeBase:
         """
         self._backend.close()
 
+    def check_filters(self, filters: MetadataFilters | Sequence[MetadataFilters | None] | None) -> None:
+        """Raise as :meth:`search` would for a filter on an unknown field, operator or value kind.
+
+        Example:
+            >>> kb.check_filters(MetadataFilters(filters=[MetadataFilter(key="modality", value="CT")]))  # doctest: +SKIP
+        """
+        per_query = [filters] if filters is None or isinstance(filters, MetadataFilters) else list(filters)
+        self._check_filters(per_query)
+
     def _check_filters(self, per_query: Sequence[MetadataFilters | None]) -> None:
         seen: set[str] = set()
         for f in per_query:
