@@ -20,6 +20,7 @@ Wrapping it would need two stores, node (de)serialisation per hit and raw client
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import uuid
@@ -154,6 +155,8 @@ class QdrantBackendConfig(BaseModel):
                         f"cannot reach Qdrant at {self.url!r} ({err}). Start the server, fix the URL "
                         f"(http://host:6333), or set the API key in ${self.api_key_env}."
                     ) from err
+            if not _CLIENTS:
+                atexit.register(_close_all)  # close before interpreter teardown, where QdrantClient.__del__ fails
             _CLIENTS[key] = client
         return _CLIENTS[key]
 
@@ -171,6 +174,12 @@ class QdrantBackendConfig(BaseModel):
     def reopen(self, modality: str, index_config: IndexConfig, identity: BackendIdentity) -> QdrantIndex:
         """Attach to an existing collection and check that it is this knowledge base's."""
         return QdrantIndex(self, modality, index_config, identity, self.connect(), create=False)
+
+
+def _close_all() -> None:
+    for client in list(_CLIENTS.values()):
+        client.close()
+    _CLIENTS.clear()
 
 
 class QdrantIndex:
