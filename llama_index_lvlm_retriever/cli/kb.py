@@ -1,4 +1,4 @@
-"""``build-kb``, ``query`` and ``info``: the knowledge base from the command line."""
+"""``build-kb``, ``query``, ``info`` and ``kb add|delete``: the knowledge base from the command line."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from llama_index_lvlm_retriever.cli._common import (
 from llama_index_lvlm_retriever.cli._loading import (
     BUILD_CONFIG_FILE,
     heads_dir_paths,
+    load_encoder,
     recorded_dtype,
 )
 
@@ -35,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         "build-kb",
         help="embed image-text pairs and persist a knowledge base",
         description="Embed every image and caption once (batched) and write a KB directory "
-        "(vectors, faiss indexes, items, manifest). The write is atomic.",
+        "(vectors, faiss indexes, items, manifest). The write is atomic. With --backend milvus or qdrant the "
+        "vectors are also stored in that database (embedded Milvus Lite / Qdrant local mode inside the KB "
+        "directory by default, or a server), and the directory records how to reach it.",
         formatter_class=fmt,
     )
     src = build.add_argument_group("input")
@@ -52,7 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     model.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype")
     model.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass")
     index = build.add_argument_group("index")
-    index.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="faiss index kind (ivf/hnsw for large KBs)")
+    index.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="index kind: flat (exact), ivf or hnsw (approximate, for large KBs); Qdrant has no ivf")
+    store = build.add_argument_group("vector backend")
+    store.add_argument("--backend", default="faiss", choices=["faiss", "milvus", "qdrant"], help="where the vectors are searched: faiss in process, a Milvus or a Qdrant collection pair")
+    store.add_argument("--uri", default=None, help="milvus: a path ending in .db (Milvus Lite, embedded) or http://host:19530 (server; token from $MILVUS_TOKEN); default OUT/kb.db")
+    store.add_argument("--path", default=None, help="qdrant: local-mode folder (embedded); default OUT/qdrant unless --url")
+    store.add_argument("--url", default=None, help="qdrant: server or cluster URL, e.g. http://host:6333 (API key from $QDRANT_API_KEY)")
+    store.add_argument("--collection", default="lvlm_kb", help="milvus/qdrant: collection name prefix (<name>_image, <name>_text)")
     build.add_argument("--out", required=True, help="KB directory to write")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_option(build)
@@ -91,7 +100,35 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_config_option(info)
     info.set_defaults(handler=_info)
-    return {"build-kb": build, "query": query, "info": info}
+
+    kb = subparsers.add_parser(
+        "kb",
+        help="change a persisted KB: add, upsert or delete pairs",
+        description="Live updates of a KB directory on any backend. Only the new pairs are embedded (with the "
+        "KB's own encoder), so trained heads stay valid; the directory is rewritten atomically afterwards.",
+        formatter_class=fmt,
+    )
+    actions = kb.add_subparsers(dest="kb_command", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="embed and add pairs (--upsert: replace pairs whose id exists)", formatter_class=fmt)
+    add.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    add.add_argument("--items", required=True, help="pairs to add: JSONL, CSV (with --image-dir) or MedMNIST .npz (with --image-dir)")
+    add.add_argument("--image-dir", default=None, help="CSV: folder the image column is relative to; .npz: folder to write PNGs into")
+    add.add_argument("--image-column", default="image", help="CSV column with the image file name")
+    add.add_argument("--text-column", default="text", help="CSV column with the caption")
+    add.add_argument("--label-column", default=None, help="CSV column with the label (optional)")
+    add.add_argument("--split", default="train", help=".npz split to load (train/val/test)")
+    add.add_argument("--upsert", action="store_true", help="replace pairs whose id is already in the KB (in place) instead of failing")
+    add.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images (not with --upsert)")
+    add.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass")
+    add.add_argument("--device", default="cpu", help="torch device")
+    add.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add.set_defaults(handler=_kb_add)
+    delete = actions.add_parser("delete", help="delete pairs by id", formatter_class=fmt)
+    delete.add_argument("--kb", required=True, help="KB directory written by build-kb")
+    delete.add_argument("--ids", required=True, nargs="+", help="ids of the pairs to delete")
+    delete.add_argument("--device", default="cpu", help="torch device of the encoder (loaded to check the KB)")
+    delete.set_defaults(handler=_kb_delete)
+    return {"build-kb": build, "query": query, "info": info, "kb": kb}
 
 
 def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_column: str, label_column: str | None, split: str) -> list[Any]:
@@ -120,19 +157,92 @@ def _build_kb(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    backend = backend_config(args)
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
     # A local model folder is recorded as an absolute path, so `query` finds it from any directory.
     model_dir = Path(args.embed_model).expanduser()
     model_name = str(model_dir.resolve()) if model_dir.is_dir() else args.embed_model
     embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=args.dtype, embed_batch_size=args.batch_size)
-    kb = KnowledgeBase.build(items, embed_model, index_config=IndexConfig(kind=args.index), batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
+    kb = KnowledgeBase.build(items, embed_model, index_config=IndexConfig(kind=args.index), batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad, backend=backend)
     kb.persist(args.out)
+    kb.close()
     write_json_atomic(Path(args.out) / BUILD_CONFIG_FILE, {**resolved_config(args), "embed_model": model_name})
-    print(f"built {len(kb)} items ({kb.dim}-d, {args.index}) -> {args.out}")
+    print(f"built {len(kb)} items ({kb.dim}-d, {args.index}, {backend.describe()}) -> {args.out}")
     for item_id, reason in kb.skipped:
         print(f"skipped {item_id}: {reason}")
     if kb.skipped:
         print(f"skipped {len(kb.skipped)} of {len(items)} items with unreadable images")
+    return 0
+
+
+def backend_config(args: argparse.Namespace) -> Any:
+    """The vector-backend settings named by ``--backend`` and its connection options."""
+    from llama_index_lvlm_retriever.kb.backends import (
+        FaissBackendConfig,
+        MilvusBackendConfig,
+        QdrantBackendConfig,
+    )
+
+    given = {option: getattr(args, option) for option in ("uri", "path", "url") if getattr(args, option) is not None}
+    allowed = {"faiss": set(), "milvus": {"uri"}, "qdrant": {"path", "url"}}[args.backend]
+    wrong = sorted(set(given) - allowed)
+    if wrong:
+        raise CLIError(f"--{wrong[0]} does not apply to --backend {args.backend}; it takes {sorted('--' + o for o in allowed) or 'no connection option'}")
+    if args.backend == "milvus":
+        return MilvusBackendConfig(uri=args.uri or str(Path(args.out) / "kb.db"), collection=args.collection)
+    if args.backend == "qdrant":
+        if args.url is not None and args.path is not None:
+            raise CLIError("pass one of --path (Qdrant local mode) and --url (server), not both")
+        if args.url is not None:
+            return QdrantBackendConfig(url=args.url, collection=args.collection)
+        return QdrantBackendConfig(path=args.path or str(Path(args.out) / "qdrant"), collection=args.collection)
+    return FaissBackendConfig()
+
+
+def _open_for_update(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """The KB of ``--kb`` with its own encoder, and its build_config.json (re-written after a faiss persist)."""
+    from llama_index_lvlm_retriever.kb import KnowledgeBase
+
+    build_config_path = Path(args.kb) / BUILD_CONFIG_FILE
+    build_config = json.loads(build_config_path.read_text(encoding="utf-8")) if build_config_path.is_file() else None
+    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, device=args.device))
+    return kb, build_config
+
+
+def _save_update(kb: Any, args: argparse.Namespace, build_config: dict[str, Any] | None) -> None:
+    kb.persist(args.kb)  # faiss: a new folder swapped in atomically; databases: new files, then the manifest
+    kb.close()
+    if build_config is not None and not (Path(args.kb) / BUILD_CONFIG_FILE).is_file():
+        write_json_atomic(Path(args.kb) / BUILD_CONFIG_FILE, build_config)
+
+
+def _kb_add(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.upsert and args.skip_bad:
+        raise CLIError("--skip-bad does not apply with --upsert (a replaced pair must be readable); drop one")
+    items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
+    kb, build_config = _open_for_update(args)
+    if args.upsert:
+        written = kb.upsert(items, batch_size=args.batch_size, show_progress=not args.no_progress)
+    else:
+        written = kb.add(items, batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
+    _save_update(kb, args, build_config)
+    print(f"{'upserted' if args.upsert else 'added'} {len(written)} items ({len(kb)} total, {kb.backend.describe()}) -> {args.kb}")
+    for item_id, reason in kb.skipped:
+        print(f"skipped {item_id}: {reason}")
+    return 0
+
+
+def _kb_delete(args: argparse.Namespace) -> int:
+    kb, build_config = _open_for_update(args)
+    try:
+        deleted = kb.delete(args.ids)
+    except KeyError as err:
+        kb.close()
+        raise CLIError(f"{err.args[0]}; nothing was deleted") from err
+    _save_update(kb, args, build_config)
+    print(f"deleted {len(deleted)} items ({len(kb)} left, {kb.backend.describe()}) -> {args.kb}")
     return 0
 
 
@@ -229,7 +339,14 @@ def _info(args: argparse.Namespace) -> int:
         f"encoder: {encoder.get('class_name')} {encoder.get('model_name')} "
         f"(dtype {recorded_dtype(args.kb, manifest)}, fingerprint {encoder.get('fingerprint')})",
         f"index: {(manifest.get('index') or {}).get('kind')}",
+        f"backend: {_backend_line(manifest.get('backend') or {'name': 'faiss'})}",
     ]
     lines += [f"source {name}: {n}" for name, n in sorted((counts.get("sources") or {}).items())]
     print("\n".join(lines))
     return 0
+
+
+def _backend_line(record: dict[str, Any]) -> str:
+    location = record.get("uri") or record.get("url") or record.get("path")
+    collection = f", collections {record['collection']}_image/_text" if record.get("collection") else ""
+    return f"{record.get('name')}" + (f" at {location}{collection}" if location else "")

@@ -7,8 +7,10 @@ Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -294,3 +296,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     if na < 1e-12 or nb < 1e-12:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
+
+
+def encoder_digest(info: dict[str, Any]) -> str:
+    """A short stable id of an encoder record: its weights fingerprint, else a hash of its probe.
+
+    Database backends store it in their collections, so a collection rebuilt with another encoder
+    is refused on reopen (the probe of one record always hashes the same; comparing two encoders'
+    probes by cosine is :func:`encoder_mismatch`'s job).
+    """
+    if info.get("fingerprint"):
+        return f"fp:{info['fingerprint']}"
+    probe = json.dumps(info.get("probe") or {}, sort_keys=True)
+    return "probe:" + hashlib.sha256(probe.encode("utf-8")).hexdigest()[:16]

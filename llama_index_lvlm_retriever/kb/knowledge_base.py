@@ -3,31 +3,41 @@
 Both indexes hold L2-normalised embeddings from one dual encoder (any LlamaIndex
 ``MultiModalEmbedding``) and are searched by inner product, so every score is a cosine. Search
 can exclude items by id and by exact image content, which keeps a query image (or a re-encoded
-copy of it) from retrieving itself.
+copy of it) from retrieving itself, and takes LlamaIndex ``MetadataFilters`` pushed down into the
+vector backend (faiss in process by default; Milvus or Qdrant, see ``kb/backends/``). Pairs can be
+added, deleted and upserted after the build; only new pairs are embedded.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from llama_index.core.embeddings import MultiModalEmbedding
+from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index_lvlm_retriever.data.images import (
     ImageInput,
     image_content_hash,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.kb import checks
+from llama_index_lvlm_retriever.kb import checks, persistence
 from llama_index_lvlm_retriever.kb import encoding as enc
+from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb import storage as store
-from llama_index_lvlm_retriever.kb.backends import FaissIndex
+from llama_index_lvlm_retriever.kb.backends import (
+    BackendConfig,
+    FaissBackendConfig,
+    FaissIndex,
+    VectorBackend,
+)
 from llama_index_lvlm_retriever.kb.types import (
     MODALITIES,
-    EncoderMismatchError,
+    BackendIdentity,
     IndexConfig,
     Modality,
     SearchHit,
@@ -53,10 +63,15 @@ class KnowledgeBase:
             when omitted.
         index_config: Index kind and parameters (default: exact flat index).
         encoder_info: Encoder record to persist (default: derived from ``embed_model``).
+        backend: Where the vectors are searched: ``FaissBackendConfig()`` (default, in process),
+            ``MilvusBackendConfig(uri=...)`` or ``QdrantBackendConfig(path=... | url=...)``; recorded
+            in the manifest so :meth:`from_persist_dir` reopens the same store.
 
     Raises:
         TypeError: ``embed_model`` is not a ``MultiModalEmbedding``.
         ValueError: Vectors are missing or of the wrong shape, or ids repeat.
+        FileExistsError: The database backend's collections already exist.
+        ConnectionError: The database server cannot be reached.
 
     Example:
         >>> from llama_index_lvlm_retriever.data.loaders import load_kb_jsonl
@@ -69,6 +84,14 @@ class KnowledgeBase:
         ...                  exclude_hashes=[[kb.content_hash_of("query.png")]])
         >>> [(h.item.id, round(h.score, 3)) for h in hits[0]]  # doctest: +SKIP
         [('roco-118', 0.912), ('roco-7', 0.887)]
+
+        The same on Milvus Lite, with a filter keeping the query patient's own studies out:
+
+        >>> from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+        >>> from llama_index_lvlm_retriever.kb.backends import MilvusBackendConfig
+        >>> kb = KnowledgeBase.build(items, embed, backend=MilvusBackendConfig(uri="kb_dir/kb.db"))  # doctest: +SKIP
+        >>> other_patients = MetadataFilters(filters=[MetadataFilter(key="patient_id", operator="!=", value="p7")])
+        >>> hits = kb.search(query, "image", k=2, filters=other_patients)  # doctest: +SKIP
     """
 
     def __init__(
@@ -80,6 +103,7 @@ class KnowledgeBase:
         image_hashes: Sequence[str] | None = None,
         index_config: IndexConfig | None = None,
         encoder_info: dict[str, Any] | None = None,
+        backend: BackendConfig | None = None,
     ) -> None:
         items = list(items)
         if items and (image_vectors is None or text_vectors is None):
@@ -97,6 +121,7 @@ class KnowledgeBase:
             None if image_vectors is None else enc.unit_rows(checks.as_vectors("image_vectors", image_vectors, len(items))),
             None if text_vectors is None else enc.unit_rows(checks.as_vectors("text_vectors", text_vectors, len(items))),
             list(image_hashes),
+            backend=backend or FaissBackendConfig(),
         )
 
     def _setup(
@@ -108,7 +133,10 @@ class KnowledgeBase:
         image_vectors: np.ndarray | None,
         text_vectors: np.ndarray | None,
         image_hashes: list[str],
-        indexes: dict[str, FaissIndex] | None = None,
+        indexes: dict[str, VectorBackend] | None = None,
+        *,
+        backend: BackendConfig,
+        kb_uid: str | None = None,
     ) -> None:
         if not isinstance(embed_model, MultiModalEmbedding):
             raise TypeError(
@@ -121,24 +149,71 @@ class KnowledgeBase:
             "image": checks.as_vectors("image_vectors", image_vectors, n),
             "text": checks.as_vectors("text_vectors", text_vectors, n),
         }
-        if indexes is None:
-            indexes = {name: FaissIndex(config) for name in MODALITIES}
-            for name in MODALITIES:
-                indexes[name].add(vectors[name])
-        checks.check_state(vectors, image_hashes, indexes, n)
         self._embed_model = embed_model
         self._config = config
         self._encoder_info = encoder_info
+        self._backend = backend
+        self._kb_uid = kb_uid or uuid.uuid4().hex
+        self._dim: int | None = vectors["image"].shape[1] or None
+        if indexes is None:
+            indexes = {name: self._new_index(name) for name in MODALITIES}
+            self._indexes = indexes
+            self._store(lambda name: indexes[name].add(vectors[name], items, image_hashes), items, created=True)
+        checks.check_state(vectors, image_hashes, indexes, n)
         self._items = items
         self._vectors = vectors
         self._hashes = image_hashes
         self._indexes = indexes
-        self._dim: int | None = vectors["image"].shape[1] or None
-        self._positions = {item.id: i for i, item in enumerate(items)}
-        self._hash_positions: dict[str, list[int]] = {}
-        for i, h in enumerate(image_hashes):
-            self._hash_positions.setdefault(h, []).append(i)
+        self._reindex()
         self._skipped: list[tuple[str, str]] = []
+
+    def _reindex(self) -> None:
+        """Rebuild the id / hash lookups after the rows changed."""
+        self._positions = {item.id: i for i, item in enumerate(self._items)}
+        self._hash_positions: dict[str, list[int]] = {}
+        for i, h in enumerate(self._hashes):
+            self._hash_positions.setdefault(h, []).append(i)
+        self._metadata_kinds: dict[str, set[str]] | None = None  # computed on the first filtered search
+
+    def _new_index(self, modality: str, dim: int | None = None) -> VectorBackend:
+        if isinstance(self._backend, FaissBackendConfig):
+            return FaissIndex(self._config)
+        return self._backend.open(modality, self._config, self._identity(dim))
+
+    def _identity(self, dim: int | None = None) -> BackendIdentity:
+        record = self._encoder_record()
+        return BackendIdentity(
+            kb_uid=self._kb_uid,
+            dim=int(dim or self._dim or 0),
+            encoder=enc.encoder_digest(record),
+            encoder_label=enc.encoder_label(record),
+        )
+
+    def _store(self, step: Callable[[str], None], items: Sequence[KBItem], *, created: bool, undo: Callable[[str], None] | None = None) -> None:
+        """Run ``step`` on both modalities' backends; on failure undo what was written and re-raise.
+
+        ``created``: the backends were empty before, so undoing drops them (a failed build leaves no
+        collection behind); else ``undo`` (default: delete ``items`` by id) restores each backend.
+        """
+        if not items:
+            return
+        attempted: list[str] = []
+        try:
+            for name in MODALITIES:
+                attempted.append(name)
+                step(name)
+        except BaseException:
+            for name in attempted:
+                try:
+                    if created:
+                        self._indexes[name].drop()
+                    elif undo is not None:
+                        undo(name)
+                    else:
+                        self._indexes[name].delete([item.id for item in items])
+                except Exception:  # keep the original error; the second one is only logged
+                    logger.exception("could not undo a failed write to the %s index", name)
+            raise
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -151,13 +226,18 @@ class KnowledgeBase:
         batch_size: int | None = None,
         show_progress: bool = True,
         skip_bad: bool = False,
+        backend: BackendConfig | None = None,
     ) -> KnowledgeBase:
         """Embed every pair's image and text in batches and index them.
+
+        Everything is embedded before the first vector is stored, and a failed store drops the
+        database collections it created, so a failed build leaves nothing behind.
 
         Args:
             items: The pairs (e.g. from :func:`~llama_index_lvlm_retriever.data.loaders.load_kb_jsonl`).
             embed_model: Any LlamaIndex ``MultiModalEmbedding``.
             index_config: Index kind and parameters (default: exact flat index).
+            backend: Vector store settings (default: faiss in process); see the class docstring.
             batch_size: Pairs per embedding call (default: the model's ``embed_batch_size``).
             show_progress: Show a tqdm progress bar.
             skip_bad: Skip (log, and list in :attr:`skipped`) items whose image is missing,
@@ -180,7 +260,7 @@ class KnowledgeBase:
         items = list(items)
         if not items:
             raise ValueError("knowledge base is empty: build() got no items; check the loader's input file")
-        kb = cls(embed_model, index_config=index_config)
+        kb = cls(embed_model, index_config=index_config, backend=backend)
         kb.add(items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad)
         if len(kb) == 0:
             first_id, first_reason = kb.skipped[0]
@@ -236,22 +316,145 @@ class KnowledgeBase:
                 f"{self._dim}-d; add items with the encoder that built it"
             )
         start = len(self._items)
-        for name, new in (("image", image), ("text", text)):
-            self._indexes[name].add(new)
-            self._vectors[name] = new if start == 0 else np.concatenate([self._vectors[name], new])
+        new = {"image": image, "text": text}
+        was_empty = all(self._indexes[name].dim is None for name in MODALITIES)
+        if was_empty and not isinstance(self._backend, FaissBackendConfig):
+            # A database backend records the encoder and dim in its collections when it creates them.
+            self._indexes = {name: self._new_index(name, image.shape[1]) for name in MODALITIES}
+        self._store(lambda name: self._indexes[name].add(new[name], kept, hashes), kept, created=was_empty)
         self._dim = image.shape[1]
+        for name in MODALITIES:
+            self._vectors[name] = new[name] if start == 0 else np.concatenate([self._vectors[name], new[name]])
         self._items.extend(kept)
         self._hashes.extend(hashes)
-        for offset, (item, h) in enumerate(zip(kept, hashes)):
-            self._positions[item.id] = start + offset
-            self._hash_positions.setdefault(h, []).append(start + offset)
+        self._reindex()
         logger.info("added %d pairs to the knowledge base (%d skipped, %d total)", len(kept), len(self._skipped), len(self))
         return [item.id for item in kept]
+
+    def delete(self, ids: Iterable[str]) -> list[str]:
+        """Remove pairs by id from both indexes (later rows move up, keeping their order).
+
+        Nothing changes if an error is raised (a backend that fails half-way gets the deleted rows
+        back). The frozen vectors of the other pairs are untouched, so trained heads stay valid.
+
+        Args:
+            ids: Ids of pairs in the knowledge base.
+
+        Returns:
+            The ids deleted, in knowledge-base order.
+
+        Raises:
+            KeyError: An id is not in the knowledge base (named).
+            ValueError: An id repeats.
+
+        Example:
+            >>> kb.delete(["roco-17"])  # doctest: +SKIP
+            ['roco-17']
+        """
+        if isinstance(ids, str):
+            raise ValueError(f"ids is the string {ids!r}; pass a list of ids, e.g. [{ids!r}]")
+        ids = list(ids)
+        for item_id in ids:
+            self.position(item_id)
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids repeat; pass each id once")
+        if not ids:
+            return []
+        rows = sorted(self._positions[i] for i in ids)
+        gone = [self._items[r] for r in rows]
+        gone_vectors = {name: self._vectors[name][rows] for name in MODALITIES}
+        gone_hashes = [self._hashes[r] for r in rows]
+        self._store(
+            lambda name: self._indexes[name].delete([item.id for item in gone]),
+            gone,
+            created=False,
+            undo=lambda name: self._indexes[name].upsert(gone_vectors[name], gone, gone_hashes),
+        )
+        keep = np.setdiff1d(np.arange(len(self._items)), rows)  # (n - m,)
+        self._items = [self._items[r] for r in keep]
+        self._hashes = [self._hashes[r] for r in keep]
+        for name in MODALITIES:
+            self._vectors[name] = np.ascontiguousarray(self._vectors[name][keep])
+        self._reindex()
+        logger.info("deleted %d pairs from the knowledge base (%d left)", len(gone), len(self))
+        return [item.id for item in gone]
+
+    def upsert(
+        self,
+        items: Iterable[KBItem],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+    ) -> list[str]:
+        """Add new pairs and replace existing ones (same id) in place; only these pairs are embedded.
+
+        Everything is embedded first; nothing changes if an error is raised.
+
+        Args:
+            items: Pairs; an id already in the knowledge base replaces that pair (keeping its row).
+            batch_size: Pairs per embedding call (default: the model's ``embed_batch_size``).
+            show_progress: Show a tqdm progress bar.
+
+        Returns:
+            The ids written, in input order.
+
+        Raises:
+            ValueError: An id repeats in ``items``, or the embeddings' dimension differs.
+            ImageLoadError: An image cannot be read.
+
+        Example:
+            >>> kb.upsert([KBItem(id="roco-17", image_path="17.png", text="corrected caption")])  # doctest: +SKIP
+            ['roco-17']
+        """
+        items = list(items)
+        checks.check_items(items)
+        if not items:
+            return []
+        embedded = enc.embed_items(self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=False)
+        new = {"image": embedded.image, "text": embedded.text}
+        if self._dim is not None and embedded.image.shape[1] != self._dim:
+            raise ValueError(
+                f"the embedding model returns {embedded.image.shape[1]}-d vectors but the knowledge base is "
+                f"{self._dim}-d; upsert items with the encoder that built it"
+            )
+        if not self._items:
+            self.add(items, batch_size=batch_size, show_progress=show_progress)
+            return [item.id for item in items]
+        old_rows = [self._positions[item.id] for item in items if item.id in self._positions]
+        old = [self._items[r] for r in old_rows]
+        old_vectors = {name: self._vectors[name][old_rows] for name in MODALITIES}
+        old_hashes = [self._hashes[r] for r in old_rows]
+        added = [item for item in items if item.id not in self._positions]
+
+        def undo(name: str) -> None:
+            self._indexes[name].upsert(old_vectors[name], old, old_hashes)
+            if added:
+                self._indexes[name].delete([item.id for item in added])
+
+        self._store(lambda name: self._indexes[name].upsert(new[name], items, embedded.hashes), items, created=False, undo=undo)
+        appended: list[int] = []
+        self._vectors = {name: np.array(self._vectors[name]) for name in MODALITIES}  # writable copies
+        for j, item in enumerate(items):
+            row = self._positions.get(item.id)
+            if row is None:
+                appended.append(j)
+                continue
+            self._items[row] = item
+            self._hashes[row] = embedded.hashes[j]
+            for name in MODALITIES:
+                self._vectors[name][row] = new[name][j]
+        self._items.extend(items[j] for j in appended)
+        self._hashes.extend(embedded.hashes[j] for j in appended)
+        for name in MODALITIES:
+            self._vectors[name] = np.concatenate([self._vectors[name], new[name][appended]])
+        self._reindex()
+        logger.info("upserted %d pairs (%d new, %d replaced; %d total)", len(items), len(appended), len(items) - len(appended), len(self))
+        return [item.id for item in items]
 
     # ------------------------------------------------------------------ access
     @property
     def items(self) -> list[KBItem]:
-        """The pairs in row order (a copy; the knowledge base is changed only through :meth:`add`)."""
+        """The pairs in row order (a copy; change the knowledge base with :meth:`add`, :meth:`upsert`, :meth:`delete`)."""
         return list(self._items)
 
     def __len__(self) -> int:
@@ -262,7 +465,10 @@ class KnowledgeBase:
 
     def __repr__(self) -> str:
         dim = self._dim if self._dim is not None else "?"
-        return f"KnowledgeBase(n={len(self)}, dim={dim}, index={self._config.kind!r}, encoder={type(self._embed_model).__name__})"
+        return (
+            f"KnowledgeBase(n={len(self)}, dim={dim}, index={self._config.kind!r}, backend={self._backend.name!r}, "
+            f"encoder={type(self._embed_model).__name__})"
+        )
 
     @property
     def dim(self) -> int:
@@ -280,6 +486,11 @@ class KnowledgeBase:
     def index_config(self) -> IndexConfig:
         """The index kind and parameters."""
         return self._config
+
+    @property
+    def backend(self) -> BackendConfig:
+        """The vector store settings (faiss, Milvus or Qdrant)."""
+        return self._backend
 
     @property
     def image_vectors(self) -> np.ndarray:
@@ -325,11 +536,15 @@ class KnowledgeBase:
         *,
         exclude_ids: Sequence[Collection[str] | None] | None = None,
         exclude_hashes: Sequence[Collection[str] | None] | None = None,
+        filters: MetadataFilters | Sequence[MetadataFilters | None] | None = None,
     ) -> list[list[SearchHit]]:
         """Nearest pairs of each query in the image or the text index.
 
         Excluded items are removed after over-retrieving ``k`` plus the number of excluded items
         that exist, so each list still has ``k`` hits when the knowledge base has enough.
+        ``filters`` are pushed down into the backend (faiss: a pre-filter by row set, so flat
+        search stays exact; Milvus: a boolean expression; Qdrant: a ``Filter``); their semantics
+        (fields, operators, absent values) are those of ``kb/filters.py`` on every backend.
 
         Args:
             queries: ``(n, dim)`` query embeddings (normalised here).
@@ -338,16 +553,21 @@ class KnowledgeBase:
             exclude_ids: One collection of item ids to skip per query (or ``None``).
             exclude_hashes: One collection of image content hashes to skip per query (or
                 ``None``), e.g. ``[[kb.content_hash_of(query_image)]]`` to drop the query itself.
+            filters: LlamaIndex ``MetadataFilters`` for every query, or one (or ``None``) per
+                query, on ``id``, ``content_hash``, ``label``, ``source`` or any metadata key.
 
         Returns:
             ``n`` lists of at most ``k`` hits, best first (ties: lower position first).
 
         Raises:
-            ValueError: Empty knowledge base, bad modality/k/shape, or exclusion lists whose
-                length is not ``n``.
+            ValueError: Empty knowledge base, bad modality/k/shape, exclusion or filter lists whose
+                length is not ``n``, or a filter on an unknown field / with an unsupported
+                operator or value (named).
 
         Example:
-            >>> hits = kb.search(query_vectors, "text", 2, exclude_ids=[{"case-17"}])  # doctest: +SKIP
+            >>> from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+            >>> ct_only = MetadataFilters(filters=[MetadataFilter(key="modality", value="CT")])
+            >>> hits = kb.search(query_vectors, "text", 2, exclude_ids=[{"case-17"}], filters=ct_only)  # doctest: +SKIP
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
@@ -359,8 +579,10 @@ class KnowledgeBase:
         n = queries.shape[0]
         ids = checks.per_query("exclude_ids", exclude_ids, n)
         hashes = checks.per_query("exclude_hashes", exclude_hashes, n)
+        per_query_filters = kb_filters.per_query_filters(filters, n)
         if not self._items:
             raise ValueError("knowledge base is empty; add items before searching")
+        self._check_filters(per_query_filters)
         if queries.shape[1] != self.dim:
             raise ValueError(
                 f"queries are {queries.shape[1]}-d but the knowledge base is {self.dim}-d; "
@@ -370,17 +592,50 @@ class KnowledgeBase:
             return [[] for _ in range(n)]
         excluded = [self._excluded_positions(ids[i], hashes[i]) for i in range(n)]
         fetch = min(len(self), k + max(len(e) for e in excluded))
-        scores, positions = self._indexes[modality].search(enc.unit_rows(queries), fetch)  # (n, fetch) each
+        found = self._indexes[modality].search(enc.unit_rows(queries), fetch, per_query_filters)  # n lists of (id, score)
         results: list[list[SearchHit]] = []
         for i in range(n):
-            hits = [
-                SearchHit(item=self._items[p], score=float(s), position=int(p))
-                for s, p in zip(scores[i].tolist(), positions[i].tolist())
-                if p >= 0 and p not in excluded[i]  # -1: an approximate index found fewer
-            ]
+            hits = []
+            for item_id, score in found[i]:
+                p = self._positions.get(item_id)
+                if p is None:
+                    raise ValueError(
+                        f"the {modality} index returned item {item_id!r}, which the knowledge base does not hold; "
+                        f"{self._backend.describe()} was changed by another process. Reopen the knowledge base."
+                    )
+                if p not in excluded[i]:
+                    hits.append(SearchHit(item=self._items[p], score=float(score), position=p))
             hits.sort(key=lambda h: (-h.score, h.position))
             results.append(hits[:k])
         return results
+
+    def close(self) -> None:
+        """Release the database client (Milvus Lite / Qdrant local mode unlock their files).
+
+        The knowledge base cannot search or change afterwards; reopen it with :meth:`from_persist_dir`.
+        A faiss knowledge base has nothing to release.
+        """
+        self._backend.close()
+
+    def check_filters(self, filters: MetadataFilters | Sequence[MetadataFilters | None] | None) -> None:
+        """Raise as :meth:`search` would for a filter on an unknown field, operator or value kind.
+
+        Example:
+            >>> kb.check_filters(MetadataFilters(filters=[MetadataFilter(key="modality", value="CT")]))  # doctest: +SKIP
+        """
+        per_query = [filters] if filters is None or isinstance(filters, MetadataFilters) else list(filters)
+        self._check_filters(per_query)
+
+    def _check_filters(self, per_query: Sequence[MetadataFilters | None]) -> None:
+        seen: set[str] = set()
+        for f in per_query:
+            key = kb_filters.group_key(f)
+            if f is None or key in seen:
+                continue
+            seen.add(key)
+            if self._metadata_kinds is None:
+                self._metadata_kinds = kb_filters.metadata_kinds(self._items)
+            kb_filters.check_filters(f, self._metadata_kinds)
 
     def _excluded_positions(self, ids: Collection[str], hashes: Collection[str]) -> set[int]:
         positions = {self._positions[i] for i in ids if i in self._positions}
@@ -395,7 +650,11 @@ class KnowledgeBase:
         Everything is written into a temp directory next to ``persist_dir`` and then renamed
         into place (an existing knowledge base there is replaced), so an interrupted write
         leaves the old directory or none, never half of one. No pickle: JSON, safetensors and
-        faiss's own index format.
+        faiss's own index format. With a database backend the directory is updated in place
+        (its Milvus Lite / Qdrant local store may live inside it): new data files first, then the
+        manifest that names them, atomically replaced. The manifest records the backend and its
+        connection settings (no secrets; a local store inside ``persist_dir`` as a relative
+        path, so the folder can move). Call it again after :meth:`add`/:meth:`delete`/:meth:`upsert`.
 
         Args:
             persist_dir: Target directory (new, empty, or an existing knowledge base).
@@ -409,19 +668,21 @@ class KnowledgeBase:
         """
         if not self._items:
             raise ValueError("knowledge base is empty; nothing to persist")
-        manifest = store.make_manifest(
-            encoder=self._encoder_record(), dim=self.dim, items=self._items, index=self._config.model_dump()
-        )
-        store.write_knowledge_base(
+        persistence.persist_knowledge_base(
             Path(persist_dir),
-            manifest=manifest,
+            encoder=self._encoder_record(),
+            index_config=self._config,
+            backend=self._backend,
+            kb_uid=self._kb_uid,
             items=self._items,
-            image_vectors=self._vectors["image"],
-            text_vectors=self._vectors["text"],
-            image_hashes=self._hashes,
-            write_indexes={name: self._indexes[name].write for name in MODALITIES},
+            vectors=self._vectors,
+            hashes=self._hashes,
+            indexes=self._indexes,
         )
-        logger.info("persisted knowledge base (%d pairs, %d-d, %s) to %s", len(self), self.dim, self._config.kind, persist_dir)
+        logger.info(
+            "persisted knowledge base (%d pairs, %d-d, %s, %s) to %s",
+            len(self), self.dim, self._config.kind, self._backend.describe(), persist_dir,
+        )
 
     def _encoder_record(self) -> dict[str, Any]:
         info = dict(self._encoder_info or {})
@@ -446,52 +707,44 @@ class KnowledgeBase:
         return store.read_manifest(persist_dir)
 
     @classmethod
-    def from_persist_dir(cls, persist_dir: str | Path, embed_model: MultiModalEmbedding) -> KnowledgeBase:
-        """Load a knowledge base written by :meth:`persist`.
+    def from_persist_dir(
+        cls, persist_dir: str | Path, embed_model: MultiModalEmbedding, *, backend: BackendConfig | None = None
+    ) -> KnowledgeBase:
+        """Load a knowledge base written by :meth:`persist`, on the backend it was built with.
 
         Args:
             persist_dir: The directory.
             embed_model: The encoder that built it (checked: weights fingerprint when both the
                 record and the model have one, else the embeddings of a fixed probe image and
                 text must match to cosine 0.999).
+            backend: Override the recorded connection settings (same backend name), e.g. a moved
+                server's URL or a token; default: the manifest's.
 
         Returns:
             The knowledge base, with the persisted indexes (nothing is re-embedded).
 
         Raises:
-            FileNotFoundError: No such directory, or it lacks a manifest or data file.
-            EncoderMismatchError: ``embed_model`` is not the encoder that built the knowledge base.
-            ValueError: The files are inconsistent with each other.
+            FileNotFoundError: No such directory, it lacks a manifest or data file, or the
+                database collections are gone.
+            EncoderMismatchError: ``embed_model`` is not the encoder that built the knowledge base,
+                or the database collection was built with another encoder.
+            ConnectionError: The database server cannot be reached.
+            ValueError: The files (or the collections) are inconsistent with each other.
 
         Example:
             >>> kb = KnowledgeBase.from_persist_dir("kb/roco-clip", embed)  # doctest: +SKIP
         """
-        persist_dir = Path(persist_dir)
-        manifest = store.read_manifest(persist_dir)
-        store.require_files(persist_dir)
-        encoder = dict(manifest.get("encoder") or {})
-        reason = enc.encoder_mismatch(encoder, embed_model)
-        if reason is not None:
-            given = enc.describe_encoder(embed_model, with_probe=False)
-            raise EncoderMismatchError(
-                f"knowledge base {persist_dir} was built with {enc.encoder_label(encoder)}, but the "
-                f"given embed model is {enc.encoder_label(given)} ({reason}). Load it with the encoder "
-                "that built it, or rebuild the knowledge base with this one."
-            )
-        config = _index_config_from(manifest.get("index") or {}, persist_dir)
-        items, image, text, hashes = store.read_knowledge_base(persist_dir, manifest)
-        indexes = {name: FaissIndex.read(persist_dir / store.INDEX_FILES[name], config) for name in MODALITIES}
+        loaded = persistence.load_knowledge_base(Path(persist_dir), embed_model, backend)
         kb = cls.__new__(cls)
-        kb._setup(embed_model, config, encoder, items, image, text, list(hashes), indexes=indexes)
-        logger.info("loaded knowledge base (%d pairs, %d-d, %s) from %s", len(kb), kb.dim, config.kind, persist_dir)
+        kb._setup(
+            embed_model, loaded.index_config, loaded.encoder, loaded.items, loaded.image, loaded.text,
+            loaded.hashes, indexes=loaded.indexes, backend=loaded.backend, kb_uid=loaded.kb_uid,
+        )
+        logger.info(
+            "loaded knowledge base (%d pairs, %d-d, %s, %s) from %s",
+            len(kb), kb.dim, loaded.index_config.kind, loaded.backend.describe(), persist_dir,
+        )
         return kb
-
-
-def _index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConfig:
-    unknown = sorted(set(recorded) - set(IndexConfig.model_fields))
-    if unknown:
-        logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
-    return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
 
 
 __all__ = ["KnowledgeBase"]

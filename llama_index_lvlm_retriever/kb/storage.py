@@ -6,8 +6,15 @@ A KB directory holds::
     items.jsonl            one KBItem per line (KBItem.to_dict), row order = vector order
     vectors.safetensors    tensors "image" and "text", (n, dim) float32, L2-normalised
     image_hashes.json      content hash of every image, row order
-    image.faiss            faiss index over the image vectors
-    text.faiss             faiss index over the text vectors
+    image.faiss            faiss index over the image vectors   (faiss backend only)
+    text.faiss             faiss index over the text vectors    (faiss backend only)
+
+With the faiss backend the whole directory is written under a temp name and swapped in. With a
+database backend (Milvus, Qdrant) the vectors' searchable copy lives in the database, whose local
+store (a Milvus Lite ``.db``, a Qdrant folder) may sit inside the directory and must not be moved
+while open; there the three data files carry a generation tag (``items.<gen>.jsonl``, ...), the
+manifest names them and is replaced last, atomically, so a reader sees the old or the new
+generation, never a mix.
 
 Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API.
 """
@@ -180,15 +187,36 @@ def read_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return tensors[IMAGE_TENSOR], tensors[TEXT_TENSOR]
 
 
-def require_files(persist_dir: Path) -> None:
+def data_files(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """``{"items", "vectors", "hashes"}`` -> the file names this manifest's data is in."""
+    files = manifest.get("files") or {}
+    return {
+        "items": str(files.get("items", ITEMS_FILE)),
+        "vectors": str(files.get("vectors", VECTORS_FILE)),
+        "hashes": str(files.get("hashes", HASHES_FILE)),
+    }
+
+
+def require_files(persist_dir: Path, manifest: Mapping[str, Any] | None = None) -> None:
     """Raise naming every data file missing from a KB directory."""
-    names = (ITEMS_FILE, VECTORS_FILE, HASHES_FILE, IMAGE_INDEX_FILE, TEXT_INDEX_FILE)
+    manifest = manifest or {}
+    names = tuple(data_files(manifest).values())
+    if (manifest.get("backend") or {}).get("name", "faiss") == "faiss":
+        names += (IMAGE_INDEX_FILE, TEXT_INDEX_FILE)
     missing = [name for name in names if not (persist_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{persist_dir} is missing {missing}; the directory is incomplete, rebuild it")
 
 
-def make_manifest(*, encoder: dict[str, Any], dim: int, items: Sequence[KBItem], index: dict[str, Any]) -> dict[str, Any]:
+def make_manifest(
+    *,
+    encoder: dict[str, Any],
+    dim: int,
+    items: Sequence[KBItem],
+    index: dict[str, Any],
+    backend: dict[str, Any] | None = None,
+    kb_uid: str | None = None,
+) -> dict[str, Any]:
     """The manifest of a knowledge base: format, package version, encoder record, dim, counts, index."""
     sources: dict[str, int] = {}
     for item in items:
@@ -202,6 +230,8 @@ def make_manifest(*, encoder: dict[str, Any], dim: int, items: Sequence[KBItem],
         "count": len(items),
         "counts": {"items": len(items), "sources": sources},
         "index": index,
+        "backend": backend or {"name": "faiss"},
+        "kb_uid": kb_uid,
     }
 
 
@@ -225,13 +255,98 @@ def write_knowledge_base(
         write_json(tmp / MANIFEST_FILE, manifest)  # last: its presence marks a complete KB
 
 
+def write_knowledge_base_in_place(
+    target: Path,
+    *,
+    manifest: dict[str, Any],
+    items: Sequence[KBItem],
+    image_vectors: np.ndarray,
+    text_vectors: np.ndarray,
+    image_hashes: Sequence[str],
+    local_store: Path | None = None,
+) -> None:
+    """Write a database-backed KB directory without moving it (see the module docstring).
+
+    Args:
+        target: The KB directory (new, empty, an existing KB, or holding only ``local_store``).
+        manifest: The manifest; its ``files`` entry is set here.
+        items: The pairs, row order.
+        image_vectors: ``(n, dim)`` image vectors.
+        text_vectors: ``(n, dim)`` text vectors.
+        image_hashes: Content hashes, row order.
+        local_store: The backend's embedded store when it lies inside ``target`` (left alone).
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a directory; choose a directory path")
+    if target.is_dir() and not (target / MANIFEST_FILE).is_file():
+        foreign = [p.name for p in target.iterdir() if local_store is None or p.resolve() != Path(local_store).resolve()]
+        if foreign:
+            raise FileExistsError(
+                f"{target} is a non-empty directory that is not a knowledge base (no {MANIFEST_FILE}; holds "
+                f"{sorted(foreign)[:5]}); refusing to write into it. Choose a new or empty directory."
+            )
+    target.mkdir(parents=True, exist_ok=True)
+    generation = uuid.uuid4().hex[:8]
+    files = {
+        "items": f"items.{generation}.jsonl",
+        "vectors": f"vectors.{generation}.safetensors",
+        "hashes": f"image_hashes.{generation}.json",
+    }
+    written = [target / name for name in files.values()]
+    try:
+        write_items(target / files["items"], items)
+        write_vectors(target / files["vectors"], image_vectors, text_vectors)
+        _fsync_files_named(target, [files["vectors"]])
+        write_json(target / files["hashes"], list(image_hashes))
+        tmp_manifest = target / f".{MANIFEST_FILE}.tmp-{generation}"
+        written.append(tmp_manifest)
+        write_json(tmp_manifest, {**manifest, "files": files})
+        os.replace(tmp_manifest, target / MANIFEST_FILE)  # the commit point: old or new generation
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target)
+    stale = [
+        p for p in target.iterdir()
+        if p.is_file() and p.name not in files.values() and p.name != MANIFEST_FILE and _is_data_file(p.name)
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _is_data_file(name: str) -> bool:
+    return any(
+        name == default or (name.startswith(default.split(".")[0] + ".") and name.endswith("." + default.rsplit(".", 1)[1]))
+        for default in (ITEMS_FILE, VECTORS_FILE, HASHES_FILE, IMAGE_INDEX_FILE, TEXT_INDEX_FILE)
+    )
+
+
+def _fsync_files_named(folder: Path, names: Sequence[str]) -> None:
+    for name in names:
+        with (folder / name).open("rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable (POSIX); not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def read_knowledge_base(
     persist_dir: Path, manifest: dict[str, Any]
 ) -> tuple[list[KBItem], np.ndarray, np.ndarray, list[str]]:
     """Read ``(items, image vectors, text vectors, image hashes)`` of a KB directory and check counts."""
-    items = read_items(persist_dir / ITEMS_FILE)
-    image, text = read_vectors(persist_dir / VECTORS_FILE)
-    hashes = json.loads((persist_dir / HASHES_FILE).read_text(encoding="utf-8"))
+    files = data_files(manifest)
+    items = read_items(persist_dir / files["items"])
+    image, text = read_vectors(persist_dir / files["vectors"])
+    hashes = json.loads((persist_dir / files["hashes"]).read_text(encoding="utf-8"))
     if len(items) != manifest.get("count") or not isinstance(hashes, list):
         raise ValueError(
             f"{persist_dir}: manifest says {manifest.get('count')} items but {ITEMS_FILE} has "

@@ -54,8 +54,25 @@ class IndexConfig(BaseModel):
     ef_search: int = Field(default=64, gt=0, description="HNSW: candidate list size at search time.")
 
 
+@dataclass(frozen=True)
+class BackendIdentity:
+    """What a database backend's collections record about their knowledge base, checked on reopen.
+
+    Args:
+        kb_uid: Random id of the knowledge base, fixed at its creation (two builds never share one).
+        dim: Vector dimension.
+        encoder: Digest of the encoder record (weights fingerprint, else the probe embeddings).
+        encoder_label: Human description of the encoder, for messages.
+    """
+
+    kb_uid: str
+    dim: int
+    encoder: str
+    encoder_label: str
+
+
 class EncoderMismatchError(ValueError):
     """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
 
 
-__all__ = ["MODALITIES", "EncoderMismatchError", "IndexConfig", "Modality", "SearchHit"]
+__all__ = ["MODALITIES", "BackendIdentity", "EncoderMismatchError", "IndexConfig", "Modality", "SearchHit"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
+from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
 
@@ -42,6 +43,11 @@ class LVLMAwareRetrieverConfig(BaseModel):
         description="Drop knowledge-base items whose decoded pixels equal the query image (leakage guard).",
     )
     show_progress: bool = Field(default=False, description="Show progress bars while embedding queries.")
+    filters: MetadataFilters | None = Field(
+        default=None,
+        description="LlamaIndex MetadataFilters applied to every search (on id, content_hash, label, source or a "
+        "metadata key), pushed down into the knowledge base's vector backend; per-query filters are ANDed with it.",
+    )
 
     @model_validator(mode="after")
     def _check_some_head(self) -> LVLMAwareRetrieverConfig:

@@ -24,6 +24,7 @@ from llama_index.core.instrumentation.events.retrieval import (
     RetrievalStartEvent,
 )
 from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.vector_stores.types import FilterCondition, MetadataFilters
 
 from llama_index_lvlm_retriever.data.images import ImageInput
 from llama_index_lvlm_retriever.heads import QueryHead, check_head_fits, load_head
@@ -88,6 +89,10 @@ class LVLMAwareRetriever(BaseRetriever):
         exclude_self: Drop pairs whose decoded image equals the query image (needs the query image
             to be decodable by :func:`~llama_index_lvlm_retriever.data.images.load_image`).
         show_progress: Show progress bars while embedding query batches.
+        filters: LlamaIndex ``MetadataFilters`` applied to every search (e.g. ``modality == "CT"``),
+            pushed down into the knowledge base's backend; checked against its fields now.
+            :meth:`retrieve_batch` and :meth:`search_heads` also take per-query filters (e.g.
+            ``patient_id != <the query's patient>``), ANDed with these.
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbose flag.
 
@@ -130,6 +135,7 @@ class LVLMAwareRetriever(BaseRetriever):
         head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
         exclude_self: bool = False,
         show_progress: bool = False,
+        filters: MetadataFilters | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -140,7 +146,10 @@ class LVLMAwareRetriever(BaseRetriever):
             head_fusion=head_fusion,
             exclude_self=exclude_self,
             show_progress=show_progress,
+            filters=filters,
         )
+        if filters is not None and len(knowledge_base):
+            knowledge_base.check_filters(filters)
         self._kb = knowledge_base
         self._image_head = check_head_fits("image_head", image_head, knowledge_base.dim, knowledge_base)
         self._text_head = check_head_fits("text_head", text_head, knowledge_base.dim, knowledge_base)
@@ -254,6 +263,7 @@ class LVLMAwareRetriever(BaseRetriever):
         exclude_ids: Sequence[Collection[str]] | None = None,
         exclude_hashes: Sequence[Collection[str]] | None = None,
         images: Sequence[ImageInput] | None = None,
+        filters: MetadataFilters | Sequence[MetadataFilters | None] | None = None,
     ) -> dict[str, list[list[SearchHit]]]:
         """Run both heads on precomputed frozen query embeddings and search their indexes.
 
@@ -267,6 +277,8 @@ class LVLMAwareRetriever(BaseRetriever):
             exclude_hashes: One collection of image content hashes to skip per query.
             images: The query images, one per embedding; needed only by an image-input head
                 (``needs_image = True``).
+            filters: ``MetadataFilters`` for all queries, or one (or ``None``) per query; ANDed with
+                the retriever's ``filters`` and pushed down into the knowledge base's backend.
 
         Returns:
             ``{HEAD_IMAGE: hits, HEAD_TEXT: hits}`` where ``hits[i]`` lists query ``i``'s hits, best
@@ -285,6 +297,7 @@ class LVLMAwareRetriever(BaseRetriever):
         n = queries.shape[0]
         exclude_ids = per_query("exclude_ids", exclude_ids, n)
         exclude_hashes = per_query("exclude_hashes", exclude_hashes, n)
+        query_filters = self._query_filters(filters, n)
         results: dict[str, list[list[SearchHit]]] = {}
         for name, head, k in (
             (HEAD_IMAGE, self._image_head, settings.k_image),
@@ -295,9 +308,25 @@ class LVLMAwareRetriever(BaseRetriever):
                 continue
             vectors = self._apply_head(name, head, queries, images)  # (n, kb dim)
             results[name] = self._kb.search(
-                vectors, name, k, exclude_ids=exclude_ids, exclude_hashes=exclude_hashes
+                vectors, name, k, exclude_ids=exclude_ids, exclude_hashes=exclude_hashes, filters=query_filters
             )
         return results
+
+    def _query_filters(
+        self, filters: MetadataFilters | Sequence[MetadataFilters | None] | None, n: int
+    ) -> list[MetadataFilters | None] | None:
+        """Per-query filters, each ANDed with the retriever's own (``None`` when there are none)."""
+        base = self._config.filters
+        if filters is None:
+            return None if base is None else [base] * n
+        if isinstance(filters, MetadataFilters):
+            filters = [filters] * n
+        filters = list(filters)
+        if len(filters) != n:
+            raise ValueError(f"filters has {len(filters)} entries for {n} queries; pass one MetadataFilters (or None) per query")
+        if base is None:
+            return filters
+        return [base if f is None else MetadataFilters(filters=[base, f], condition=FilterCondition.AND) for f in filters]
 
     @dispatcher.span
     def retrieve_batch(
@@ -309,6 +338,7 @@ class LVLMAwareRetriever(BaseRetriever):
         k_text: int | None = None,
         exclude_ids: Sequence[Collection[str]] | None = None,
         exclude_self: bool | None = None,
+        filters: MetadataFilters | Sequence[MetadataFilters | None] | None = None,
     ) -> list[list[NodeWithScore]]:
         """Retrieve for many query images at once (one embedding batch, one search per head).
 
@@ -324,6 +354,8 @@ class LVLMAwareRetriever(BaseRetriever):
             k_text: Override the text head's k for this call.
             exclude_ids: One collection of KB ids to skip per query (e.g. the case's own pair).
             exclude_self: Override ``exclude_self`` for this call.
+            filters: ``MetadataFilters`` for all queries, or one (or ``None``) per query, ANDed with
+                the retriever's ``filters`` (e.g. each case's ``patient_id != <its patient>``).
 
         Returns:
             One node list per image, best first.
@@ -348,7 +380,8 @@ class LVLMAwareRetriever(BaseRetriever):
         for bundle in bundles:
             dispatcher.event(RetrievalStartEvent(str_or_query_bundle=bundle))
         results = self._retrieve_batch(
-            images, questions, k_image=k_image, k_text=k_text, exclude_ids=exclude_ids, exclude_self=exclude_self
+            images, questions, k_image=k_image, k_text=k_text, exclude_ids=exclude_ids, exclude_self=exclude_self,
+            filters=filters,
         )
         for bundle, nodes in zip(bundles, results):
             dispatcher.event(RetrievalEndEvent(str_or_query_bundle=bundle, nodes=nodes))
@@ -372,6 +405,7 @@ class LVLMAwareRetriever(BaseRetriever):
         k_text: int | None = None,
         exclude_ids: Sequence[Collection[str]] | None = None,
         exclude_self: bool | None = None,
+        filters: MetadataFilters | Sequence[MetadataFilters | None] | None = None,
     ) -> list[list[NodeWithScore]]:
         settings = self._settings(k_image=k_image, k_text=k_text, exclude_self=exclude_self)
         n = len(images)
@@ -380,14 +414,14 @@ class LVLMAwareRetriever(BaseRetriever):
         embeddings = self.embed_queries(images, questions)  # (n, dim)
         hits = self.search_heads(
             embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes,
-            images=images,
+            images=images, filters=filters,
         )
         return [merge_hits({name: hits[name][i] for name in HEADS}, settings.head_fusion) for i in range(n)]
 
     def _settings(self, **overrides: Any) -> LVLMAwareRetrieverConfig:
-        values = self._config.model_dump()
+        values = self._config.model_dump(exclude={"filters"})
         values.update({key: value for key, value in overrides.items() if value is not None})
-        return LVLMAwareRetrieverConfig(**values)
+        return LVLMAwareRetrieverConfig(**values, filters=self._config.filters)
 
     def _query_dim(self) -> int:
         head = self._image_head or self._text_head

@@ -289,3 +289,70 @@ def test_query_heads_folder_errors(
     ])
     assert code == 2
     assert "drop --image-head/--text-head" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- vector backends, live updates
+def _build(kb_jsonl: Path, clip_dir: Path, out: Path, *extra: str) -> int:
+    return main(["build-kb", "--items", str(kb_jsonl), "--embed-model", str(clip_dir), "--out", str(out), "--batch-size", "4", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant", "faiss"])
+def test_build_on_a_backend_then_query_add_delete(
+    backend: str, kb_jsonl: Path, clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pymilvus")
+    out = tmp_path / "kb"
+    options = {"milvus": ["--uri", str(out / "kb.db")], "qdrant": [], "faiss": []}[backend]
+    assert _build(kb_jsonl, clip_dir, out, "--backend", backend, *options) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"]["name"] == backend
+    if backend == "milvus":
+        assert manifest["backend"]["uri"] == "kb.db"  # relative: the folder can move
+    image = kb_jsonl.parent / "ihc-b.png"
+    rows = _query_json(capsys, "--kb", str(out), "--image", str(image), "--k-image", "2", "--k-text", "0")
+    assert [r["id"] for r in rows][0] == "ihc-b"
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "retina-c", "image_path": str(kb_jsonl.parent / "retina-a.png"), "text": "again"}) + "\n")
+    assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--no-progress"]) == 0
+    assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--no-progress"]) == 1  # the id exists
+    assert "already in the knowledge base" in capsys.readouterr().err
+    assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--upsert", "--no-progress"]) == 0
+    assert main(["kb", "delete", "--kb", str(out), "--ids", "ihc-b", "nope"]) == 2
+    assert "no knowledge-base item with id 'nope'" in capsys.readouterr().err
+    assert main(["kb", "delete", "--kb", str(out), "--ids", "ihc-b"]) == 0
+    rows = _query_json(capsys, "--kb", str(out), "--image", str(image), "--k-image", "5", "--k-text", "0")
+    assert "ihc-b" not in [r["id"] for r in rows] and "retina-c" in [r["id"] for r in rows]
+    assert (out / "build_config.json").is_file()  # kept across the updates' rewrites
+    capsys.readouterr()
+    assert main(["info", "--kb", str(out)]) == 0
+    assert f"backend: {backend}" in capsys.readouterr().out
+
+
+def test_backend_options_are_checked(kb_jsonl: Path, clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _build(kb_jsonl, clip_dir, tmp_path / "kb", "--backend", "faiss", "--uri", "x.db") == 2
+    assert "--uri does not apply to --backend faiss" in capsys.readouterr().err
+    assert _build(kb_jsonl, clip_dir, tmp_path / "kb", "--backend", "qdrant", "--path", "q", "--url", "http://q:6333") == 2
+    assert "pass one of --path" in capsys.readouterr().err
+
+
+def test_collect_train_evaluate_on_a_milvus_kb(tmp_path: Path) -> None:
+    """The offline recipe's steps after build-kb run unchanged on a Milvus Lite knowledge base."""
+    pytest.importorskip("pymilvus")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_offline_recipe", Path(__file__).resolve().parents[2] / "training" / "run_offline_recipe.py")
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    root = recipe.prepare_workdir(tmp_path, n_kb=12, n_train=3, n_test=3)
+    common = {"no_progress": True}
+    recipe.run_command("build-kb", {**common, "items": str(root / "data" / "kb.jsonl"), "embed_model": str(root / "models" / "clip"), "out": str(root / "kb"), "backend": "milvus", "uri": str(root / "kb" / "kb.db")}, root / "1.json")
+    steps = {
+        "collect-feedback": {"kb": str(root / "kb"), "cases": str(root / "data" / "train.jsonl"), "reader": str(root / "models" / "reader"), "task": str(root / "data" / "task.json"), "n_candidates": 4, "k": 2, "out": str(root / "feedback")},
+        "train-retriever": {"kb": str(root / "kb"), "feedback": str(root / "feedback"), "steps": 3, "batch_size": 2, "validation_fraction": 0.0, "out": str(root / "heads")},
+        "evaluate": {"kb": str(root / "kb"), "cases": str(root / "data" / "test.jsonl"), "reader": str(root / "models" / "reader"), "task": str(root / "data" / "task.json"), "system": [f"LVLM-aware={root / 'heads'}"], "bootstrap": 10, "out": str(root / "eval")},
+    }
+    for i, (command, options) in enumerate(steps.items()):
+        recipe.run_command(command, {**common, **options}, root / f"{i + 2}.json")
+    assert (root / "heads" / "image_head").is_dir()
+    assert any((root / "eval").iterdir())

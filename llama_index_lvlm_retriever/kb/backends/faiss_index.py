@@ -3,17 +3,30 @@
 The default, embedded vector backend of
 :class:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase` (one per modality): it creates
 the index when the first vectors arrive (so the dimension is known and IVF can be trained), adds
-later vectors incrementally, searches, and reads/writes the faiss file format (never pickle).
+later vectors incrementally, deletes/replaces by rebuilding from its own stored vectors (an IVF index
+keeps its trained lists), searches, and reads/writes the faiss file format (never pickle).
+
+Metadata filters are a pre-filter by row set: the filter is evaluated over the pairs' fields in
+Python and handed to faiss as an ``IDSelectorBitmap``, so the search only scores allowed rows and a
+flat index's top-k is still exact (an over-fetch-then-filter scheme could miss hits when the
+filter is selective).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.kb import filters as kb_filters
+from llama_index_lvlm_retriever.kb.backends.base import Hits
 
 if TYPE_CHECKING:
     from llama_index_lvlm_retriever.kb.types import IndexConfig
@@ -25,18 +38,55 @@ logger = logging.getLogger(__name__)
 _FAISS_MIN_POINTS_PER_CENTROID = 39
 
 
+class FaissBackendConfig(BaseModel):
+    """The faiss backend: embedded, its indexes are files of the knowledge-base folder.
+
+    Example:
+        >>> FaissBackendConfig().name
+        'faiss'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["faiss"] = "faiss"
+
+    def describe(self) -> str:
+        """Where the vectors live, for messages."""
+        return "faiss (in-process)"
+
+    def close(self) -> None:
+        """Nothing to release: the index lives in this process."""
+
+
 class FaissIndex:
-    """A faiss index whose row ``i`` is knowledge-base position ``i``.
+    """A faiss index whose row ``i`` is the ``i``-th pair added (rows stay in knowledge-base order).
 
     Args:
         config: Index kind and its parameters (an ``IndexConfig``).
         index: An existing faiss index (e.g. read from disk); ``None`` creates one lazily.
+        items: The pairs of the existing index's rows (needed with ``index``).
+        hashes: Their image content hashes.
     """
 
-    def __init__(self, config: IndexConfig, index: faiss.Index | None = None) -> None:
+    def __init__(
+        self,
+        config: IndexConfig,
+        index: faiss.Index | None = None,
+        items: Sequence[KBItem] = (),
+        hashes: Sequence[str] = (),
+    ) -> None:
         self._config = config
         self._index = index
+        self._items: list[KBItem] = list(items)
+        self._hashes: list[str] = list(hashes)
+        self._rows = {item.id: i for i, item in enumerate(self._items)}
+        self._columns: dict[str, np.ndarray] = {}
         if index is not None:
+            if index.ntotal != len(self._items):
+                raise ValueError(
+                    f"the faiss index holds {index.ntotal} vectors for {len(self._items)} items; "
+                    "the knowledge base is inconsistent, rebuild it"
+                )
             self._apply_search_params()
 
     @property
@@ -54,7 +104,7 @@ class FaissIndex:
         """The underlying faiss index (``None`` before the first vectors are added)."""
         return self._index
 
-    def add(self, vectors: np.ndarray) -> None:
+    def add(self, vectors: np.ndarray, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()) -> None:
         """Append rows ``(m, dim)``; the first call creates (and, for IVF, trains) the index."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (m, dim)
         if vectors.shape[0] == 0:
@@ -62,14 +112,63 @@ class FaissIndex:
         if self._index is None:
             self._index = self._create(vectors)
         self._index.add(vectors)
+        for item, h in zip(items, hashes):
+            self._rows[item.id] = len(self._items)
+            self._items.append(item)
+            self._hashes.append(h)
+        self._columns.clear()
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(scores, positions)``, both ``(n, k)``; missing results have position -1."""
+    def upsert(self, vectors: np.ndarray, items: Sequence[KBItem], hashes: Sequence[str]) -> None:
+        """Replace stored pairs in place (same row) and append new ones."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (m, dim)
+        old = [j for j, item in enumerate(items) if item.id in self._rows]
+        if old:
+            stored = self._stored()  # (n, dim)
+            for j in old:
+                row = self._rows[items[j].id]
+                stored[row] = vectors[j]
+                self._items[row] = items[j]
+                self._hashes[row] = hashes[j]
+            self._rebuild(stored)
+        new = [j for j, item in enumerate(items) if item.id not in self._rows]
+        if new:
+            self.add(vectors[new], [items[j] for j in new], [hashes[j] for j in new])
+        self._columns.clear()
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove rows by item id; later rows move up, keeping their order."""
+        drop = {self._rows[i] for i in ids}
+        if not drop:
+            return
+        keep = np.array([r for r in range(len(self._items)) if r not in drop], dtype=np.int64)
+        stored = self._stored()[keep]  # (n - |ids|, dim)
+        self._items = [self._items[r] for r in keep]
+        self._hashes = [self._hashes[r] for r in keep]
+        self._rows = {item.id: i for i, item in enumerate(self._items)}
+        self._rebuild(stored)
+        self._columns.clear()
+
+    def search(self, queries: np.ndarray, k: int, filters: Sequence[MetadataFilters | None] | None = None) -> Hits:
+        """Top-``k`` ``(item id, score)`` per query; a query's filter restricts the rows searched."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)  # (n, dim)
-        if self._index is None or k == 0:
-            return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
-        scores, positions = self._index.search(queries, k)  # (n, k), (n, k)
-        return scores, positions
+        n = queries.shape[0]
+        out: Hits = [[] for _ in range(n)]
+        if self._index is None or k == 0 or n == 0:
+            return out
+        groups: dict[str, list[int]] = {}
+        per_query = list(filters) if filters is not None else [None] * n
+        for i, f in enumerate(per_query):
+            groups.setdefault(kb_filters.group_key(f), []).append(i)
+        for members in groups.values():
+            f = per_query[members[0]]
+            params, keep_alive = (None, None) if f is None else self._selector(f)
+            if keep_alive is not None and not keep_alive.any():
+                continue  # nothing passes the filter
+            scores, rows = self._index.search(queries[members], min(k, self.ntotal), params=params)  # (m, k) each
+            for i, s_row, p_row in zip(members, scores.tolist(), rows.tolist()):
+                # -1: an approximate index (or a selective filter) found fewer than k
+                out[i] = [(self._items[p].id, s) for s, p in zip(s_row, p_row) if p >= 0]
+        return out
 
     def write(self, path: Path) -> None:
         """Write the index in faiss's own format."""
@@ -77,8 +176,14 @@ class FaissIndex:
             raise ValueError("cannot write an empty vector index")
         faiss.write_index(self._index, str(path))
 
+    def drop(self) -> None:
+        """Forget every vector (the index lives only in this process)."""
+        self._index = None
+        self._items, self._hashes, self._rows = [], [], {}
+        self._columns.clear()
+
     @classmethod
-    def read(cls, path: Path, config: IndexConfig) -> FaissIndex:
+    def read(cls, path: Path, config: IndexConfig, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()) -> FaissIndex:
         """Read an index written by :meth:`write` and check that it is of ``config.kind``."""
         index = faiss.read_index(str(path))
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
@@ -89,7 +194,49 @@ class FaissIndex:
             )
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(f"{path} is not an inner-product index; rebuild the knowledge base")
-        return cls(config, index)
+        return cls(config, index, items, hashes)
+
+    # ------------------------------------------------------------------ internals
+    def _column(self, key: str) -> np.ndarray:
+        if key not in self._columns:
+            column = np.empty(len(self._items), dtype=object)  # (n,)
+            column[:] = [kb_filters.field_value(item, h, key) for item, h in zip(self._items, self._hashes)]
+            self._columns[key] = column
+        return self._columns[key]
+
+    def _selector(self, f: MetadataFilters) -> tuple[faiss.SearchParameters, np.ndarray]:
+        mask = kb_filters.evaluate(f, self._column)  # (n,) bool
+        bits = np.packbits(mask, bitorder="little")  # (ceil(n / 8),) uint8: faiss reads bit i of byte i >> 3
+        selector = faiss.IDSelectorBitmap(bits.size, faiss.swig_ptr(bits))
+        if isinstance(self._index, faiss.IndexIVF):
+            params: Any = faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe)
+        elif isinstance(self._index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._index.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        params._keep_alive = (selector, bits)  # faiss holds raw pointers to both during the search
+        return params, mask
+
+    def _stored(self) -> np.ndarray:
+        """All stored vectors ``(n, dim)``, row order."""
+        index = self._index
+        if index is None:
+            return np.zeros((0, 0), np.float32)
+        if isinstance(index, faiss.IndexIVF):
+            index.make_direct_map()  # IVF rows are scattered over lists; the map finds them
+            stored = index.reconstruct_n(0, index.ntotal)
+            index.set_direct_map_type(faiss.DirectMap.NoMap)
+            return stored
+        return index.reconstruct_n(0, index.ntotal)
+
+    def _rebuild(self, vectors: np.ndarray) -> None:
+        assert self._index is not None  # only called after rows were stored
+        if isinstance(self._index, faiss.IndexHNSW):
+            self._index = self._create(vectors)  # an HNSW graph cannot drop nodes: build a new one
+        else:
+            self._index.reset()  # IVF keeps its trained coarse quantizer: the lists stay the build's
+        if vectors.shape[0]:
+            self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def _create(self, vectors: np.ndarray) -> faiss.Index:
         n, dim = vectors.shape
@@ -122,4 +269,4 @@ class FaissIndex:
             self._index.hnsw.efSearch = self._config.ef_search
 
 
-__all__ = ["FaissIndex"]
+__all__ = ["FaissBackendConfig", "FaissIndex"]
