@@ -348,7 +348,7 @@ def test_collect_train_evaluate_on_a_milvus_kb(tmp_path: Path) -> None:
     common = {"no_progress": True}
     recipe.run_command("build-kb", {**common, "items": str(root / "data" / "kb.jsonl"), "embed_model": str(root / "models" / "clip"), "out": str(root / "kb"), "backend": "milvus", "uri": str(root / "kb" / "kb.db")}, root / "1.json")
     steps = {
-        "collect-feedback": {"kb": str(root / "kb"), "cases": str(root / "data" / "train.jsonl"), "reader": str(root / "models" / "reader"), "task": str(root / "data" / "task.json"), "n_candidates": 4, "k": 2, "out": str(root / "feedback")},
+        "collect-feedback": {"kb": str(root / "kb"), "cases": str(root / "data" / "train.jsonl"), "reader": str(root / "models" / "reader"), "task": str(root / "data" / "task.json"), "n_candidates": 4, "k_image": 2, "k_text": 2, "out": str(root / "feedback")},
         "train-retriever": {"kb": str(root / "kb"), "feedback": str(root / "feedback"), "steps": 3, "batch_size": 2, "validation_fraction": 0.0, "out": str(root / "heads")},
         "evaluate": {"kb": str(root / "kb"), "cases": str(root / "data" / "test.jsonl"), "reader": str(root / "models" / "reader"), "task": str(root / "data" / "task.json"), "system": [f"LVLM-aware={root / 'heads'}"], "bootstrap": 10, "out": str(root / "eval")},
     }
