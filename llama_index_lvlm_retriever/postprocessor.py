@@ -16,6 +16,7 @@ from typing import Any, Literal
 import llama_index.core.instrumentation as instrument
 import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, ImageNode, NodeWithScore, QueryBundle
@@ -250,8 +251,21 @@ class LVLMRerank(BaseNodePostprocessor):
                 "retrieve image nodes, or set text_only='background'"
             )
         case = Case(id=_case_id(query_bundle), image_path=str(query_bundle.image_path), question=query_bundle.query_str or "")
-        scores = self._reader.score([case], [candidates])
-        result = self._finish(kept, scores.probs[0], scores.labels or tuple(self._reader.task.labels), scores.multi_label, tuple(skipped))
+        # The legacy callback event too, as the core rerankers fire it (tracing handlers listen to either).
+        with self.callback_manager.event(
+            CBEventType.RERANKING,
+            payload={
+                EventPayload.NODES: list(nodes),
+                EventPayload.MODEL_NAME: _reader_name(self._reader),
+                EventPayload.QUERY_STR: query_bundle.query_str,
+                EventPayload.TOP_K: self.top_n or len(nodes),
+            },
+        ) as event:
+            scores = self._reader.score([case], [candidates])
+            result = self._finish(
+                kept, scores.probs[0], scores.labels or tuple(self._reader.task.labels), scores.multi_label, tuple(skipped)
+            )
+            event.on_end(payload={EventPayload.NODES: result.nodes})
         dispatcher.event(ReRankEndEvent(nodes=result.nodes))
         return result
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from llama_index.core import StorageContext
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.indices.multi_modal.base import MultiModalVectorStoreIndex
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -219,6 +220,19 @@ def test_rerank_events_fire(images: dict[str, str]) -> None:
     assert len(starts) == 1 and len(ends) == 1
     assert starts[0].top_n == 1 and len(starts[0].nodes) == 3 and starts[0].model_name == "FakeReader"
     assert [n.node.node_id for n in ends[0].nodes] == ["a"]
+
+
+def test_reranking_callback_event_fires(images: dict[str, str]) -> None:
+    # The legacy callback manager sees a RERANKING event, as with the core rerankers.
+    debug = LlamaDebugHandler()
+    rerank = LVLMRerank(reader=_reader(), top_n=1, callback_manager=CallbackManager([debug]))
+    rerank.postprocess_nodes(_nodes(images), _bundle(images))
+    pairs = debug.get_event_pairs(CBEventType.RERANKING)
+    assert len(pairs) == 1
+    start, end = pairs[0]
+    assert start.payload[EventPayload.MODEL_NAME] == "FakeReader" and len(start.payload[EventPayload.NODES]) == 3
+    assert start.payload[EventPayload.TOP_K] == 1
+    assert [n.node.node_id for n in end.payload[EventPayload.NODES]] == ["a"]
 
 
 def test_query_without_image_raises(images: dict[str, str]) -> None:
