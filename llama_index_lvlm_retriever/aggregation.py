@@ -43,6 +43,8 @@ __all__ = [
     "consistency",
     "label_set_code",
     "label_set_from_code",
+    "label_set_probability",
+    "neighbour_prediction",
     "predict_label",
     "predict_label_set",
     "rerank_scores",
@@ -372,6 +374,28 @@ def rerank_scores(
     joint = weights * reader
     total = joint.sum()
     return joint / total if total > 0 else weights
+
+
+def label_set_probability(p: np.ndarray, chosen: Sequence[int]) -> float:
+    """Probability of exactly the label set ``chosen`` under independent per-label ``P(yes)`` ``p`` ``(L,)``."""
+    return float(_set_probability(np.asarray(p, dtype=np.float64)[None, :], chosen)[0])  # (1, L) -> (1,)
+
+
+def neighbour_prediction(p: np.ndarray, labels: Sequence[str], multi_label: bool = False) -> tuple[str | list[str], float]:
+    """One neighbour's answer from its ``(L,)`` distribution and the reader's probability of it.
+
+    Single-label: the argmax label's name and its probability. Multi-label: the names of the labels
+    with ``P(yes) >= MULTI_LABEL_THRESHOLD`` and the probability of exactly that set.
+
+    Example:
+        >>> neighbour_prediction(np.array([0.3, 0.7]), ("no", "yes"))
+        ('yes', 0.7)
+    """
+    if multi_label:
+        chosen = predict_label_set(p)
+        return [labels[i] for i in chosen], label_set_probability(p, chosen)
+    index = predict_label(p)
+    return labels[index], float(np.asarray(p)[index])
 
 
 def _aggregate_one(

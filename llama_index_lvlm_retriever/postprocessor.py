@@ -30,6 +30,8 @@ from llama_index_lvlm_retriever.aggregation import (
     aggregate,
     answer_support,
     consistency,
+    label_set_probability,
+    neighbour_prediction,
     predict_label,
     predict_label_set,
     rerank_scores,
@@ -331,7 +333,7 @@ class LVLMRerank(BaseNodePostprocessor):
         if multi_label:
             answer_index = predict_label_set(distribution)
             answer: str | tuple[str, ...] = tuple(labels[i] for i in answer_index)
-            answer_probability = _set_probability(distribution, answer_index)
+            answer_probability = label_set_probability(distribution, answer_index)
         else:
             answer_index = predict_label(distribution)
             answer = labels[answer_index]
@@ -340,7 +342,7 @@ class LVLMRerank(BaseNodePostprocessor):
         support, weighted_support = answer_support(probs, answer_index, scores, self.temperature, multi_label)
         out: list[NodeWithScore] = []
         for n, p, score, retrieval_score in zip(nodes, probs, node_scores, retrieval):
-            label, confidence = _node_prediction(p, labels, multi_label)
+            label, confidence = neighbour_prediction(p, labels, multi_label)
             n.node.metadata.update(
                 {
                     self.label_key: label,
@@ -373,21 +375,6 @@ def _node_kb_id(node: BaseNode, id_key: str) -> str:
     """The knowledge-base id of a node: its ``id_key`` metadata, else its node id."""
     value = node.metadata.get(id_key)
     return str(value) if value is not None else node.node_id
-
-
-def _node_prediction(p: np.ndarray, labels: tuple[str, ...], multi_label: bool) -> tuple[str | list[str], float]:
-    """One node's predicted label (multi-label: list of names) and the reader's probability of it."""
-    if multi_label:
-        chosen = predict_label_set(p)
-        return [labels[i] for i in chosen], _set_probability(p, chosen)
-    index = predict_label(p)
-    return labels[index], float(p[index])
-
-
-def _set_probability(p: np.ndarray, chosen: tuple[int, ...]) -> float:
-    """Probability of exactly the label set ``chosen`` under independent per-label ``P(yes)`` ``p``."""
-    # The aggregation module's "reader" score of a label-set answer is this product.
-    return float(rerank_scores(p[None, :], None, chosen, "reader", multi_label=True)[0])  # (1, L) -> (1,)
 
 
 def _exclude_keys(node: BaseNode, written: list[str]) -> None:

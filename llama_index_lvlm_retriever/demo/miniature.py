@@ -106,26 +106,18 @@ def train_small_clip(
             max_text_length=64,  # captions are ~30 tokens under the small tokenizer
             seed=seed,
         )
+
+        def engine_for(start: Path | str, pairs: Sequence[KBItem], epochs: int) -> CLIPPretrainEngine:
+            config = CLIPPretrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                                        show_progress=show_progress)
+            return CLIPPretrainEngine(start, pairs, config)
+
         if stage_a_items and settings.stage_a_epochs:
-            stage_a = CLIPPretrainEngine(
-                init,
-                stage_a_items,
-                CLIPPretrainConfig(
-                    epochs=settings.stage_a_epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
-                    show_progress=show_progress,
-                ),
-            )
+            stage_a = engine_for(init, stage_a_items, settings.stage_a_epochs)
             first = stage_a.finetune()
             logger.info("small CLIP stage A (label captions): loss %.3f -> %.3f", first[0]["loss"], first[-1]["loss"])
             init = stage_a.save(Path(tmp) / "stage_a")
-        engine = CLIPPretrainEngine(
-            init,
-            items,
-            CLIPPretrainConfig(
-                epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
-                show_progress=show_progress,
-            ),
-        )
+        engine = engine_for(init, items, settings.epochs)
         history = engine.finetune()
         logger.info("small CLIP: contrastive loss %.3f -> %.3f", history[0]["loss"], history[-1]["loss"])
         return engine.save(out_dir)

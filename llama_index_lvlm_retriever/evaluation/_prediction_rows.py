@@ -17,9 +17,10 @@ from llama_index_lvlm_retriever.aggregation import (
     aggregate,
     answer_support,
     consistency,
+    label_set_probability,
+    neighbour_prediction,
     predict_label,
     predict_label_set,
-    rerank_scores,
 )
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.retriever import META_KB_ID, META_LABEL, node_head
@@ -73,7 +74,7 @@ def case_row(
     if multi_label:
         index: int | tuple[int, ...] = predict_label_set(distribution)
         answer = [labels[i] for i in index]
-        probability = _set_probability(distribution, index)
+        probability = label_set_probability(distribution, index)
     else:
         index = predict_label(distribution)
         answer = labels[index]
@@ -81,7 +82,7 @@ def case_row(
     support, weighted = answer_support(probs, index, scores, temperature, multi_label)
     neighbours = []
     for node, p in zip(nodes, probs):
-        prediction, confidence = _neighbour_prediction(p, labels, multi_label)
+        prediction, confidence = neighbour_prediction(p, labels, multi_label)
         item = kb_item(node)
         neighbours.append(
             {
@@ -132,16 +133,5 @@ def _correct(answer: str | list[str], gold: Sequence[str]) -> bool | None:
     return len(gold) == 1 and answer == gold[0]
 
 
-def _neighbour_prediction(p: np.ndarray, labels: tuple[str, ...], multi_label: bool) -> tuple[str | list[str], float]:
-    if multi_label:
-        chosen = predict_label_set(p)
-        return [labels[i] for i in chosen], _set_probability(p, chosen)
-    index = predict_label(p)
-    return labels[index], float(p[index])
-
-
-def _set_probability(p: np.ndarray, chosen: tuple[int, ...]) -> float:
-    # Probability of exactly this label set under independent per-label P(yes), as LVLMRerank reports it.
-    return float(rerank_scores(p[None, :], None, chosen, "reader", multi_label=True)[0])  # (1, L) -> (1,)
 
 
