@@ -55,6 +55,7 @@ from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+from llama_index_lvlm_retriever.training.losses import LSRLoss, PosteriorKLLoss
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 from llama_index_lvlm_retriever.version import __version__
 
@@ -250,11 +251,11 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
         feedback = FeedbackCache.from_persist_dir(cache.path("feedback") / "train")
     trainer_config = _trainer_config(config, seed, adoption="no_regression")
     head_key = fingerprint("heads", feedback_key, trainer_config.model_dump(mode="json", exclude={"show_progress"}),
-                           ids(data.val))
+                           ids(data.val), settings.loss)
     done = cache.done("heads", head_key)
     with clock.stage(f"retriever training: {settings.mode} mode, {settings.rounds} round(s)", cached=done):
         if not done:
-            engine = RetrieverFinetuneEngine(standard, feedback, head=_train_head(config),
+            engine = RetrieverFinetuneEngine(standard, feedback, loss=_loss_factory(config), head=_train_head(config),
                                              config=trainer_config, reader=reader, cases=train_queries,
                                              validation_cases=data.val)
             engine.finetune()
@@ -291,7 +292,8 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             with cache.build("oracle_fit", eval_key) as tmp:
                 test_feedback = collect_feedback(data.test, standard, reader, tmp / "feedback", feedback_config,
                                                  show_progress=progress)
-                engine = RetrieverFinetuneEngine(standard, test_feedback, head=_train_head(config),
+                engine = RetrieverFinetuneEngine(standard, test_feedback, loss=_loss_factory(config),
+                                                 head=_train_head(config),
                                                  config=_trainer_config(config, seed, adoption="best", rounds=1),
                                                  cases=data.test)
                 engine.finetune()
@@ -331,6 +333,11 @@ def _heads(config: DemoConfig) -> tuple[str, ...]:
 def _train_head(config: DemoConfig) -> str:
     heads = _heads(config)
     return "both" if len(heads) == 2 else heads[0]
+
+
+def _loss_factory(config: DemoConfig) -> Any:
+    """The stage-2 loss per resolved gamma: the paper's posterior target, or REPLUG's."""
+    return PosteriorKLLoss if config.retriever_training.loss == "posterior" else LSRLoss
 
 
 def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int | None = None) -> TrainerConfig:
