@@ -13,10 +13,12 @@ maximum,
 
 .. code-block:: text
 
-    mean_i H(softmax(s_0(i, .) / gamma)) = 0.5 * mean_i log n_i
+    mean_i H(softmax(s_0(i, .) / gamma)) = H_min + 0.5 * (mean_i log n_i - H_min)
 
 (``s_0`` = the cached frozen scores of the training candidates, ``n_i`` = case ``i``'s number of
-candidates), found by bisection on ``log gamma`` (the entropy grows monotonically with ``gamma``).
+candidates, ``H_min`` the mean entropy as ``gamma -> 0``: 0 unless top scores tie, as they do for KB
+items with identical captions), found by bisection on ``log gamma`` (the entropy grows monotonically
+with ``gamma``).
 Why this rule: it is scale-free (any encoder, either head: image->image cosines ~0.95 and
 image->caption cosines ~0.1 get their own value), it fixes the quantity that decides whether the
 loss has signal (``exp(H) = sqrt(n)`` effective candidates, e.g. ~4.5 of 20, close to the handful
@@ -91,8 +93,10 @@ def auto_gamma(scores: torch.Tensor, mask: torch.Tensor, share: float = AUTO_ENT
         share: Target mean entropy as a share of the mean ``log n``, in ``(0, 1)``.
 
     Returns:
-        ``gamma > 0``. When the scores are (nearly) all tied the target cannot be reached and the
-        lower end of the search range (``1e-6``) comes back; the caller's entropy check reports it.
+        ``gamma > 0``. With tied scores (the entropy cannot fall below ``H_min`` however small
+        ``gamma`` is) the target is ``H_min + share * (log n - H_min)``: half-way between the most
+        peaked softmax the scores allow and uniform; without ties ``H_min = 0`` and it is
+        ``share * log n``.
 
     Raises:
         ValueError: ``share`` outside ``(0, 1)`` or no case with two candidates.
@@ -113,7 +117,10 @@ def auto_gamma(scores: torch.Tensor, mask: torch.Tensor, share: float = AUTO_ENT
             "gamma='auto' needs training cases with at least 2 candidates each to measure the score spread; "
             "collect more candidates (FeedbackConfig.n_candidates) or set TrainerConfig.gamma to a float"
         )
-    target = share * log_n
+    # Ties (e.g. KB items with identical captions) keep the entropy above 0 however small gamma is:
+    # aim between the most peaked softmax the scores allow and uniform, so the target is reachable.
+    floor_entropy, _ = retrieval_entropy(scores, mask, _GAMMA_LOW)
+    target = floor_entropy + share * (log_n - floor_entropy)
     low, high = math.log(_GAMMA_LOW), math.log(_GAMMA_HIGH)
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (low + high)
