@@ -93,7 +93,11 @@ class RetrieverTrainingSettings(BaseModel):
     last_n_blocks: int = Field(default=1, ge=0, description="Trainable blocks of the tower copy.")
     max_steps: int = Field(default=300, gt=0, description="Optimiser steps.")
     batch_size: int = Field(default=256, gt=0, description="Queries per step.")
-    learning_rate: float = Field(default=3e-3, gt=0, description="Peak AdamW learning rate.")
+    # Chosen on validation (Fashion-MNIST seed 0, 300 validation cases, test untouched): at 3e-3 with
+    # L2-SP 0.01 the adapter heads did not move (top-4 overlap 1.0); at 3e-2 without decay they moved
+    # (overlap 0.97) and passed the no-regression rule (+0.0027 nats, +0.3 accuracy points).
+    learning_rate: float = Field(default=3e-2, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="L2-SP strength toward the starting heads.")
     n_train_candidates: int = Field(default=10, gt=0, description="Candidates per query in the loss.")
     refresh_every: int = Field(default=10, ge=0, description="Re-rank the pool with the current head every M steps.")
     eval_every: int = Field(default=25, gt=0, description="Validate every this many steps.")

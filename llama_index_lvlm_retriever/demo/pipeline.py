@@ -345,7 +345,8 @@ def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int
     return TrainerConfig(
         mode=settings.mode, alpha=settings.alpha, encoder_last_n_blocks=settings.last_n_blocks,
         schedule="sequential", max_steps=settings.max_steps, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, n_train_candidates=settings.n_train_candidates,
+        learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
+        n_train_candidates=settings.n_train_candidates,
         refresh_every=settings.refresh_every, eval_every=settings.eval_every, gamma=settings.gamma,
         rounds=rounds or settings.rounds, adoption=adoption, validation_fraction=0.0, seed=seed,
         device=config.device, show_progress=config.show_progress,
