@@ -39,6 +39,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     registry: dict[str, argparse.ArgumentParser] = {}
     for module in _COMMAND_MODULES:
@@ -67,7 +68,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (OSError, ValueError, ImportError) as err:
         # OSError covers missing files and models; ValueError covers bad inputs and encoder mismatches.
+        if "--debug" in argv:
+            raise
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        # Anything else (a truncated faiss or safetensors file, a library's own error type) still
+        # reaches the user as one line naming the error; --debug shows where it came from.
+        if "--debug" in argv:
+            raise
+        print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -72,3 +72,21 @@ def test_write_json_atomic_keeps_old_file_when_serialisation_fails(tmp_path: Pat
         write_json_atomic(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A library error the CLI does not know (e.g. faiss's RuntimeError on a truncated index) becomes one
+    # line and exit code 1; --debug re-raises it with its traceback.
+    from llama_index_lvlm_retriever import cli
+
+    def boom(args: argparse.Namespace) -> int:
+        raise RuntimeError("Error in faiss::FileIOReader: read error")
+
+    parser, registry = cli.build_parser()
+    registry["info"].set_defaults(handler=boom)
+    monkeypatch.setattr(cli, "build_parser", lambda: (parser, registry))
+    assert cli.main(["info", "--kb", "kb"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: RuntimeError: Error in faiss::FileIOReader: read error (run with --debug for the traceback)"
+    with pytest.raises(RuntimeError, match="read error"):
+        cli.main(["--debug", "info", "--kb", "kb"])
