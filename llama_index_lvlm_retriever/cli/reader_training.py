@@ -24,7 +24,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     load_retriever,
     load_task,
 )
-from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig
+from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,10 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llama_index_lvlm_retriever._io import atomic_write_text
@@ -34,51 +33,17 @@ from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.readers._hf_batch import append_continuations
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder
+from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig, SFTMode
 from llama_index_lvlm_retriever.training.sft_data import SFTSample
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORE_INDEX", "SFT_CONFIG_NAME", "ReaderSFTConfig", "ReaderSFTEngine", "SFTMode"]
 
-SFTMode = Literal["full", "lora"]
 IGNORE_INDEX = -100
 """Label of every position that carries no loss (prompt, image and padding tokens)."""
 SFT_CONFIG_NAME = "sft_config.json"
 """Written next to the saved reader: the SFT settings and per-epoch history."""
-
-
-class ReaderSFTConfig(BaseModel):
-    """Typed settings of :class:`ReaderSFTEngine`.
-
-    Example:
-        >>> ReaderSFTConfig(mode="lora", lora_r=4).lora_alpha
-        16.0
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int = Field(default=1, gt=0, description="Passes over the samples.")
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak AdamW learning rate.")
-    batch_size: int = Field(default=4, gt=0, description="Samples per optimiser step.")
-    mode: SFTMode = Field(default="lora", description="'full' fine-tuning or 'lora' adapters (peft).")
-    lora_r: int = Field(default=8, gt=0, description="LoRA rank.")
-    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: tuple[str, ...] = Field(
-        default=("q_proj", "v_proj"), description="Module names (suffixes) that get LoRA adapters."
-    )
-    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(
-        default=0.1, ge=0, le=1, description="Fraction of steps with a linear learning-rate warmup (then linear decay)."
-    )
-    max_grad_norm: float | None = Field(
-        default=1.0, gt=0, description="Gradient-norm clip applied after backward (None = no clipping)."
-    )
-    max_image_side: int | None = Field(
-        default=None, gt=0, description="Longest image side; None = the reader's prompt setting (keeps the inference format)."
-    )
-    seed: int = Field(default=0, description="Seed of the sample order and LoRA initialisation.")
-    show_progress: bool = Field(default=True, description="Show a tqdm bar.")
 
 
 class ReaderSFTEngine:

@@ -90,3 +90,16 @@ def test_unexpected_errors_are_one_line_unless_debug(monkeypatch: pytest.MonkeyP
     assert err.strip() == "error: RuntimeError: Error in faiss::FileIOReader: read error (run with --debug for the traceback)"
     with pytest.raises(RuntimeError, match="read error"):
         cli.main(["--debug", "info", "--kb", "kb"])
+
+
+def test_building_the_parser_imports_no_torch_transformers_or_llama_index() -> None:
+    # --help and --version only build the parser: the heavy libraries load when a command runs.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llama_index_lvlm_retriever.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'llama_index.core') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
