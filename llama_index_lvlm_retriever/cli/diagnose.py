@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     inputs.add_argument("--kb", required=True, help="KB directory written by build-kb")
     inputs.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
     inputs.add_argument("--question", default="", help="question about the image ('' = the task's default question)")
-    inputs.add_argument("--task", required=True, help="built-in task name (e.g. retinamnist) or a TaskSpec JSON file")
+    inputs.add_argument("--task", default=None, help="built-in task name (e.g. retinamnist) or a TaskSpec JSON file (default: the one saved in a reader folder)")
     models = parser.add_argument_group("models")
     models.add_argument("--reader", required=True, help="LVLM reader: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
     models.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")

@@ -105,3 +105,14 @@ def test_diagnose_bad_inputs(setup: dict[str, str], tmp_path: Path) -> None:
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--k-text", "-1"])
     with pytest.raises(CLIError, match=r"--min-support must be in \(0, 1\], got 0.0"):
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--min-support", "0"])
+
+
+def test_diagnose_reads_the_task_from_a_reader_folder(setup: dict[str, str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # A reader saved with its task (as train-reader writes it) needs no --task, like evaluate.
+    from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+
+    folder = HFLVLMReader.from_pretrained(setup["reader"], get_task("breastmnist")).save_pretrained(tmp_path / "reader")
+    code = _run(["diagnose", "--kb", setup["kb"], "--reader", str(folder), "--image", setup["image"], "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)[keys.LABEL] in get_task("breastmnist").labels
