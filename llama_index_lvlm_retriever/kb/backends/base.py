@@ -84,4 +84,16 @@ def check_identity(
         )
 
 
-__all__ = ["Hits", "VectorBackend", "check_identity"]
+
+
+def path_for_manifest(path: str | Path, kb_dir: Path) -> str:
+    """A local store's path as a KB manifest records it: relative to ``kb_dir`` when inside it (so the
+    folder can move), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path(kb_dir).resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+__all__ = ["Hits", "VectorBackend", "check_identity", "path_for_manifest"]

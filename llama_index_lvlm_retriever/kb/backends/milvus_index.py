@@ -40,7 +40,7 @@ from llama_index.core.vector_stores.types import (
 
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import filters as kb_filters
-from llama_index_lvlm_retriever.kb.backends.base import Hits, check_identity
+from llama_index_lvlm_retriever.kb.backends.base import Hits, check_identity, path_for_manifest
 from llama_index_lvlm_retriever.kb.types import BackendIdentity, IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,7 @@ class MilvusBackendConfig(BaseModel):
         """The settings to record; a Milvus Lite file inside ``kb_dir`` is recorded relative to it."""
         record = self.model_dump()
         if self.is_local:
-            path = Path(self.uri).resolve()
-            try:
-                record["uri"] = str(path.relative_to(Path(kb_dir).resolve()))
-            except ValueError:
-                record["uri"] = str(path)
+            record["uri"] = path_for_manifest(self.uri, kb_dir)
         return record
 
     def connect(self) -> Any:

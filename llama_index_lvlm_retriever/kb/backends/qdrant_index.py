@@ -45,7 +45,7 @@ from llama_index.core.vector_stores.types import (
 
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import filters as kb_filters
-from llama_index_lvlm_retriever.kb.backends.base import Hits, check_identity
+from llama_index_lvlm_retriever.kb.backends.base import Hits, check_identity, path_for_manifest
 from llama_index_lvlm_retriever.kb.types import BackendIdentity, IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,7 @@ class QdrantBackendConfig(BaseModel):
         """The settings to record; a local-mode folder inside ``kb_dir`` is recorded relative to it."""
         record = self.model_dump()
         if self.path is not None:
-            path = Path(self.path).resolve()
-            try:
-                record["path"] = str(path.relative_to(Path(kb_dir).resolve()))
-            except ValueError:
-                record["path"] = str(path)
+            record["path"] = path_for_manifest(self.path, kb_dir)
         return record
 
     def connect(self) -> Any:
