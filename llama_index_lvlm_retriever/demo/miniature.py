@@ -41,6 +41,8 @@ __all__ = [
     "ELPV_TASK",
     "FASHION_MNIST_TASK",
     "copy_clip_vision_tower",
+    "group_by_label",
+    "same_and_other_label",
     "sampled_neighbour_samples",
     "train_small_clip",
     "train_small_reader",
@@ -151,21 +153,35 @@ def copy_clip_vision_tower(clip: CLIPModel, tower: torch.nn.Module) -> int:
     return len(state)
 
 
+def group_by_label(items: Sequence[KBItem]) -> dict[str, list[KBItem]]:
+    """Labelled KB items grouped by label (unlabelled ones left out)."""
+    groups: dict[str, list[KBItem]] = {}
+    for item in items:
+        if item.label is not None:
+            groups.setdefault(str(item.label), []).append(item)
+    return groups
+
+
+def same_and_other_label(
+    groups: dict[str, list[KBItem]], gold: str, *, exclude_id: str | None = None
+) -> tuple[list[KBItem], list[KBItem]]:
+    """The KB items with label ``gold`` (without ``exclude_id``) and those with any other label."""
+    same = [item for item in groups.get(gold, []) if item.id != exclude_id]
+    other = [item for label, group in groups.items() if label != gold for item in group]
+    return same, other
+
+
 def sampled_neighbour_samples(
     cases: Sequence[Case], items: Sequence[KBItem], task: TaskSpec, *, same: int, other: int, seed: int
 ) -> list[SFTSample]:
     """SFT samples pairing each case with random same-label and other-label KB pairs (head ``"sampled"``)."""
     rng = np.random.default_rng([seed, 3])
-    by_label: dict[str, list[KBItem]] = {}
-    for item in items:
-        if item.label is not None:
-            by_label.setdefault(item.label, []).append(item)
+    groups = group_by_label(items)
     labels = list(task.labels)
     out: list[SFTSample] = []
     for case in cases:
         gold = case.labels[0]
-        pool_same = [i for i in by_label.get(gold, []) if i.id != case.id]
-        pool_other = [i for label, group in by_label.items() if label != gold for i in group]
+        pool_same, pool_other = same_and_other_label(groups, gold, exclude_id=case.id)
         picks = [("same", pool_same, same), ("other", pool_other, other)]
         for _, pool, n in picks:
             for rank, index in enumerate(rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []):

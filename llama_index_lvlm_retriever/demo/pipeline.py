@@ -37,7 +37,12 @@ from llama_index_lvlm_retriever.demo.data import (
     kb_items_as_cases,
     load_demo_data,
 )
-from llama_index_lvlm_retriever.demo.miniature import train_small_clip, train_small_reader
+from llama_index_lvlm_retriever.demo.miniature import (
+    group_by_label,
+    same_and_other_label,
+    train_small_clip,
+    train_small_reader,
+)
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
 from llama_index_lvlm_retriever.evaluation.kb_diagnostics import diagnose_kb
@@ -366,15 +371,12 @@ def _neighbour_use(reader: Any, data: DemoData, seed: int) -> dict[str, float]:
     if not data.val:
         return {"same_label": float("nan"), "other_label": float("nan")}
     rng = np.random.default_rng([seed, 5])
-    by_label: dict[str, list[Any]] = {}
-    for item in data.kb:
-        by_label.setdefault(str(item.label), []).append(item)
+    groups = group_by_label(data.kb)
     labels = list(data.task.labels)
     cases, pairs = [], []
     for case in data.val:
         gold = case.labels[0]
-        same = by_label.get(gold, [])
-        other = [i for label, group in by_label.items() if label != gold for i in group]
+        same, other = same_and_other_label(groups, gold)
         if same and other:
             cases.append(case)
             pairs.append([same[int(rng.integers(len(same)))], other[int(rng.integers(len(other)))]])
