@@ -145,7 +145,7 @@ class DemoConfig(BaseModel):
     data_root: Path | None = Field(
         default=None, description="Fashion-MNIST idx folder (default: Debian's) or MedMNIST download folder."
     )
-    device: str = Field(default="cpu", description="Torch device of the reader and training.")
+    device: str = Field(default="cpu", description="Torch device of every model: encoder pre-training, reader SFT and scoring, stage 2.")
     show_progress: bool = Field(default=True, description="tqdm bars.")
 
     @model_validator(mode="after")

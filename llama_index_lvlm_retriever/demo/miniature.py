@@ -80,6 +80,7 @@ def train_small_clip(
     seed: int,
     show_progress: bool = True,
     stage_a_items: Sequence[KBItem] = (),
+    device: str = "cpu",
 ) -> Path:
     """Build a small random ``CLIPModel``, pre-train it contrastively, save it.
 
@@ -92,6 +93,7 @@ def train_small_clip(
         show_progress: tqdm bars.
         stage_a_items: Stage-A pairs trained first for ``settings.stage_a_epochs`` (label-only
             captions), so the vectors learn the label before stage B makes the nuisance dominate.
+        device: Torch device of the training (e.g. ``"cuda"``).
 
     Returns:
         ``out_dir``, loadable with ``CLIPEmbedding.from_pretrained``.
@@ -111,7 +113,7 @@ def train_small_clip(
 
         def engine_for(start: Path | str, pairs: Sequence[KBItem], epochs: int) -> CLIPPretrainEngine:
             config = CLIPPretrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
-                                        show_progress=show_progress)
+                                        show_progress=show_progress, device=device)
             return CLIPPretrainEngine(start, pairs, config)
 
         if stage_a_items and settings.stage_a_epochs:
@@ -208,6 +210,7 @@ def train_small_reader(
     seed: int,
     reader_batch_size: int,
     show_progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Build a small LLaVA reader (tower from the CLIP), fine-tune it with stage-1 SFT, save it.
 
@@ -236,6 +239,7 @@ def train_small_reader(
         processor = AutoProcessor.from_pretrained(str(init))
     if settings.init_from_retriever:
         copy_clip_vision_tower(clip, model.model.vision_tower)
+    model.to(device)
     reader = HFLVLMReader(model, processor, task, batch_size=reader_batch_size, model_name="small-llava")
     if not reader.uses_fast_path:
         raise RuntimeError(f"the verbalizers {task.verbalizers} share first tokens under the small tokenizer")

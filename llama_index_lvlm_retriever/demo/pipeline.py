@@ -198,8 +198,9 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             if not done:
                 with cache.build("clip", clip_key) as tmp:
                     train_small_clip(data.encoder_stage_b, tmp, image_size=config.image_size, settings=config.clip,
-                                     seed=seed, show_progress=progress, stage_a_items=data.encoder_stage_a)
-            embed = CLIPEmbedding.from_pretrained(str(cache.path("clip")))
+                                     seed=seed, show_progress=progress, stage_a_items=data.encoder_stage_a,
+                                     device=config.device)
+            embed = CLIPEmbedding.from_pretrained(str(cache.path("clip")), device=config.device)
 
     # Knowledge base, and what its frozen vectors hold.
     kb_key = fingerprint("kb", clip_key, ids(data.kb), sorted(i.text for i in data.kb))
@@ -232,8 +233,8 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
                 with cache.build("reader", reader_key) as tmp:
                     train_small_reader(cache.path("clip"), standard, sft_queries, tmp / "model", task=data.task,
                                        settings=config.reader, seed=seed, reader_batch_size=config.reader_batch_size,
-                                       show_progress=progress)
-            reader = HFLVLMReader.from_pretrained(cache.path("reader") / "model", data.task,
+                                       show_progress=progress, device=config.device)
+            reader = HFLVLMReader.from_pretrained(cache.path("reader") / "model", data.task, device=config.device,
                                                   batch_size=config.reader_batch_size)
     cached_reader = CachedReader(reader)
     neighbour_use = _neighbour_use(cached_reader, data, seed)

@@ -71,6 +71,10 @@ class CLIPPretrainConfig(BaseModel):
         default=1.0, gt=0, description="Clip the global gradient norm to this; None = no clipping."
     )
     show_progress: bool = Field(default=False, description="Show a tqdm bar over epochs.")
+    device: str = Field(
+        default="cpu",
+        description="Torch device a model loaded from a folder trains on; a CLIPEmbedding stays on its own device.",
+    )
 
 
 class CLIPPretrainEngine:
@@ -123,7 +127,7 @@ class CLIPPretrainEngine:
             model: Any = model_dir_or_embedding.model
             processor: ProcessorMixin = model_dir_or_embedding.processor
         else:
-            model = CLIPModel.from_pretrained(str(model_dir_or_embedding))
+            model = CLIPModel.from_pretrained(str(model_dir_or_embedding)).to(self.config.device)
             processor = AutoProcessor.from_pretrained(str(model_dir_or_embedding))
         if not isinstance(model, CLIPModel):
             raise TypeError(
