@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data = train.add_argument_group("input")
     data.add_argument("--kb", required=True, help="KB directory written by build-kb")
     data.add_argument("--cases", required=True, help="labelled training cases (JSONL of image_path + answers)")
+    data.add_argument("--validation-cases", default=None,
+                      help="labelled validation cases: their SFT samples are scored after every epoch (eval_loss)")
     data.add_argument("--task", default=None, help="built-in task name or task JSON file (default: the one saved in a reader folder)")
     data.add_argument("--image-head", default=None, help="trained image-head folder (default: identity)")
     data.add_argument("--text-head", default=None, help="trained text-head folder (default: identity)")
     add_retrieval_options(data)  # retrieved pairs per head per case; one sample each (the paper: 2 + 2)
     model = train.add_argument_group("reader")
     model.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
-    model.add_argument("--mode", default=_default("mode"), choices=["full", "lora"], help="full fine-tuning or LoRA adapters (merged before saving)")
+    model.add_argument("--mode", default=_default("mode"), choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
+    model.add_argument("--merge", action="store_true",
+                       help="LoRA: save the merged model (self-contained) instead of the adapters alone")
     model.add_argument("--lora-r", type=int, default=_default("lora_r"), help="LoRA rank")
     model.add_argument("--lora-alpha", type=float, default=_default("lora_alpha"), help="LoRA alpha (scale = alpha / r)")
     model.add_argument("--lora-dropout", type=float, default=_default("lora_dropout"), help="LoRA dropout")
@@ -65,7 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     optim = train.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=_default("epochs"), help="passes over the samples")
     optim.add_argument("--lr", type=float, default=_default("learning_rate"), help="peak AdamW learning rate")
-    optim.add_argument("--batch-size", type=int, default=_default("batch_size"), help="samples per optimiser step")
+    optim.add_argument("--batch-size", type=int, default=_default("batch_size"), help="samples per forward pass")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=_default("gradient_accumulation_steps"),
+                       help="forward passes per optimiser step (effective batch = batch size x this)")
+    optim.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     optim.add_argument("--weight-decay", type=float, default=_default("weight_decay"), help="AdamW weight decay")
     optim.add_argument("--warmup-ratio", type=float, default=_default("warmup_ratio"), help="fraction of steps with linear warmup")
     optim.add_argument("--max-grad-norm", type=float, default=_default("max_grad_norm"), help="gradient-norm clip (<= 0: none)")
@@ -75,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
     runtime.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader dtype")
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    runtime.add_argument("--checkpoint-dir", default=None,
+                         help="epoch checkpoints (model, optimiser, scheduler, RNG); default: <out>.checkpoints, "
+                         "removed after a successful save")
+    runtime.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of an interrupted run")
     train.add_argument("--out", required=True, help="folder for the fine-tuned reader, samples and records")
     add_config_option(train)
     train.set_defaults(handler=_train_reader)
@@ -92,6 +104,9 @@ def sft_config_from_args(args: argparse.Namespace) -> ReaderSFTConfig:
             epochs=args.epochs,
             learning_rate=args.lr,
             batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            bf16=args.bf16,
+            merge_lora=args.merge,
             mode=args.mode,
             lora_r=args.lora_r,
             lora_alpha=args.lora_alpha,
@@ -126,15 +141,25 @@ def _train_reader(args: argparse.Namespace) -> int:
     )
     heads = tuple(h for h, k in (("image", args.k_image), ("text", args.k_text)) if k > 0)
     samples = build_sft_samples(cases, retriever, reader.task, heads=heads)
+    validation = (
+        build_sft_samples(load_cases(args.validation_cases), retriever, reader.task, heads=heads)
+        if args.validation_cases else []
+    )
     out = Path(args.out)
+    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(f"{out.name}.checkpoints")
+    engine = ReaderSFTEngine(reader, samples, config, validation_samples=validation)
+    history = engine.finetune(checkpoint_dir=checkpoints, resume=args.resume)
+    engine.save(out)  # replaces --out as a whole, so the records below go in after it
     export_sft_jsonl(samples, out / SAMPLES_FILE, reader.task, reader.config.prompt)
-    engine = ReaderSFTEngine(reader, samples, config)
-    history = engine.finetune()
-    engine.save(out)
     record = {**resolved_config(args), "sft_config": config.model_dump(mode="json"), "history": history}
     write_json_atomic(out / TRAIN_READER_CONFIG_FILE, record)
+    if not args.checkpoint_dir:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    last = history[-1]
+    validation_note = f", validation loss {last['eval_loss']:.4f}" if "eval_loss" in last else ""
+    saved = "LoRA adapters" if args.mode == "lora" and not args.merge else "model"
     print(
         f"fine-tuned the reader ({args.mode}) on {len(samples)} samples from {len(cases)} cases for "
-        f"{args.epochs} epoch(s), final loss {history[-1]['loss']:.4f} -> {out}"
+        f"{args.epochs} epoch(s), final loss {last['loss']:.4f}{validation_note}; saved the {saved} -> {out}"
     )
     return 0

@@ -8,6 +8,8 @@ knowledge base.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -98,10 +100,23 @@ class _Source:
     words: tuple[str, ...]  # one caption word per label
     description: str
     licence: str
+    groups: tuple[str, ...] = ()  # content hash of each image: duplicates share a role
 
 
 def _source(config: DemoConfig) -> _Source:
-    if config.dataset == "elpv":
+    """The dataset with its content hashes, loaded once per process (every seed draws from it)."""
+    return _cached_source(config.dataset, config.data_root)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_source(dataset: str, data_root: Path | None) -> _Source:
+    source = _load_source(dataset, data_root)
+    groups = tuple(hashlib.sha256(img.tobytes()).hexdigest() for img in source.images)
+    return dataclasses.replace(source, groups=groups)
+
+
+def _load_source(dataset: str, data_root: Path | None) -> _Source:
+    if dataset == "elpv":
         images, grades, _ = load_elpv_arrays()
         return _Source(
             images=images, labels=grades, task=ELPV_TASK, words=tuple(ELPV_TASK.verbalizers),
@@ -109,7 +124,7 @@ def _source(config: DemoConfig) -> _Source:
             "4 levels (an inspection 'diagnosis' shaped like diabetic-retinopathy grading)",
             licence=ELPV_LICENSE,
         )
-    data = load_fashion_mnist(config.data_root)
+    data = load_fashion_mnist(data_root)
     return _Source(
         images=np.concatenate([data.train_images, data.test_images]),
         labels=np.concatenate([data.train_labels, data.test_labels]),
@@ -123,8 +138,7 @@ def _source(config: DemoConfig) -> _Source:
 def _miniature(config: DemoConfig, seed: int) -> DemoData:
     """Render every image with a random nuisance, assign roles, write PNGs and captions."""
     source = _source(config)
-    groups = [hashlib.sha256(img.tobytes()).hexdigest() for img in source.images]
-    roles = assign_roles(source.labels, groups, config.roles, seed=seed, limit=config.limit)
+    roles = assign_roles(source.labels, source.groups, config.roles, seed=seed, limit=config.limit)
     rng = np.random.default_rng([seed, 7])  # nuisances: independent of the labels and of the role draw
     image_dir = config.cache_dir / f"{config.dataset}_images" / f"seed{seed}"
     names = list(source.task.labels)

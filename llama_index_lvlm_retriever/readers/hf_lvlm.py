@@ -263,15 +263,21 @@ class HFLVLMReader(Reader):
         model = load_model(source, dtype, device)
         return cls(model, processor, task, config, model_name=str(name_or_dir), **config_kwargs)
 
-    def save_pretrained(self, save_dir: str | Path) -> Path:
+    def save_pretrained(self, save_dir: str | Path, *, save_model: bool = True) -> Path:
         """Save model, processor and ``reader_config.json`` (task + settings) to a folder.
+
+        Args:
+            save_dir: The folder.
+            save_model: ``False`` writes processor and settings only (e.g. beside LoRA adapter
+                files, which ``from_pretrained`` loads on top of their base model).
 
         Returns:
             The folder; :meth:`from_pretrained` restores the same reader from it.
         """
         folder = Path(save_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
+        if save_model:
+            self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
         record = {
             "class_name": type(self).__name__,

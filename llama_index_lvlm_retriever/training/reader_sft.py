@@ -9,30 +9,38 @@ mean cross-entropy over answer tokens only: every prompt and padding position ha
 So a sample's training loss equals minus the log-likelihood ``reader.score(..., scoring="full")``
 gives its gold answer.
 
+Training runs on ``transformers.Trainer`` with :class:`~.sft_batches.SFTCollator`, so gradient
+accumulation, bf16 mixed precision, evaluation on validation samples and checkpoint/resume come
+from the library; each sample is encoded once (:class:`~.sft_batches.SFTDataset`).
+
 Two modes: ``"full"`` updates every weight (small models); ``"lora"`` wraps the model with
-``peft`` LoRA adapters, trains only those, and merges them back before saving, so the output
-folder loads with the ordinary :meth:`HFLVLMReader.from_pretrained`.
+``peft`` LoRA adapters and trains only those. A LoRA run saves the adapters on their own (how LoRA
+is shared; the folder loads on top of its base model), or the merged model with
+``merge_lora=True``; either loads with :meth:`HFLVLMReader.from_pretrained`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import random
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.model_card import write_model_card
-from llama_index_lvlm_retriever.readers._hf_batch import append_continuations
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder
+from llama_index_lvlm_retriever.training.sft_batches import IGNORE_INDEX, SFTCollator, SFTDataset
 from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig, SFTMode
 from llama_index_lvlm_retriever.training.sft_data import SFTSample
 
@@ -40,10 +48,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORE_INDEX", "SFT_CONFIG_NAME", "ReaderSFTConfig", "ReaderSFTEngine", "SFTMode"]
 
-IGNORE_INDEX = -100
-"""Label of every position that carries no loss (prompt, image and padding tokens)."""
 SFT_CONFIG_NAME = "sft_config.json"
 """Written next to the saved reader: the SFT settings and per-epoch history."""
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+"""peft's file in a LoRA-adapter folder; ``from_pretrained`` loads its base model, then the adapters."""
 
 
 class ReaderSFTEngine:
@@ -51,9 +59,11 @@ class ReaderSFTEngine:
 
     Args:
         reader: The reader to train (its model is updated in place; in LoRA mode it is replaced by
-            the merged model after :meth:`finetune`).
+            the merged model after :meth:`finetune`, so scoring needs no peft).
         samples: Training samples (for the reader's task).
         config: Settings; ``None`` = defaults.
+        validation_samples: Samples scored after every epoch (``eval_loss`` in the history and
+            the model card); empty = no validation.
 
     Raises:
         ValueError: No samples, a sample whose answer is not one of the reader's answers, or a
@@ -64,14 +74,22 @@ class ReaderSFTEngine:
         >>> history = engine.finetune(); engine.save("out/reader")  # doctest: +SKIP
     """
 
-    def __init__(self, reader: HFLVLMReader, samples: Sequence[SFTSample], config: ReaderSFTConfig | None = None) -> None:
+    def __init__(
+        self,
+        reader: HFLVLMReader,
+        samples: Sequence[SFTSample],
+        config: ReaderSFTConfig | None = None,
+        *,
+        validation_samples: Sequence[SFTSample] = (),
+    ) -> None:
         self.reader = reader
         self.samples = list(samples)
+        self.validation_samples = list(validation_samples)
         self.config = config or ReaderSFTConfig()
         if not self.samples:
             raise ValueError("no SFT samples; build them with build_sft_samples(cases, retriever, task)")
         n_answers = len(reader.answer_token_ids)
-        for sample in self.samples:
+        for sample in [*self.samples, *self.validation_samples]:
             if not 0 <= sample.answer_index < n_answers:
                 raise ValueError(
                     f"sample of case {sample.case.id!r} targets answer {sample.answer_index} but the reader "
@@ -81,6 +99,12 @@ class ReaderSFTEngine:
         if self.config.max_image_side is not None:
             prompt_config = prompt_config.model_copy(update={"max_image_side": self.config.max_image_side})
         self._prompts = PromptBuilder(reader.task, prompt_config)
+        cache_bytes = self.config.encoding_cache_mb << 20
+        self._train_data = SFTDataset(reader, self.samples, self._prompts, cache_bytes=cache_bytes)
+        self._validation_data = SFTDataset(reader, self.validation_samples, self._prompts, cache_bytes=cache_bytes)
+        self._collate = SFTCollator(reader._pad_id)
+        self._adapter_dir: Path | None = None
+        self._checkpointing = False
         self.history: list[dict[str, float]] = []
         self.trainable_parameter_names: list[str] = []
         """Names of the parameters the last :meth:`finetune` updated (LoRA: only adapter weights)."""
@@ -96,41 +120,8 @@ class ReaderSFTEngine:
             Right-padded tensors with ``labels`` ``(R, T)``: the answer token ids at the answer's
             positions, :data:`IGNORE_INDEX` everywhere else.
         """
-        reader = self.reader
-        texts, images = [], []
-        for sample in samples:
-            prompt = self._prompts.build(sample.case, sample.candidate, label_index=sample.label_index, slot=sample.rank)
-            texts.append(reader._chat_text(prompt))
-            images.append(prompt.images)
-        batch = reader.processor(
-            text=texts, images=images if any(images) else None, padding=True, padding_side="right", return_tensors="pt"
-        )
-        batch = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        answers = [reader.answer_token_ids[s.answer_index] for s in samples]
-        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        out, _, _, _ = append_continuations(batch, answers, pad_token_id=reader._pad_id, paligemma=reader._paligemma)
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)  # (R, T')
-        for row, (n, ids) in enumerate(zip(prompt_lengths, answers)):
-            labels[row, n : n + len(ids)] = torch.as_tensor(ids, dtype=labels.dtype)
-        out["labels"] = labels
-        return out
-
-    def _loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = next(model.parameters()).device
-        dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-        labels = batch["labels"].to(device)
-        inputs = {
-            key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
-            for key, value in batch.items()
-            if key != "labels"
-        }
-        logits = model(**inputs, use_cache=False).logits  # (R, T', V)
-        # The logits at position t predict token t + 1.
-        shifted_logits = logits[:, :-1].float()  # (R, T'-1, V)
-        shifted_labels = labels[:, 1:]  # (R, T'-1)
-        return torch.nn.functional.cross_entropy(
-            shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX
-        )
+        data = SFTDataset(self.reader, samples, self._prompts, cache_bytes=0)
+        return self._collate([data[i] for i in range(len(data))])
 
     @torch.no_grad()
     def sample_losses(self) -> np.ndarray:
@@ -141,12 +132,7 @@ class ReaderSFTEngine:
             :meth:`HFLVLMReader.score` with ``scoring="full"``.
         """
         model = self.reader.model.eval()
-        values = []
-        for sample in self.samples:
-            batch = self.build_batch([sample])
-            n_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
-            values.append(float(self._loss(model, batch)) * n_tokens)
-        return np.asarray(values, dtype=np.float64)
+        return np.asarray([_answer_nll(model, self._train_data[i]) for i in range(len(self.samples))], dtype=np.float64)
 
     # ------------------------------------------------------------------ training
     def _prepare_model(self) -> torch.nn.Module:
@@ -171,89 +157,223 @@ class ReaderSFTEngine:
             target_modules=list(self.config.target_modules),
             bias="none",
         )
+        torch.manual_seed(self.config.seed)  # the adapters' initialisation
         return get_peft_model(model, lora)
 
-    def finetune(self) -> list[dict[str, float]]:
+    def _training_arguments(self, output_dir: Path, device: torch.device) -> TrainingArguments:
+        cfg = self.config
+        validate = "epoch" if self.validation_samples else "no"
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type="linear",
+            # A float below 1 is a share of the steps; 1.0 itself would read as one step.
+            warmup_steps=min(cfg.warmup_ratio, 0.999) if cfg.warmup_ratio else 0,
+            max_grad_norm=cfg.max_grad_norm or 0.0,
+            bf16=cfg.bf16,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            logging_strategy="epoch",
+            eval_strategy=validate,
+            save_strategy="epoch" if self._checkpointing else "no",
+            save_total_limit=cfg.keep_checkpoints if self._checkpointing else None,
+            report_to="none",
+            disable_tqdm=not cfg.show_progress,
+            remove_unused_columns=False,  # the collator's tensors are exactly the model's inputs
+            dataloader_pin_memory=False,
+            use_cpu=device.type == "cpu",
+        )
+
+    def finetune(self, *, checkpoint_dir: str | Path | None = None, resume: bool = False) -> list[dict[str, float]]:
         """Train for ``epochs`` passes; the reader's model is left trained and in eval mode.
 
+        Args:
+            checkpoint_dir: Save a ``transformers`` checkpoint here after every epoch (model,
+                optimiser, scheduler and RNG state; the last ``keep_checkpoints``).
+            resume: Continue from the newest checkpoint in ``checkpoint_dir`` (a run killed
+                mid-way resumes where its last epoch ended); no checkpoint there = start afresh.
+
         Returns:
-            One record per epoch: ``{"epoch", "loss" (mean batch loss), "steps", "lr"}``.
+            One record per epoch: ``{"epoch", "loss" (mean training loss), "steps" (optimiser
+            steps), "lr"}``, plus ``"eval_loss"`` with validation samples.
+
+        Raises:
+            ValueError: ``resume`` without ``checkpoint_dir``.
         """
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir, the folder the interrupted run checkpointed to")
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        self._checkpointing = checkpoint_dir is not None
+        device = self.reader.device
         model = self._prepare_model()
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.trainable_parameter_names = [name for name, _ in named]
-        trainable = [p for _, p in named]
-        n_trainable = sum(p.numel() for p in trainable)
-        logger.info("reader SFT (%s): %d samples, %d trainable parameters", cfg.mode, len(self.samples), n_trainable)
-        decay = [p for p in trainable if p.ndim >= 2]
-        no_decay = [p for p in trainable if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.learning_rate,
+        logger.info(
+            "reader SFT (%s): %d samples, %d trainable parameters", cfg.mode, len(self.samples),
+            sum(p.numel() for _, p in named),
         )
-        steps_per_epoch = math.ceil(len(self.samples) / cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
-        warmup = int(round(cfg.warmup_ratio * total))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        order_rng = random.Random(cfg.seed)
-        model.train()
-        bar = tqdm(total=total, desc="reader SFT", disable=not cfg.show_progress)
-        try:
-            for epoch in range(cfg.epochs):
-                order = list(range(len(self.samples)))
-                order_rng.shuffle(order)
-                losses = []
-                for start in range(0, len(order), cfg.batch_size):
-                    batch = self.build_batch([self.samples[i] for i in order[start : start + cfg.batch_size]])
-                    loss = self._loss(model, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(float(loss.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                record = {"epoch": float(epoch), "loss": float(np.mean(losses)), "steps": float(len(losses)), "lr": float(scheduler.get_last_lr()[0])}
-                self.history.append(record)
-                logger.info("reader SFT epoch %d: mean loss %.4f", epoch, record["loss"])
-        finally:
-            bar.close()
-        if cfg.mode == "lora":
-            model = model.merge_and_unload()
-        self.reader.model = model.eval()
+        with tempfile.TemporaryDirectory(prefix="reader-sft-") as scratch:
+            output_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(scratch)
+            trainer = _SFTTrainer(
+                model=model,
+                args=self._training_arguments(output_dir, device),
+                data_collator=_TrainingCollator(self._collate),
+                train_dataset=self._train_data,
+                eval_dataset=self._validation_data if self.validation_samples else None,
+            )
+            trainer.remove_callback(PrinterCallback)  # the per-epoch records are logged below
+            last = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+            if resume and last is None:
+                logger.info("no checkpoint in %s: reader SFT starts from the beginning", output_dir)
+            trainer.train(resume_from_checkpoint=last)
+            self.history = _epoch_records(trainer.state.log_history)
+            for record in self.history:
+                logger.info("reader SFT epoch %d: %s", int(record["epoch"]), {k: round(v, 5) for k, v in record.items()})
+            model = trainer.model
+            if cfg.mode == "lora":
+                self._adapter_dir = Path(tempfile.mkdtemp(prefix="reader-lora-"))
+                model.save_pretrained(self._adapter_dir)
+                model = model.merge_and_unload()
+        self.reader.model = model.to(device).eval()
         for param in self.reader.model.parameters():
             param.requires_grad_(False)
         self.reader._fingerprint = None  # the weights changed
         return self.history
 
     def save(self, save_dir: str | Path) -> Path:
-        """Save the (merged) reader with ``save_pretrained`` plus :data:`SFT_CONFIG_NAME`.
+        """Save the reader plus :data:`SFT_CONFIG_NAME` and a model card, atomically.
+
+        Full mode and LoRA with ``merge_lora`` save the whole model; LoRA without it saves the
+        adapters alone, with the processor and settings, on top of the base model they name.
 
         Returns:
             The folder; ``HFLVLMReader.from_pretrained(folder)`` loads the fine-tuned reader.
         """
-        folder = self.reader.save_pretrained(save_dir)
-        record: dict[str, Any] = {
-            "config": self.config.model_dump(mode="json"),
-            "n_samples": len(self.samples),
-            "history": self.history,
-        }
-        atomic_write_text(folder / SFT_CONFIG_NAME, json.dumps(record, indent=2) + "\n")
-        write_model_card(
-            folder, kind="reader", base_model=getattr(self.reader, "model_name", None) or None, task=self.reader.task,
-            training={**self.config.model_dump(mode="json"), "n_samples": len(self.samples)},
-            validation={"final_train_loss": float(self.history[-1]["loss"])} if self.history else None,
-            validation_dataset="training samples (no validation split)",
-        )
-        logger.info("saved the fine-tuned reader to %s", folder)
+        folder = Path(save_dir)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            adapters_only = self.config.mode == "lora" and not self.config.merge_lora and self._adapter_dir is not None
+            self.reader.save_pretrained(tmp, save_model=not adapters_only)
+            if adapters_only:
+                self._write_adapters(tmp)
+            record: dict[str, Any] = {
+                "config": self.config.model_dump(mode="json"),
+                "n_samples": len(self.samples),
+                "n_validation_samples": len(self.validation_samples),
+                "saved": "lora adapters" if adapters_only else "model",
+                "history": self.history,
+            }
+            atomic_write_text(tmp / SFT_CONFIG_NAME, json.dumps(record, indent=2) + "\n")
+            last = self.history[-1] if self.history else {}
+            validation = {"final_train_loss": float(last["loss"])} if "loss" in last else None
+            if validation is not None and "eval_loss" in last:
+                validation["final_validation_loss"] = float(last["eval_loss"])
+            write_model_card(
+                tmp, kind="reader", base_model=getattr(self.reader, "model_name", None) or None, task=self.reader.task,
+                training={**self.config.model_dump(mode="json"), "n_samples": len(self.samples)},
+                validation=validation,
+                validation_dataset=(f"{len(self.validation_samples)} validation samples" if self.validation_samples
+                                    else "training samples (no validation split)"),
+            )
+            _replace_folder(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("saved the fine-tuned reader (%s) to %s", record["saved"], folder)
         return folder
+
+    def _write_adapters(self, folder: Path) -> None:
+        assert self._adapter_dir is not None
+        for path in self._adapter_dir.iterdir():
+            if path.is_file():
+                shutil.copy2(path, folder / path.name)
+        config_path = folder / ADAPTER_CONFIG_NAME
+        adapter = json.loads(config_path.read_text())
+        base = adapter.get("base_model_name_or_path")
+        # A base model loaded from a relative folder must stay findable from anywhere.
+        if base and Path(base).is_dir():
+            adapter["base_model_name_or_path"] = str(Path(base).resolve())
+        atomic_write_text(config_path, json.dumps(adapter, indent=2) + "\n")
+
+
+class _SFTTrainer(Trainer):
+    """``Trainer`` whose resume reloads a full model through ``from_pretrained``.
+
+    ``save_pretrained`` writes some architectures (LLaVA in transformers 5) under their checkpoint
+    key names, which ``Trainer``'s plain ``load_state_dict(strict=False)`` on resume does not map
+    back: it would warn and keep the initial weights. ``from_pretrained`` applies the model's key
+    mapping. LoRA adapters keep peft's names and resume as usual.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        target = model if model is not None else self.model
+        if hasattr(target, "peft_config"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+        target.load_state_dict(loaded.state_dict())
+
+
+class _TrainingCollator:
+    """The SFT collator plus ``use_cache=False`` (training never reuses keys and values)."""
+
+    def __init__(self, collate: SFTCollator) -> None:
+        self.collate = collate
+
+    def __call__(self, rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        return {**self.collate(rows), "use_cache": False}
+
+
+def _answer_nll(model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> float:
+    """Summed cross-entropy of one encoded sample's answer tokens."""
+    device = next(model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    labels = encoded["labels"].to(device)
+    inputs = {
+        key: value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        for key, value in encoded.items()
+        if key != "labels"
+    }
+    logits = model(**inputs, use_cache=False).logits  # (1, T, V)
+    # The logits at position t predict token t + 1.
+    return float(
+        torch.nn.functional.cross_entropy(
+            logits[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+    )
+
+
+def _epoch_records(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """Trainer's per-epoch log entries as one record per epoch (0-based ``epoch``)."""
+    records: dict[int, dict[str, float]] = {}
+    previous_step = 0
+    for entry in log_history:
+        if "epoch" not in entry or not ({"loss", "eval_loss"} & set(entry)):
+            continue
+        epoch = max(0, round(float(entry["epoch"])) - 1)
+        record = records.setdefault(epoch, {"epoch": float(epoch)})
+        if "loss" in entry:
+            step = int(entry.get("step", previous_step))
+            record.update(loss=float(entry["loss"]), steps=float(step - previous_step),
+                          lr=float(entry.get("learning_rate", float("nan"))))
+            previous_step = step
+        if "eval_loss" in entry:
+            record["eval_loss"] = float(entry["eval_loss"])
+    return [records[k] for k in sorted(records)]
+
+
+def _replace_folder(tmp: Path, folder: Path) -> None:
+    """Move a finished folder into place; an existing one is moved aside and removed after."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from llama_index_lvlm_retriever.cli import main, reader_training
 from llama_index_lvlm_retriever.cli._common import CLIError
+from llama_index_lvlm_retriever.cli._loading import load_cases
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
@@ -82,12 +83,41 @@ def test_lora_run_writes_a_loadable_reader_samples_and_config(inputs: dict[str, 
     assert config["sft_config"]["target_modules"] == ["q_proj", "v_proj"]
     assert (config["k_image"], config["k_text"]) == (2, 2) and len(config["history"]) == 1
     assert (out / SFT_CONFIG_NAME).is_file()
+    # LoRA saves the adapters alone by default; the folder loads on top of its base model.
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    assert not out.with_name("reader.checkpoints").exists()  # default checkpoints go after a good save
     reader = HFLVLMReader.from_pretrained(out)
     assert reader.task == TASK
     base = HFLVLMReader.from_pretrained(inputs["reader"], TASK)
-    tuned = dict(reader.model.named_parameters())
+    case = load_cases(inputs["cases"])[:1]
+    assert not np.allclose(reader.score(case, [[None]]).log_probs, base.score(case, [[None]]).log_probs)
+
+    merged = tmp_path / "merged"
+    code = _run([*_base(inputs, merged), "--mode", "lora", "--merge", "--lora-r", "2", "--epochs", "1", "--batch-size", "4",
+                 "--lr", "5e-3"])
+    assert code == 0 and (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    tuned = dict(HFLVLMReader.from_pretrained(merged).model.named_parameters())
     changed = [n for n, p in base.model.named_parameters() if not torch.equal(p, tuned[n])]
     assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)
+
+
+def test_validation_accumulation_bf16_and_resume_reach_the_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out, checkpoints = tmp_path / "reader", tmp_path / "ckpt"
+    argv = [*_base(inputs, out), "--mode", "full", "--epochs", "2", "--batch-size", "2", "--gradient-accumulation-steps",
+            "2", "--bf16", "--validation-cases", str(inputs["cases"]), "--checkpoint-dir", str(checkpoints)]
+    assert _run(argv) == 0
+    config = json.loads((out / reader_training.TRAIN_READER_CONFIG_FILE).read_text())
+    assert config["sft_config"]["gradient_accumulation_steps"] == 2 and config["sft_config"]["bf16"] is True
+    # 8 samples, 2 per pass, 2 passes per step: 2 optimiser steps per epoch; validation every epoch.
+    assert [h["steps"] for h in config["history"]] == [2.0, 2.0]
+    assert all(np.isfinite(h["eval_loss"]) for h in config["history"])
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]  # kept: named by the user
+    # Resuming a finished run trains nothing more and saves the same weights.
+    again = tmp_path / "again"
+    argv[argv.index(str(out))] = str(again)
+    assert _run([*argv, "--resume"]) == 0
+    first, second = HFLVLMReader.from_pretrained(out), HFLVLMReader.from_pretrained(again)
+    assert all(torch.equal(p, dict(second.model.named_parameters())[n]) for n, p in first.model.named_parameters())
 
 
 def test_full_mode_with_task_from_the_reader_folder(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ own candidates (by id and by content hash).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,25 +219,42 @@ def test_full_finetune_lowers_the_loss_and_reloads_identically(
     assert reloaded.fingerprint() == reader.fingerprint()
 
 
-def test_lora_trains_only_adapters_and_saves_a_merged_reader(
+def test_lora_trains_only_adapters_and_saves_them_alone_or_merged(
     samples: list[SFTSample], llava_dir: Path, tmp_path: Path
 ) -> None:
     reader = _reader(llava_dir)
     original = {k: v.clone() for k, v in reader.model.state_dict().items()}
-    config = ReaderSFTConfig(mode="lora", lora_r=2, lora_alpha=4, epochs=1, learning_rate=1e-2, batch_size=6, show_progress=False)
+    config = ReaderSFTConfig(mode="lora", lora_r=2, lora_alpha=4, epochs=1, learning_rate=1e-2, batch_size=6,
+                             warmup_ratio=0.0, show_progress=False)
     engine = ReaderSFTEngine(reader, samples[:6], config)
     engine.finetune()
     assert engine.trainable_parameter_names
     assert all("lora_" in name for name in engine.trainable_parameter_names)
     merged = reader.model.state_dict()
-    assert set(merged) == set(original)  # adapters merged away, no peft keys left
+    assert set(merged) == set(original)  # merged in memory: scoring needs no peft
     changed = [k for k in merged if not torch.equal(merged[k], original[k])]
     assert changed
     assert all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
-    folder = engine.save(tmp_path / "lora_reader")
-    reloaded = HFLVLMReader.from_pretrained(folder)
     cases, cands = [s.case for s in samples[:2]], [[s.candidate] for s in samples[:2]]
-    np.testing.assert_allclose(reloaded.score(cases, cands).log_probs, reader.score(cases, cands).log_probs, atol=1e-6)
+    expected = reader.score(cases, cands).log_probs
+
+    # Default: the adapters alone (how LoRA is shared), loaded on top of the base model they name.
+    folder = engine.save(tmp_path / "lora_reader")
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "reader_config.json"} <= names
+    assert "model.safetensors" not in names
+    adapter_bytes = (folder / "adapter_model.safetensors").stat().st_size
+    assert adapter_bytes < 0.2 * (llava_dir / "model.safetensors").stat().st_size
+    assert json.loads((folder / SFT_CONFIG_NAME).read_text())["saved"] == "lora adapters"
+    reloaded = HFLVLMReader.from_pretrained(folder)
+    np.testing.assert_allclose(reloaded.score(cases, cands).log_probs, expected, atol=1e-5)
+
+    # merge_lora: one self-contained folder.
+    engine.config = config.model_copy(update={"merge_lora": True})
+    merged_folder = engine.save(tmp_path / "merged_reader")
+    assert (merged_folder / "model.safetensors").is_file() and not (merged_folder / "adapter_config.json").exists()
+    reloaded = HFLVLMReader.from_pretrained(merged_folder)
+    np.testing.assert_allclose(reloaded.score(cases, cands).log_probs, expected, atol=1e-6)
 
 
 def test_bad_engine_inputs(samples: list[SFTSample], llava_dir: Path) -> None:
@@ -249,3 +267,103 @@ def test_bad_engine_inputs(samples: list[SFTSample], llava_dir: Path) -> None:
     engine = ReaderSFTEngine(reader, samples[:1], ReaderSFTConfig(mode="lora", target_modules=("nope_proj",), show_progress=False))
     with pytest.raises(ValueError, match=r"LoRA target_modules \['nope_proj'\] match no module"):
         engine.finetune()
+
+
+def test_collated_batch_equals_the_processors_own_padded_batch(samples: list[SFTSample], llava_dir: Path) -> None:
+    reader = _reader(llava_dir)
+    engine = ReaderSFTEngine(reader, samples, ReaderSFTConfig(mode="full", show_progress=False))
+    batch_samples = [next(s for s in samples if s.answer_index == 0), next(s for s in samples if s.answer_index == 1)]
+    batch = engine.build_batch(batch_samples)
+    prompts = [reader._prompts.build(s.case, s.candidate) for s in batch_samples]
+    direct = reader.processor(text=[reader._chat_text(p) for p in prompts], images=[p.images for p in prompts],
+                              padding=True, padding_side="right", return_tensors="pt")
+    assert torch.equal(batch["pixel_values"], direct["pixel_values"])
+    for row, sample in enumerate(batch_samples):
+        n = int(direct["attention_mask"][row].sum())
+        answer = reader.answer_token_ids[sample.answer_index]
+        assert torch.equal(batch["input_ids"][row, :n], direct["input_ids"][row, :n])
+        assert batch["input_ids"][row, n : n + len(answer)].tolist() == answer
+        assert batch["labels"][row].ne(IGNORE_INDEX).sum() == len(answer)
+        assert batch["attention_mask"][row].sum() == n + len(answer)
+        tail = batch["input_ids"][row, n + len(answer):]
+        assert (tail == reader._pad_id).all() and (batch["labels"][row, n + len(answer):] == IGNORE_INDEX).all()
+    # Batched answer likelihoods are the unbatched ones (padding changes nothing).
+    model = reader.model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    per_row = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    ).sum(dim=1)
+    engine_one = ReaderSFTEngine(reader, batch_samples, ReaderSFTConfig(mode="full", show_progress=False))
+    np.testing.assert_allclose(per_row.numpy(), engine_one.sample_losses(), rtol=1e-4, atol=1e-4)
+
+
+def _trained_state(llava_dir: Path, samples: list[SFTSample], **settings: object) -> dict[str, torch.Tensor]:
+    reader = _reader(llava_dir)
+    config = ReaderSFTConfig(mode="full", epochs=1, learning_rate=3e-3, warmup_ratio=0.0, show_progress=False,
+                             **settings)
+    ReaderSFTEngine(reader, samples[:8], config).finetune()
+    return {k: v.clone() for k, v in reader.model.state_dict().items()}
+
+
+def test_gradient_accumulation_matches_the_large_batch(samples: list[SFTSample], llava_dir: Path) -> None:
+    large = _trained_state(llava_dir, samples, batch_size=4)
+    accumulated = _trained_state(llava_dir, samples, batch_size=2, gradient_accumulation_steps=2)
+    single = _trained_state(llava_dir, samples, batch_size=2)  # twice the steps: must differ
+    gap = max(float((large[k] - accumulated[k]).abs().max()) for k in large)
+    assert gap < 1e-4
+    assert max(float((large[k] - single[k]).abs().max()) for k in large) > 100 * max(gap, 1e-7)
+
+
+def test_validation_loss_is_recorded_and_reaches_the_model_card(
+    samples: list[SFTSample], llava_dir: Path, tmp_path: Path
+) -> None:
+    reader = _reader(llava_dir)
+    config = ReaderSFTConfig(mode="full", epochs=2, learning_rate=3e-3, batch_size=4, warmup_ratio=0.0,
+                             show_progress=False)
+    engine = ReaderSFTEngine(reader, samples[:8], config, validation_samples=samples[8:])
+    before = ReaderSFTEngine(reader, samples[8:], config).sample_losses()
+    history = engine.finetune()
+    assert [h["epoch"] for h in history] == [0.0, 1.0]
+    assert all(h["steps"] == 2.0 for h in history)
+    # eval_loss is the token-mean answer cross-entropy of the validation samples.
+    after = ReaderSFTEngine(reader, samples[8:], config).sample_losses()
+    n_tokens = sum(len(reader.answer_token_ids[s.answer_index]) for s in samples[8:])
+    assert history[-1]["eval_loss"] == pytest.approx(after.sum() / n_tokens, rel=1e-3)
+    assert history[-1]["eval_loss"] != pytest.approx(before.sum() / n_tokens, rel=1e-3)
+    folder = engine.save(tmp_path / "reader")
+    card = (folder / "README.md").read_text()
+    assert "final_validation_loss" in card and f"{len(samples) - 8} validation samples" in card
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_checkpoint(
+    samples: list[SFTSample], llava_dir: Path, tmp_path: Path
+) -> None:
+    config = ReaderSFTConfig(mode="full", epochs=3, learning_rate=3e-3, batch_size=4, keep_checkpoints=3,
+                             show_progress=False)
+    straight = _reader(llava_dir)
+    ReaderSFTEngine(straight, samples[:8], config).finetune(checkpoint_dir=tmp_path / "run")
+    checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    # As if killed during epoch 2: only the first epoch's checkpoint is on disk.
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    shutil.copytree(checkpoints[0], interrupted / checkpoints[0].name)
+    resumed = _reader(llava_dir)
+    history = ReaderSFTEngine(resumed, samples[:8], config).finetune(checkpoint_dir=interrupted, resume=True)
+    assert [h["epoch"] for h in history] == [0.0, 1.0, 2.0]
+    want, got = straight.model.state_dict(), resumed.model.state_dict()
+    assert max(float((want[k] - got[k]).abs().max()) for k in want) < 1e-5
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        ReaderSFTEngine(resumed, samples[:8], config).finetune(resume=True)
+
+
+def test_bf16_mixed_precision_trains(samples: list[SFTSample], llava_dir: Path) -> None:
+    reader = _reader(llava_dir)
+    config = ReaderSFTConfig(mode="full", epochs=3, learning_rate=3e-3, batch_size=4, warmup_ratio=0.0, bf16=True,
+                             show_progress=False)
+    engine = ReaderSFTEngine(reader, samples[:8], config)
+    before = engine.sample_losses()
+    history = engine.finetune()
+    assert reader.model.dtype == torch.float32  # mixed precision: the weights stay float32
+    assert history[-1]["loss"] < history[0]["loss"] and engine.sample_losses().mean() < before.mean()
