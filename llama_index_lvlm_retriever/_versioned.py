@@ -48,6 +48,10 @@ class ChecksumMismatchError(ValueError):
     """A stored file does not match the SHA-256 its manifest recorded (changed, truncated or swapped)."""
 
 
+class MissingStoreFileError(FileNotFoundError, ValueError):
+    """A file the manifest names is missing (a ``ValueError`` too: stores reported it so before)."""
+
+
 def tagged_name(filename: str, generation: str) -> str:
     """``items.jsonl`` -> ``items.<generation>.jsonl`` (the tag goes before the first suffix)."""
     stem, dot, ext = filename.partition(".")
@@ -211,6 +215,7 @@ def json_record(obj: Any) -> bytes:
 __all__ = [
     "FILES_KEY",
     "ChecksumMismatchError",
+    "MissingStoreFileError",
     "VersionedWriter",
     "file_entry",
     "fsync_dir",
