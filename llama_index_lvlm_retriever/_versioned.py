@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes
+from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask
 from llama_index_lvlm_retriever._locking import LOCK_FILE
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class VersionedWriter:
             path = self.folder / name
             with path.open("rb") as fh:
                 os.fsync(fh.fileno())  # libraries (faiss, safetensors) do not sync what they write
+            honour_umask(path)  # safetensors' save_file creates 0600 files whatever the umask
             files[key] = {"name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
         record = {**manifest, FILES_KEY: files}
         atomic_write_bytes(self.folder / self.manifest_name, encode(record))
