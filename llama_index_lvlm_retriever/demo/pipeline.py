@@ -15,10 +15,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama_index_lvlm_retriever._io import atomic_write_json
+from llama_index_lvlm_retriever._dirswap import (
+    remove_leftovers,
+    replace_directory,
+    restore_previous,
+)
+from llama_index_lvlm_retriever._io import atomic_write_json, make_temp_dir
+from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
 from llama_index_lvlm_retriever.demo.config import MINIATURE_DATASETS, DemoConfig
 from llama_index_lvlm_retriever.demo.data import (
@@ -92,15 +96,22 @@ def fingerprint(*parts: Any) -> str:
 class StageCache:
     """Folders of finished stages, each marked with the fingerprint of what produced it.
 
-    A stage folder is built under a temp name and renamed into place only when the stage
-    finished, so an interrupted run never leaves a half-written model or index behind.
+    A stage folder is built under a temp name (``.<name>.tmp-*``) and renamed into place only when
+    the stage finished, so an interrupted run never leaves a half-written model or index behind.
+    The previous folder is first renamed aside (``.<name>.old-*``) and deleted after; if a kill
+    lands between the two renames, :meth:`path` puts the previous folder back, and the next
+    :meth:`build` deletes every leftover. Builds hold the cache folder's write lock, so two demo
+    runs on one output folder fail clearly instead of racing.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        target = self.root / name
+        if not target.exists():
+            restore_previous(target)
+        return target
 
     def done(self, name: str, key: str) -> bool:
         marker = self.path(name) / _STAGE_FILE
@@ -113,18 +124,17 @@ class StageCache:
 
     @contextlib.contextmanager
     def build(self, name: str, key: str) -> Iterator[Path]:
-        target = self.path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
-        try:
-            yield tmp
-            atomic_write_json(tmp / _STAGE_FILE, {"fingerprint": key, "version": __version__})
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with folder_lock(self.root):
+            target = self.path(name)
+            remove_leftovers(target)
+            tmp = make_temp_dir(target.parent, f".{name}.tmp-")
+            try:
+                yield tmp
+                atomic_write_json(tmp / _STAGE_FILE, {"fingerprint": key, "version": __version__})
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            replace_directory(tmp, target)
 
 
 @dataclass

@@ -4,22 +4,42 @@
 package versions; :func:`load_head` reads that name and hands the folder to the class registered
 under it, so any saved head loads through one call (and through ``QueryHead.from_pretrained``).
 Every head class registers itself with :func:`register_head` where it is defined.
+
+Saving is versioned (see :mod:`~llama_index_lvlm_retriever._versioned`): the weights go to
+``model.<gen>.safetensors``, then ``config.json`` is replaced with one that names that file and its
+sha256 (under ``files``), then the previous weights are deleted, all under the folder's write lock.
+Re-saving over a head, killed at any point, leaves the old head or the new one; a load reads the
+weights its config names and checks their sha256. Folders with a plain ``model.safetensors`` and no
+``files`` entry (older saves) still load.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_bytes
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes, json_bytes
+from llama_index_lvlm_retriever._io import json_bytes
+from llama_index_lvlm_retriever._locking import folder_lock
+from llama_index_lvlm_retriever._versioned import (
+    FILES_KEY,
+    VersionedWriter,
+    file_entry,
+    is_tagged,
+    load_consistent,
+    read_checked,
+)
 from llama_index_lvlm_retriever.version import package_versions
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+"""The weights file's base name; saves tag it per write (``model.<gen>.safetensors``)."""
+WEIGHTS_KEY = "weights"
 CLASS_KEY = "class_name"
 VERSIONS_KEY = "versions"
 TRAINED_ON_KEY = "trained_on"
@@ -42,50 +62,105 @@ def write_head(
     class_name: str,
     trained_on: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the weights, then the config (the config last: its presence marks a complete head).
+    """Write the weights, then the config that names them (the config last: the commit point).
 
     ``trained_on`` (the encoder and knowledge base a trained head was fitted for, see
     :data:`TRAINED_ON_KEY`) is stored next to the constructor settings when given.
+
+    Raises:
+        StoreLockedError: Another process is saving into the same folder.
     """
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    atomic_write_bytes(out / WEIGHTS_NAME, _safetensors_bytes(tensors, metadata={"format": "pt"}))
+    data = _safetensors_bytes(tensors, metadata={"format": "pt"})
     record = {CLASS_KEY: class_name, **config, VERSIONS_KEY: package_versions()}
     if trained_on is not None:
         record[TRAINED_ON_KEY] = trained_on
-    atomic_write_bytes(out / CONFIG_NAME, json_bytes(record))
+    with folder_lock(out):
+        writer = VersionedWriter(out, CONFIG_NAME, owns=lambda name: is_tagged(name, WEIGHTS_NAME))
+        try:
+            writer.path(WEIGHTS_KEY, WEIGHTS_NAME).write_bytes(data)
+            writer.commit(record, json_bytes)
+        except BaseException:
+            writer.abort()
+            raise
     return out
 
 
-def read_head_config(folder: str | Path) -> tuple[str | None, dict[str, Any]]:
-    """Return ``(class_name, settings)`` of a saved head (versions and ``trained_on`` dropped).
+@dataclass
+class SavedHead:
+    """One consistent version of a saved head folder, as :func:`read_head` read it."""
+
+    class_name: str | None
+    settings: dict[str, Any]
+    trained_on: dict[str, Any] | None
+    state: dict[str, torch.Tensor]
+    config_path: Path
+    weights_path: Path
+
+
+def read_head(folder: str | Path) -> SavedHead:
+    """Read a saved head's config and the weights it names (sha256-checked), as one version.
 
     Raises:
-        FileNotFoundError: The folder, its ``config.json`` or its ``model.safetensors`` is missing.
-        ValueError: ``config.json`` is not a JSON object.
+        FileNotFoundError: The folder, its ``config.json`` or its weights file is missing.
+        ValueError: ``config.json`` is not a JSON object, or the weights are corrupt or fail their checksum.
     """
     path = Path(folder)
+    return load_consistent(path / CONFIG_NAME, lambda: _read_head_once(path))
+
+
+def _read_head_once(path: Path) -> SavedHead:
+    class_name, record, raw = _read_config(path)
+    name, _ = file_entry(raw, WEIGHTS_KEY, WEIGHTS_NAME)
+    weights_path = path / name
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"query head directory {path} has no {name}; expected {CONFIG_NAME} + its weights file as written by "
+            "save_pretrained"
+        )
+    data = read_checked(path, raw, WEIGHTS_KEY, WEIGHTS_NAME, manifest_name=CONFIG_NAME)
+    try:
+        state = _safetensors_load(data)
+    except Exception as err:  # safetensors' own SafetensorError is not importable by a stable name
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({err}); re-save the head") from err
+    trained_on = raw.get(TRAINED_ON_KEY)
+    return SavedHead(class_name, record, trained_on if isinstance(trained_on, dict) else None, state,
+                     path / CONFIG_NAME, weights_path)
+
+
+def read_head_config(folder: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """Return ``(class_name, settings)`` of a saved head (versions, files and ``trained_on`` dropped).
+
+    Raises:
+        FileNotFoundError: The folder or its ``config.json`` is missing.
+        ValueError: ``config.json`` is not a JSON object.
+    """
+    class_name, record, _ = _read_config(Path(folder))
+    return class_name, record
+
+
+def _read_config(path: Path) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
     if not path.is_dir():
         raise FileNotFoundError(
             f"query head directory not found: {path}; pass a folder written by a head's save_pretrained, "
             "or None for the identity head (standard RAG)"
         )
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"query head directory {path} has no {name}; expected {CONFIG_NAME} + {WEIGHTS_NAME} as "
-                "written by save_pretrained"
-            )
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"query head directory {path} has no {CONFIG_NAME}; expected {CONFIG_NAME} + {WEIGHTS_NAME} as "
+            "written by save_pretrained"
+        )
     try:
-        record = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        raw = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err}); re-save the head") from err
-    if not isinstance(record, dict):
-        raise ValueError(f"{path / CONFIG_NAME} must hold a JSON object, got {type(record).__name__}; re-save the head")
-    record.pop(VERSIONS_KEY, None)
-    record.pop(TRAINED_ON_KEY, None)  # provenance, not a constructor argument: see read_trained_on
-    return record.pop(CLASS_KEY, None), record
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path / CONFIG_NAME} must hold a JSON object, got {type(raw).__name__}; re-save the head")
+    record = dict(raw)
+    for key in (VERSIONS_KEY, FILES_KEY, TRAINED_ON_KEY):  # provenance and layout, not constructor arguments
+        record.pop(key, None)
+    return record.pop(CLASS_KEY, None), record, raw
 
 
 def read_trained_on(folder: str | Path) -> dict[str, Any] | None:
@@ -131,10 +206,12 @@ __all__ = [
     "CLASS_KEY",
     "CONFIG_NAME",
     "HEAD_CLASSES",
+    "SavedHead",
     "TRAINED_ON_KEY",
     "VERSIONS_KEY",
     "WEIGHTS_NAME",
     "load_head",
+    "read_head",
     "read_head_config",
     "read_trained_on",
     "register_head",

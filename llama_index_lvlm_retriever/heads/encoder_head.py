@@ -47,15 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
-from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from llama_index_lvlm_retriever.heads._saving import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    read_head_config,
-    read_trained_on,
+    read_head,
     register_head,
     write_head,
 )
@@ -398,19 +394,18 @@ class EncoderQueryHead(nn.Module):
     @classmethod
     def _load_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> EncoderQueryHead:
         folder = Path(folder)
-        class_name, record = read_head_config(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        if (class_name or ENCODER_HEAD_CLASS) != ENCODER_HEAD_CLASS:
+        saved = read_head(folder)  # config + the weights it names, one version, checksummed
+        config_path, weights_path, state = saved.config_path, saved.weights_path, saved.state
+        if (saved.class_name or ENCODER_HEAD_CLASS) != ENCODER_HEAD_CLASS:
             raise ValueError(f"{config_path} is not an EncoderQueryHead config; load it with QueryHead.from_pretrained")
-        head = cls(EncoderQueryHeadConfig.from_dict(record))
-        state = _load_safetensors(str(weights_path), device="cpu")
+        head = cls(EncoderQueryHeadConfig.from_dict(saved.settings))
         prefix = "tower."
         try:
             # Plain tower weights: they also load into a head whose config asks for live adapters.
             head._load_tower_weights({k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()})
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"weights in {weights_path} do not fit the config in {config_path}: {err}") from err
-        head.trained_on = read_trained_on(folder)
+        head.trained_on = saved.trained_on
         return head.to(device).eval()
 
 

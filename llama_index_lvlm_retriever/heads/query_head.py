@@ -28,15 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
-from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 
 from llama_index_lvlm_retriever.heads._saving import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     load_head,
-    read_head_config,
-    read_trained_on,
+    read_head,
     register_head,
     write_head,
 )
@@ -289,16 +285,13 @@ class QueryHead(nn.Module):
     @classmethod
     def _load_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> QueryHead:
         folder = Path(folder)
-        _, record = read_head_config(folder)
-        head = cls(QueryHeadConfig.from_dict(record))
-        state = _load_safetensors(str(folder / WEIGHTS_NAME), device="cpu")
+        saved = read_head(folder)  # config + the weights it names, one version, checksummed
+        head = cls(QueryHeadConfig.from_dict(saved.settings))
         try:
-            head.load_state_dict(state, strict=True)
+            head.load_state_dict(saved.state, strict=True)
         except RuntimeError as err:
-            raise ValueError(
-                f"weights in {folder / WEIGHTS_NAME} do not fit the config in {folder / CONFIG_NAME}: {err}"
-            ) from err
-        head.trained_on = read_trained_on(folder)
+            raise ValueError(f"weights in {saved.weights_path} do not fit the config in {saved.config_path}: {err}") from err
+        head.trained_on = saved.trained_on
         return head.to(device).eval()
 
 

@@ -217,6 +217,12 @@ def model_class_name(model: MultiModalEmbedding) -> str:
     return type(model).__name__
 
 
+def model_dtype(model: MultiModalEmbedding) -> str | None:
+    """The weight dtype name the model runs in (``CLIPEmbedding.dtype``), ``None`` when it has none."""
+    value = getattr(model, "dtype", None)
+    return value if isinstance(value, str) else None
+
+
 def probe_image() -> Image.Image:
     """A fixed synthetic RGB image (smooth gradients plus a bright square) used as the probe."""
     y, x = np.mgrid[0:_PROBE_SIZE, 0:_PROBE_SIZE]  # (size, size) each
@@ -244,6 +250,7 @@ def describe_encoder(model: MultiModalEmbedding, *, with_probe: bool = True) -> 
         "class_name": model_class_name(model),
         "model_name": getattr(model, "model_name", None),
         "fingerprint": model_fingerprint(model),
+        "dtype": model_dtype(model),
     }
     if with_probe:
         image, text = probe_embeddings(model)
@@ -258,19 +265,25 @@ def encoder_label(info: dict[str, Any]) -> str:
         parts.append(f"model {info['model_name']!r}")
     if info.get("fingerprint"):
         parts.append(f"fingerprint {str(info['fingerprint'])[:12]}")
+    if info.get("dtype"):
+        parts.append(str(info["dtype"]))
     return ", ".join(parts)
 
 
 def encoder_mismatch(saved: dict[str, Any], model: MultiModalEmbedding) -> str | None:
     """Why ``model`` is not the encoder described by ``saved``; ``None`` when it is.
 
-    Fingerprints decide when both sides have one; otherwise the model re-embeds the probe and
-    each of its image and text embeddings must be within cosine :data:`PROBE_MIN_COSINE` of the
-    recorded ones.
+    Fingerprints decide when both sides have one and ran in the same dtype; otherwise (no
+    fingerprint, or the same checkpoint loaded in another dtype, whose fingerprint necessarily
+    differs) the model re-embeds the probe and each of its image and text embeddings must be
+    within cosine :data:`PROBE_MIN_COSINE` of the recorded ones: what matters is that the vectors
+    agree, not the bytes of the weights.
     """
     saved_fp = saved.get("fingerprint")
     given_fp = model_fingerprint(model)
-    if saved_fp and given_fp:
+    saved_dtype, given_dtype = saved.get("dtype"), model_dtype(model)
+    other_dtype = bool(saved_dtype and given_dtype and saved_dtype != given_dtype)
+    if saved_fp and given_fp and not (other_dtype and saved.get("probe")):
         return None if saved_fp == given_fp else f"weights fingerprint {given_fp[:12]} != {str(saved_fp)[:12]}"
     probe = saved.get("probe")
     if not probe:
@@ -285,7 +298,8 @@ def encoder_mismatch(saved: dict[str, Any], model: MultiModalEmbedding) -> str |
             return f"probe {what} embedding is {current.shape[0]}-d, the knowledge base's is {reference.size}-d"
         cosine = _cosine(reference, current)
         if cosine < PROBE_MIN_COSINE:
-            return f"probe {what} embedding cosine {cosine:.4f} < {PROBE_MIN_COSINE}"
+            dtypes = f"; built in {saved_dtype}, given {given_dtype}" if other_dtype else ""
+            return f"probe {what} embedding cosine {cosine:.4f} < {PROBE_MIN_COSINE}{dtypes}"
     return None
 
 

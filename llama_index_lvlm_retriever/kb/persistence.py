@@ -3,9 +3,9 @@
 Private module; :meth:`KnowledgeBase.persist
 <llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase.persist>` and
 :meth:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase.from_persist_dir` are the API.
-The folder layout and the atomic writes are ``storage``'s; this module decides which of its two
-writers a backend needs, records the backend's connection settings in the manifest, and on reopen
-checks encoder, files and the database collections against each other.
+The folder layout and the versioned, checksummed writes are ``storage``'s; this module records the
+backend's connection settings in the manifest, and on reopen checks encoder, files and the database
+collections against each other, reading one consistent version of the folder.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from llama_index.core.embeddings import MultiModalEmbedding
 
+from llama_index_lvlm_retriever._versioned import load_consistent
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import storage as store
@@ -67,7 +68,7 @@ def persist_knowledge_base(
     hashes: Sequence[str],
     indexes: Mapping[str, VectorBackend],
 ) -> None:
-    """Write a KB folder: faiss swaps a whole new folder in; a database backend updates it in place."""
+    """Write a new version of a KB folder (faiss index files too, for the faiss backend) and commit it."""
     is_faiss = isinstance(backend, FaissBackendConfig)
     manifest = store.make_manifest(
         encoder=encoder,
@@ -89,13 +90,25 @@ def persist_knowledge_base(
         return
     local = backend.uri if backend.name == "milvus" else backend.path
     local_store = Path(local) if local is not None and backend.is_local else None
-    store.write_knowledge_base_in_place(persist_dir, **data, local_store=local_store)
+    store.write_knowledge_base(persist_dir, **data, write_indexes={}, local_store=local_store)
 
 
 def load_knowledge_base(
     persist_dir: Path, embed_model: MultiModalEmbedding, backend: BackendConfig | None
 ) -> LoadedKnowledgeBase:
-    """Read a KB folder and attach its backend, checking encoder, files and collections."""
+    """Read a KB folder and attach its backend, checking encoder, files, checksums and collections.
+
+    The folder is read as one version: the files the manifest names, each checked against its
+    sha256; a version replaced by a concurrent writer while we read is read again.
+    """
+    if not persist_dir.is_dir():
+        store.read_manifest(persist_dir)  # raises the "not found" error
+    return load_consistent(persist_dir / store.MANIFEST_FILE, lambda: _load_once(persist_dir, embed_model, backend))
+
+
+def _load_once(
+    persist_dir: Path, embed_model: MultiModalEmbedding, backend: BackendConfig | None
+) -> LoadedKnowledgeBase:
     manifest = store.read_manifest(persist_dir)
     backend = backend_from(manifest.get("backend") or {"name": "faiss"}, persist_dir, backend)
     store.require_files(persist_dir, manifest)
@@ -113,7 +126,10 @@ def load_knowledge_base(
     kb_uid = str(manifest.get("kb_uid") or uuid.uuid4().hex)
     if isinstance(backend, FaissBackendConfig):
         indexes: dict[str, VectorBackend] = {
-            name: FaissIndex.read(persist_dir / store.INDEX_FILES[name], config, items, hashes) for name in MODALITIES
+            name: FaissIndex.from_bytes(
+                store.read_file(persist_dir, manifest, name), store.file_path(persist_dir, manifest, name), config, items, hashes
+            )
+            for name in MODALITIES
         }
     else:
         identity = BackendIdentity(

@@ -1,47 +1,58 @@
-"""On-disk layout of a persisted knowledge base, written atomically as a whole directory.
+"""On-disk layout of a persisted knowledge base: versioned data files and a manifest written last.
 
 A KB directory holds::
 
-    manifest.json          format, package version, encoder record (+ probe), dim, counts, index
-    items.jsonl            one KBItem per line (KBItem.to_dict), row order = vector order
-    vectors.safetensors    tensors "image" and "text", (n, dim) float32, L2-normalised
-    image_hashes.json      content hash of every image, row order
-    image.faiss            faiss index over the image vectors   (faiss backend only)
-    text.faiss             faiss index over the text vectors    (faiss backend only)
+    manifest.json                format, package version, encoder record (+ probe, dtype), dim,
+                                 counts, index, backend, and ``files``: name + sha256 + size of each
+                                 data file below (the commit point of a write)
+    items.<gen>.jsonl            one KBItem per line (KBItem.to_dict), row order = vector order
+    vectors.<gen>.safetensors    tensors "image" and "text", (n, dim) float32, L2-normalised
+    image_hashes.<gen>.json      content hash of every image, row order
+    image.<gen>.faiss            faiss index over the image vectors   (faiss backend only)
+    text.<gen>.faiss             faiss index over the text vectors    (faiss backend only)
 
-With the faiss backend the whole directory is written under a temp name and swapped in. With a
-database backend (Milvus, Qdrant) the vectors' searchable copy lives in the database, whose local
-store (a Milvus Lite ``.db``, a Qdrant folder) may sit inside the directory and must not be moved
-while open; there the three data files carry a generation tag (``items.<gen>.jsonl``, ...), the
-manifest names them and is replaced last, atomically, so a reader sees the old or the new
-generation, never a mix.
+``<gen>`` is a fresh tag per write. Every backend is written the same way, in place (see
+:mod:`~llama_index_lvlm_retriever._versioned`): the new files under new names, then the manifest
+replaced atomically, then the previous version's files and any leftovers of killed writes deleted,
+all under the folder's write lock. The folder therefore always holds one complete version, a reader
+never mixes two, and every file is checked against its sha256 on load. A database backend's local
+store (a Milvus Lite ``.db``, a Qdrant folder) may sit inside the directory and is never moved.
+Format 1 directories (fixed names ``items.jsonl``, ..., no checksums) still load.
 
 Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import logging
-import os
 import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save_file
 
+from llama_index_lvlm_retriever._locking import LOCK_FILE, folder_lock
+from llama_index_lvlm_retriever._versioned import (
+    VersionedWriter,
+    file_entry,
+    is_tagged,
+    json_record,
+    read_checked,
+)
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "llama-index-lvlm-retriever/knowledge-base"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""1: fixed file names, no checksums (faiss) or plain generation names (databases); 2: ``files`` with sha256."""
 MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.jsonl"
 VECTORS_FILE = "vectors.safetensors"
@@ -49,67 +60,24 @@ HASHES_FILE = "image_hashes.json"
 IMAGE_INDEX_FILE = "image.faiss"
 TEXT_INDEX_FILE = "text.faiss"
 INDEX_FILES = {"image": IMAGE_INDEX_FILE, "text": TEXT_INDEX_FILE}
+DATA_FILES = {"items": ITEMS_FILE, "vectors": VECTORS_FILE, "hashes": HASHES_FILE}
+"""Manifest ``files`` key -> default (format 1) file name; index files use their modality as key."""
 IMAGE_TENSOR = "image"
 TEXT_TENSOR = "text"
 
 
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a fresh temp directory next to ``target``; on success it replaces ``target``.
-
-    The new directory is built completely under a hidden temp name in the same parent (so the
-    final rename stays on one filesystem), then swapped in: an existing ``target`` is renamed
-    aside, the new one renamed in, and the old one deleted. An exception before the swap deletes
-    the temp directory and leaves ``target`` untouched; a failed swap puts the old one back.
-    """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a directory; choose a directory path")
-    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
-        raise FileExistsError(
-            f"{target} is a non-empty directory that is not a knowledge base (no {MANIFEST_FILE}); "
-            "refusing to replace it. Choose a new or empty directory."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        _fsync_files(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Path | None = None
-    try:
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None and not target.exists():
-            os.rename(old, target)
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def is_data_file(name: str) -> bool:
+    """Whether ``name`` is one of a KB's data files (any version)."""
+    return any(is_tagged(name, default) for default in (*DATA_FILES.values(), *INDEX_FILES.values()))
 
 
-def _fsync_files(folder: Path) -> None:
-    # Files written by libraries (faiss, safetensors) are not synced; do it before the rename so a
-    # power loss cannot leave the new name pointing at empty files.
-    for path in folder.iterdir():
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON (UTF-8, indented) and fsync it."""
-    with path.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def remove_legacy_siblings(target: Path) -> None:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` folders that format-1 writes left when killed."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for path in target.parent.glob(pattern):
+            if path.is_dir():
+                logger.info("removing %s, left by an interrupted write of %s", path, target)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
@@ -124,48 +92,49 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{persist_dir} has no {MANIFEST_FILE}, so it is not a knowledge-base directory "
-            "(or its write was interrupted); rebuild it with KnowledgeBase.persist."
+            "(or its first write was interrupted); rebuild it with KnowledgeBase.persist."
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}); rebuild the knowledge base") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ValueError(
             f"{path} has format version {manifest.get('format_version')!r}; this package reads "
-            f"version {FORMAT_VERSION}. Rebuild the knowledge base with this version."
+            f"versions {list(READABLE_FORMAT_VERSIONS)}. Rebuild the knowledge base with this version."
         )
     return manifest
 
 
-def write_items(path: Path, items: Sequence[KBItem]) -> None:
-    """Write items as JSONL (row order), naming any item whose metadata is not JSON-serialisable."""
-    with path.open("w", encoding="utf-8") as fh:
-        for item in items:
-            try:
-                line = json.dumps(item.to_dict(), ensure_ascii=False)
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"item {item.id!r} cannot be saved: its metadata is not JSON-serialisable ({err}); "
-                    "keep metadata to strings, numbers, lists and dicts"
-                ) from err
-            fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def items_bytes(items: Sequence[KBItem]) -> bytes:
+    """Items as JSONL (row order), naming any item whose metadata is not JSON-serialisable."""
+    lines = []
+    for item in items:
+        try:
+            lines.append(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"item {item.id!r} cannot be saved: its metadata is not JSON-serialisable ({err}); "
+                "keep metadata to strings, numbers, lists and dicts"
+            ) from err
+    return "".join(lines).encode("utf-8")
 
 
-def read_items(path: Path) -> list[KBItem]:
-    """Read items written by :func:`write_items`."""
+def parse_items(data: bytes, path: Path) -> list[KBItem]:
+    """Read items written by :func:`items_bytes`; errors name the file and line."""
     items: list[KBItem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    items.append(KBItem.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, KeyError) as err:
-                    raise ValueError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 ({err}); rebuild the knowledge base") from err
+    for lineno, line in enumerate(io.StringIO(text), start=1):
+        if line.strip():
+            try:
+                items.append(KBItem.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
     return items
 
 
@@ -178,34 +147,16 @@ def write_vectors(path: Path, image: np.ndarray, text: np.ndarray) -> None:
     )
 
 
-def read_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def parse_vectors(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(image, text)`` vectors written by :func:`write_vectors`."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_safetensors(data)
+    except Exception as err:  # safetensors raises its own SafetensorError (not exported) on bad bytes
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); rebuild the knowledge base") from err
     missing = {IMAGE_TENSOR, TEXT_TENSOR} - set(tensors)
     if missing:
         raise ValueError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
     return tensors[IMAGE_TENSOR], tensors[TEXT_TENSOR]
-
-
-def data_files(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """``{"items", "vectors", "hashes"}`` -> the file names this manifest's data is in."""
-    files = manifest.get("files") or {}
-    return {
-        "items": str(files.get("items", ITEMS_FILE)),
-        "vectors": str(files.get("vectors", VECTORS_FILE)),
-        "hashes": str(files.get("hashes", HASHES_FILE)),
-    }
-
-
-def require_files(persist_dir: Path, manifest: Mapping[str, Any] | None = None) -> None:
-    """Raise naming every data file missing from a KB directory."""
-    manifest = manifest or {}
-    names = tuple(data_files(manifest).values())
-    if (manifest.get("backend") or {}).get("name", "faiss") == "faiss":
-        names += (IMAGE_INDEX_FILE, TEXT_INDEX_FILE)
-    missing = [name for name in names if not (persist_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{persist_dir} is missing {missing}; the directory is incomplete, rebuild it")
 
 
 def make_manifest(
@@ -244,28 +195,9 @@ def write_knowledge_base(
     text_vectors: np.ndarray,
     image_hashes: Sequence[str],
     write_indexes: Mapping[str, Callable[[Path], None]],
-) -> None:
-    """Write every file of a KB directory into a temp directory, then swap it in atomically."""
-    with atomic_directory(target) as tmp:
-        write_items(tmp / ITEMS_FILE, items)
-        write_vectors(tmp / VECTORS_FILE, image_vectors, text_vectors)
-        write_json(tmp / HASHES_FILE, list(image_hashes))
-        for name, write in write_indexes.items():
-            write(tmp / INDEX_FILES[name])
-        write_json(tmp / MANIFEST_FILE, manifest)  # last: its presence marks a complete KB
-
-
-def write_knowledge_base_in_place(
-    target: Path,
-    *,
-    manifest: dict[str, Any],
-    items: Sequence[KBItem],
-    image_vectors: np.ndarray,
-    text_vectors: np.ndarray,
-    image_hashes: Sequence[str],
     local_store: Path | None = None,
-) -> None:
-    """Write a database-backed KB directory without moving it (see the module docstring).
+) -> dict[str, Any]:
+    """Write a new version of a KB directory in place and commit it (see the module docstring).
 
     Args:
         target: The KB directory (new, empty, an existing KB, or holding only ``local_store``).
@@ -274,82 +206,107 @@ def write_knowledge_base_in_place(
         image_vectors: ``(n, dim)`` image vectors.
         text_vectors: ``(n, dim)`` text vectors.
         image_hashes: Content hashes, row order.
+        write_indexes: Modality -> writer of its index file (faiss); empty for database backends.
         local_store: The backend's embedded store when it lies inside ``target`` (left alone).
+
+    Returns:
+        The manifest as written.
+
+    Raises:
+        StoreLockedError: Another process is writing ``target``.
+        FileExistsError: ``target`` is a non-empty directory that is not a knowledge base.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a directory; choose a directory path")
-    if target.is_dir() and not (target / MANIFEST_FILE).is_file():
-        foreign = [p.name for p in target.iterdir() if local_store is None or p.resolve() != Path(local_store).resolve()]
-        if foreign:
-            raise FileExistsError(
-                f"{target} is a non-empty directory that is not a knowledge base (no {MANIFEST_FILE}; holds "
-                f"{sorted(foreign)[:5]}); refusing to write into it. Choose a new or empty directory."
-            )
-    target.mkdir(parents=True, exist_ok=True)
-    generation = uuid.uuid4().hex[:8]
-    files = {
-        "items": f"items.{generation}.jsonl",
-        "vectors": f"vectors.{generation}.safetensors",
-        "hashes": f"image_hashes.{generation}.json",
-    }
-    written = [target / name for name in files.values()]
-    try:
-        write_items(target / files["items"], items)
-        write_vectors(target / files["vectors"], image_vectors, text_vectors)
-        _fsync_files_named(target, [files["vectors"]])
-        write_json(target / files["hashes"], list(image_hashes))
-        tmp_manifest = target / f".{MANIFEST_FILE}.tmp-{generation}"
-        written.append(tmp_manifest)
-        write_json(tmp_manifest, {**manifest, "files": files})
-        os.replace(tmp_manifest, target / MANIFEST_FILE)  # the commit point: old or new generation
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target)
-    stale = [
-        p for p in target.iterdir()
-        if p.is_file() and p.name not in files.values() and p.name != MANIFEST_FILE and _is_data_file(p.name)
-    ]
-    for path in stale:
-        path.unlink(missing_ok=True)
-
-
-def _is_data_file(name: str) -> bool:
-    return any(
-        name == default or (name.startswith(default.split(".")[0] + ".") and name.endswith("." + default.rsplit(".", 1)[1]))
-        for default in (ITEMS_FILE, VECTORS_FILE, HASHES_FILE, IMAGE_INDEX_FILE, TEXT_INDEX_FILE)
-    )
-
-
-def _fsync_files_named(folder: Path, names: Sequence[str]) -> None:
-    for name in names:
-        with (folder / name).open("rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable (POSIX); not every platform can open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+    _refuse_foreign(target, local_store)
+    created = not target.exists()
+    payload = items_bytes(items)  # fail on bad metadata before touching the disk
+    with folder_lock(target):
+        writer = VersionedWriter(target, MANIFEST_FILE, owns=is_data_file)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            _write_bytes(writer.path("items", ITEMS_FILE), payload)
+            write_vectors(writer.path("vectors", VECTORS_FILE), image_vectors, text_vectors)
+            _write_bytes(writer.path("hashes", HASHES_FILE), json_record(list(image_hashes)))
+            for name, write in write_indexes.items():
+                write(writer.path(name, INDEX_FILES[name]))
+            record = writer.commit(manifest, json_record)
+        except BaseException:
+            writer.abort()
+            if created:  # a first write that failed leaves no empty folder behind
+                (target / LOCK_FILE).unlink(missing_ok=True)
+                _rmdir_if_empty(target)
+            raise
+    remove_legacy_siblings(target)
+    return record
+
+
+def _refuse_foreign(target: Path, local_store: Path | None) -> None:
+    if not target.is_dir() or (target / MANIFEST_FILE).is_file():
+        return
+    store = Path(local_store).resolve() if local_store is not None else None
+    foreign = [
+        p.name for p in target.iterdir()
+        if p.name != LOCK_FILE and not is_data_file(p.name) and not p.name.startswith(".")
+        and (store is None or p.resolve() != store)
+    ]
+    if foreign:
+        raise FileExistsError(
+            f"{target} is a non-empty directory that is not a knowledge base (no {MANIFEST_FILE}; holds "
+            f"{sorted(foreign)[:5]}); refusing to write into it. Choose a new or empty directory."
+        )
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:  # a fresh tagged name: plain open, umask-honouring mode
+        fh.write(data)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def require_files(persist_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Raise naming every data file missing from a KB directory."""
+    keys = dict(DATA_FILES)
+    if (manifest.get("backend") or {}).get("name", "faiss") == "faiss":
+        keys.update(INDEX_FILES)
+    names = [file_entry(manifest, key, default)[0] for key, default in keys.items()]
+    missing = [name for name in names if not (persist_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{persist_dir} is missing {missing}; the directory is incomplete, rebuild it")
+
+
+def read_file(persist_dir: Path, manifest: Mapping[str, Any], key: str) -> bytes:
+    """The checked bytes of the manifest's ``key`` file (``items``, ``vectors``, ``hashes``, ``image``, ``text``)."""
+    default = {**DATA_FILES, **INDEX_FILES}[key]
+    return read_checked(persist_dir, manifest, key, default, manifest_name=MANIFEST_FILE)
+
+
+def file_path(persist_dir: Path, manifest: Mapping[str, Any], key: str) -> Path:
+    """Path of the manifest's ``key`` file, for messages."""
+    return persist_dir / file_entry(manifest, key, {**DATA_FILES, **INDEX_FILES}[key])[0]
 
 
 def read_knowledge_base(
     persist_dir: Path, manifest: dict[str, Any]
 ) -> tuple[list[KBItem], np.ndarray, np.ndarray, list[str]]:
     """Read ``(items, image vectors, text vectors, image hashes)`` of a KB directory and check counts."""
-    files = data_files(manifest)
-    items = read_items(persist_dir / files["items"])
-    image, text = read_vectors(persist_dir / files["vectors"])
-    hashes = json.loads((persist_dir / files["hashes"]).read_text(encoding="utf-8"))
-    if len(items) != manifest.get("count") or not isinstance(hashes, list):
+    items = parse_items(read_file(persist_dir, manifest, "items"), file_path(persist_dir, manifest, "items"))
+    image, text = parse_vectors(read_file(persist_dir, manifest, "vectors"), file_path(persist_dir, manifest, "vectors"))
+    hashes_path = file_path(persist_dir, manifest, "hashes")
+    try:
+        hashes = json.loads(read_file(persist_dir, manifest, "hashes").decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{hashes_path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
+    if not isinstance(hashes, list) or len(hashes) != len(items):
+        raise ValueError(f"{hashes_path} must list one image hash per item ({len(items)}); rebuild the knowledge base")
+    if len(items) != manifest.get("count") or image.shape[0] != len(items) or text.shape[0] != len(items):
         raise ValueError(
-            f"{persist_dir}: manifest says {manifest.get('count')} items but {ITEMS_FILE} has "
-            f"{len(items)}; the directory is inconsistent, rebuild it"
+            f"{persist_dir}: manifest says {manifest.get('count')} items but the files hold {len(items)} items and "
+            f"{image.shape[0]}/{text.shape[0]} image/text vectors; the directory is inconsistent, rebuild it"
         )
     return items, image, text, [str(h) for h in hashes]

@@ -54,6 +54,11 @@ def shard_name(index: int) -> str:
     return f"{SHARD_PREFIX}{index:05d}"
 
 
+def is_shard_file(name: str) -> bool:
+    """Whether ``name`` is a shard's tensors or JSON (any write's tag)."""
+    return name.startswith(SHARD_PREFIX) and name.endswith((".safetensors", ".json"))
+
+
 def plan_fingerprint(manifest: dict[str, Any]) -> str:
     """Hash of what defines a collection run: identities, task, config and case ids."""
     return sha256_json({key: manifest.get(key) for key in PLAN_KEYS})
@@ -69,15 +74,19 @@ def write_shard(
     fingerprint: str,
     case_ids: Sequence[str],
     candidate_ids: dict[str, list[list[str]]],
+    stem: str | None = None,
 ) -> str:
     """Write one shard atomically: tensors first, then the JSON that marks the shard finished.
+
+    ``stem`` overrides the file stem (``FeedbackCache.persist`` tags it per write, so a re-persist
+    never overwrites the files the current manifest names).
 
     Returns:
         The SHA-256 of the safetensors bytes (recorded in the shard JSON and the manifest).
     """
     data = _safetensors_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
     digest = hashlib.sha256(data).hexdigest()
-    stem = shard_name(index)
+    stem = stem or shard_name(index)
     atomic_write(folder / f"{stem}.safetensors", data)
     meta = {
         "shard": index,

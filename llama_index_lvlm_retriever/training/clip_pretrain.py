@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,12 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, CLIPModel
 from transformers.processing_utils import ProcessorMixin
 
-from llama_index_lvlm_retriever._io import atomic_write_json
+from llama_index_lvlm_retriever._dirswap import (
+    remove_leftovers,
+    replace_directory,
+    restore_previous,
+)
+from llama_index_lvlm_retriever._io import atomic_write_json, make_temp_dir
 from llama_index_lvlm_retriever.data.images import load_image
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
@@ -246,8 +249,9 @@ class CLIPPretrainEngine:
         """
         save_dir = Path(save_dir)
         save_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.", dir=save_dir.parent))
-        old: Path | None = None
+        restore_previous(save_dir)  # a save killed between its two renames left the old one aside
+        remove_leftovers(save_dir)
+        tmp = make_temp_dir(save_dir.parent, f".{save_dir.name}.tmp-")
         try:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
@@ -255,17 +259,10 @@ class CLIPPretrainEngine:
                 tmp / PRETRAIN_RECORD_FILE,
                 {"config": self.config.model_dump(), "history": self.history},
             )
-            if save_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.old.", dir=save_dir.parent))
-                os.replace(save_dir, old / save_dir.name)
-            os.replace(tmp, save_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None and not save_dir.exists():
-                os.replace(old / save_dir.name, save_dir)  # put the previous checkpoint back
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, save_dir)
         logger.info("saved pre-trained CLIP to %s", save_dir)
         return save_dir
 

@@ -20,6 +20,7 @@ the manifest once all are finished; one process runs the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.training._distributed import _DistContext, _distributed_context
 from llama_index_lvlm_retriever.training._feedback_shards import (
@@ -126,7 +128,7 @@ def collect_feedback(
     fingerprint = plan_fingerprint(plan)
     shard_ranges = [(s, min(s + config.shard_size, len(cases))) for s in range(0, len(cases), config.shard_size)]
 
-    with _distributed_context() as ctx:
+    with _distributed_context() as ctx, _single_writer(folder, ctx.world_size):
         finished = _run_on_main(ctx, lambda: _prepare_folder(folder, plan))
         if not finished:
             mine = [i for i in range(len(shard_ranges)) if i % ctx.world_size == ctx.rank]
@@ -148,6 +150,13 @@ def collect_feedback(
             _run_on_main(ctx, lambda: _write_manifest(folder, plan, fingerprint, shard_ranges))
         ctx.barrier()
     return FeedbackCache.from_persist_dir(folder)
+
+
+def _single_writer(folder: Path, world_size: int) -> contextlib.AbstractContextManager[object]:
+    # One process: hold the folder's write lock, so a second collection into it fails clearly.
+    # Several ranks write their own shards into one folder by design (disjoint names, rank 0 writes
+    # the manifest), so a distributed run takes no lock.
+    return folder_lock(folder) if world_size == 1 else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------- validation and plan

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,14 @@ import numpy as np
 import torch
 from safetensors.torch import load as _safetensors_load
 
+from llama_index_lvlm_retriever._locking import folder_lock
+from llama_index_lvlm_retriever._versioned import (
+    ChecksumMismatchError,
+    MissingStoreFileError,
+    fsync_dir,
+    load_consistent,
+    remove_unreferenced,
+)
 from llama_index_lvlm_retriever.aggregation import MULTI_LABEL_THRESHOLD
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,
@@ -46,7 +55,9 @@ from llama_index_lvlm_retriever.training._feedback_shards import (
     HEAD_TENSORS,
     MANIFEST_FILE,
     QUERY_EMBEDDINGS,
+    SHARD_PREFIX,
     atomic_write,
+    is_shard_file,
     json_bytes,
     plan_fingerprint,
     shard_name,
@@ -165,6 +176,16 @@ class FeedbackCache:
             raise FileNotFoundError(
                 f"feedback cache directory not found: {folder}; create one with collect_feedback(..., cache_dir=...)"
             )
+        # One version: the shards the manifest names; a re-persist racing this load is read again.
+        cache = load_consistent(folder / MANIFEST_FILE, lambda: cls._load_once(folder))
+        if retriever is not None:
+            cache.check_retriever(retriever)
+        if reader is not None:
+            cache.check_reader(reader)
+        return cache
+
+    @classmethod
+    def _load_once(cls, folder: Path) -> FeedbackCache:
         manifest_path = folder / MANIFEST_FILE
         if not manifest_path.is_file():
             raise FileNotFoundError(
@@ -186,12 +207,15 @@ class FeedbackCache:
         parts: dict[str, list[torch.Tensor]] = {QUERY_EMBEDDINGS: []}
         parts.update({f"{h}.{name}": [] for h in heads for name in HEAD_TENSORS})
         for shard in manifest.get("shards", []):
-            path = folder / f"{shard['name']}.safetensors"
+            name = str(shard["name"])
+            if Path(name).name != name or not name.startswith(SHARD_PREFIX):
+                raise ValueError(f"{manifest_path} names shard {name!r}, which is not a shard file name in {folder}")
+            path = folder / f"{name}.safetensors"
             if not path.is_file():
-                raise ValueError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")
+                raise MissingStoreFileError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                raise ValueError(
+                raise ChecksumMismatchError(
                     f"shard {path} does not match the hash in {manifest_path} (modified or corrupt); "
                     "delete the cache directory and collect the feedback again"
                 )
@@ -204,20 +228,19 @@ class FeedbackCache:
                 "least one case"
             )
         joined = {key: torch.cat(chunks, dim=0) for key, chunks in parts.items()}
-        cache = cls(
+        return cls(
             manifest,
             joined[QUERY_EMBEDDINGS],
             {h: _HeadArrays(*(joined[f"{h}.{name}"] for name in HEAD_TENSORS)) for h in heads},
             persist_dir=folder,
         )
-        if retriever is not None:
-            cache.check_retriever(retriever)
-        if reader is not None:
-            cache.check_reader(reader)
-        return cache
 
     def persist(self, persist_dir: str | Path, *, shard_size: int | None = None) -> Path:
         """Write the cache as shards plus a manifest (each file atomically, the manifest last).
+
+        Shards get names tagged for this write and the manifest is replaced last, then the previous
+        shards are deleted (under the folder's write lock): re-persisting over a cache, killed at any
+        point, leaves the old cache or the new one.
 
         Args:
             persist_dir: Target folder (created if missing).
@@ -227,25 +250,32 @@ class FeedbackCache:
             The folder.
         """
         folder = Path(persist_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         size = int(shard_size or self._manifest["config"]["shard_size"])
         fingerprint = plan_fingerprint(self._manifest)
         ids = self.case_ids
-        cand = {h: self.candidate_ids(h) for h in self.heads}
+        cand = {h: self.candidate_ids(h) for h in self.heads}  # read before the old shards can go
+        generation = uuid.uuid4().hex[:12]
         shards = []
-        for index, start in enumerate(range(0, len(self), size)):
-            stop = min(start + size, len(self))
-            rows = torch.arange(start, stop)
-            digest = write_shard(
-                folder,
-                index,
-                self._tensors(rows),
-                fingerprint=fingerprint,
-                case_ids=ids[start:stop],
-                candidate_ids={h: cand[h][start:stop] for h in self.heads},
-            )
-            shards.append({"name": shard_name(index), "start": start, "stop": stop, "sha256": digest})
-        atomic_write(folder / MANIFEST_FILE, json_bytes({**self._manifest, "shards": shards}))
+        with folder_lock(folder):
+            for index, start in enumerate(range(0, len(self), size)):
+                stop = min(start + size, len(self))
+                rows = torch.arange(start, stop)
+                # Tagged names: the shards the current manifest names stay untouched until it is replaced.
+                stem = f"{shard_name(index)}-{generation}"
+                digest = write_shard(
+                    folder,
+                    index,
+                    self._tensors(rows),
+                    fingerprint=fingerprint,
+                    case_ids=ids[start:stop],
+                    candidate_ids={h: cand[h][start:stop] for h in self.heads},
+                    stem=stem,
+                )
+                shards.append({"name": stem, "start": start, "stop": stop, "sha256": digest})
+            atomic_write(folder / MANIFEST_FILE, json_bytes({**self._manifest, "shards": shards}))  # the commit point
+            fsync_dir(folder)
+            keep = {f"{shard['name']}{ext}" for shard in shards for ext in (".safetensors", ".json")}
+            remove_unreferenced(folder, keep=keep | {MANIFEST_FILE}, owns=is_shard_file)
         logger.info("persisted a feedback cache of %d cases in %d shards to %s", len(self), len(shards), folder)
         return folder
 

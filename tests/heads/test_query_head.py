@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch
 
 from llama_index_lvlm_retriever.heads import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     QueryHead,
     QueryHeadConfig,
 )
@@ -114,7 +114,9 @@ def test_save_load_round_trip(config: QueryHeadConfig, embeddings: np.ndarray, t
         # Trained weights really moved the output away from the identity.
         assert np.abs(before[:, :4] - _unit_rows(embeddings)).max() > 1e-3
     head.save_pretrained(tmp_path / "head")
-    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    weights = json.loads((tmp_path / "head" / CONFIG_NAME).read_text())["files"]["weights"]["name"]
+    assert re.fullmatch(r"model\.[0-9a-f]{12}\.safetensors", weights)  # WEIGHTS_NAME tagged per write
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [CONFIG_NAME, weights]
 
     loaded = QueryHead.from_pretrained(tmp_path / "head")
     assert loaded.config == config
@@ -133,14 +135,16 @@ def test_save_overwrites_an_existing_head(embeddings: np.ndarray, tmp_path: Path
     assert loaded.config.alpha == 0.5
     np.testing.assert_array_equal(loaded.encode(embeddings), second.encode(embeddings))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(list(tmp_path.glob("model.*.safetensors"))) == 1  # the first save's weights are gone
 
 
 def test_missing_directory_and_files_raise(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="query head directory not found: .*nope"):
         QueryHead.from_pretrained(tmp_path / "nope")
     QueryHead(QueryHeadConfig(dim=3, kind="linear")).save_pretrained(tmp_path / "h")
-    (tmp_path / "h" / WEIGHTS_NAME).unlink()
-    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+    (weights,) = (tmp_path / "h").glob("model.*.safetensors")
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=f"has no {re.escape(weights.name)}"):
         QueryHead.from_pretrained(tmp_path / "h")
     (tmp_path / "h" / CONFIG_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="has no config.json"):

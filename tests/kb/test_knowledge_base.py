@@ -35,6 +35,7 @@ import pytest
 from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
+from llama_index_lvlm_retriever import _io
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import (
@@ -43,7 +44,6 @@ from llama_index_lvlm_retriever.kb import (
     KnowledgeBase,
     SearchHit,
 )
-from llama_index_lvlm_retriever.kb import storage as kb_storage
 from llama_index_lvlm_retriever.kb.backends import FaissIndex
 from llama_index_lvlm_retriever.version import __version__
 
@@ -329,10 +329,14 @@ def test_persist_round_trip_on_hnsw_with_metadata(random_items: list[KBItem], tm
     kb = KnowledgeBase.build(items, QuadrantEmbedding(), index_config=config, show_progress=False)
     kb.persist(tmp_path / "kb")
     assert sorted(os.listdir(tmp_path)) == ["kb"]  # no temp directories left behind
-    assert sorted(os.listdir(tmp_path / "kb")) == [
-        "image.faiss", "image_hashes.json", "items.jsonl", "manifest.json", "text.faiss", "vectors.safetensors"
-    ]
     manifest = KnowledgeBase.read_manifest(tmp_path / "kb")
+    gen = manifest["files"]["items"]["name"].split(".")[1]  # one generation tag per write
+    assert sorted(os.listdir(tmp_path / "kb")) == [
+        f"image.{gen}.faiss", f"image_hashes.{gen}.json", f"items.{gen}.jsonl", "manifest.json", f"text.{gen}.faiss",
+        f"vectors.{gen}.safetensors",
+    ]
+    assert sorted(manifest["files"]) == ["hashes", "image", "items", "text", "vectors"]
+    assert all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in manifest["files"].values())
     assert manifest["package_version"] == __version__ and manifest["dim"] == DIM and manifest["count"] == 40
     assert manifest["index"] == config.model_dump()
     assert manifest["counts"]["sources"] == {"roco": 40}
@@ -386,8 +390,9 @@ def test_missing_directory_manifest_or_files(kb: KnowledgeBase, tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="knowledge-base directory not found: .*nowhere"):
         KnowledgeBase.from_persist_dir(tmp_path / "nowhere", QuadrantEmbedding())
     kb.persist(tmp_path / "kb")
-    (tmp_path / "kb" / "text.faiss").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape("is missing ['text.faiss']")):
+    text_file = KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["text"]["name"]
+    (tmp_path / "kb" / text_file).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"is missing ['{text_file}']")):
         KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
     (tmp_path / "kb" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
@@ -408,7 +413,7 @@ def test_manifest_versions_and_unknown_index_settings(kb: KnowledgeBase, tmp_pat
     assert "ignoring unknown index settings ['pq_bits']" in caplog.text
     manifest["format_version"] = 99
     path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="has format version 99; this package reads version 1"):
+    with pytest.raises(ValueError, match="has format version 99; this package reads versions \\[1, 2\\]"):
         KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
 
 
@@ -443,23 +448,20 @@ def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, fold
     assert sorted(os.listdir(tmp_path)) == ["kb", "new"]
 
 
-def test_failed_swap_restores_the_old_directory(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_keeps_the_old_version(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kb.persist(tmp_path / "kb")
     before = _snapshot(tmp_path / "kb")
-    real_rename = os.rename
-    renames: list[tuple[str, str]] = []
 
-    def rename_new_in_fails(src: Any, dst: Any) -> None:
-        renames.append((str(src), str(dst)))
-        if len(renames) == 2:  # old moved aside; moving the new one in fails
-            raise OSError("rename failed")
-        real_rename(src, dst)
+    def replace_fails(src: Any, dst: Any) -> None:
+        raise OSError("rename failed")
 
-    monkeypatch.setattr(kb_storage.os, "rename", rename_new_in_fails)
+    monkeypatch.setattr(_io.os, "replace", replace_fails)  # the manifest's replace is the commit point
     other = KnowledgeBase.build(_items(folder)[:2], QuadrantEmbedding(), show_progress=False)
     with pytest.raises(OSError, match="rename failed"):
         other.persist(tmp_path / "kb")
     assert _snapshot(tmp_path / "kb") == before and os.listdir(tmp_path) == ["kb"]
+    monkeypatch.undo()
+    assert len(KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())) == 5
 
 
 def test_persist_refuses_a_folder_that_is_not_a_knowledge_base(kb: KnowledgeBase, tmp_path: Path) -> None:

@@ -185,7 +185,22 @@ class FaissIndex:
     @classmethod
     def read(cls, path: Path, config: IndexConfig, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()) -> FaissIndex:
         """Read an index written by :meth:`write` and check that it is of ``config.kind``."""
-        index = faiss.read_index(str(path))
+        return cls.from_bytes(Path(path).read_bytes(), path, config, items, hashes)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, path: Path, config: IndexConfig, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()
+    ) -> FaissIndex:
+        """Deserialise an index file's (already checksummed) bytes; ``path`` is for messages."""
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as err:  # faiss reports truncated/garbled files as RuntimeError
+            raise ValueError(f"{path} is not a readable faiss index ({str(err).splitlines()[0]}); rebuild the knowledge base") from err
+        if items and index.ntotal != len(items):
+            raise ValueError(
+                f"{path} holds {index.ntotal} vectors but the knowledge base lists {len(items)} items; "
+                "the directory is inconsistent, rebuild it"
+            )
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
         if not isinstance(index, expected):
             raise ValueError(

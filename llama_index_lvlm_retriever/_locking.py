@@ -1,0 +1,90 @@
+"""One writer per folder: an advisory lock file that names its holder.
+
+Every store that can be rewritten (knowledge base, saved head, feedback cache, demo stage cache)
+takes :func:`folder_lock` around its write, so a second writer gets :class:`StoreLockedError` naming
+the holder instead of racing the first one into a raw ``FileNotFoundError``/``ENOTEMPTY``.
+
+The lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder dies (even by
+SIGKILL), so a lock left by a dead process is simply taken over by the next writer, with no pid
+guessing. The holder writes ``<pid> <host>`` into the file for the error message and unlinks it on
+release; a locker re-checks after ``flock`` that the file it locked is still the one at the path,
+so an unlink racing a new locker cannot give two holders. Readers never lock: they rely on the
+manifest-last write (see :mod:`~llama_index_lvlm_retriever._versioned`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+
+
+class StoreLockedError(BlockingIOError):
+    """Another process is writing the same store folder.
+
+    An ``OSError`` subclass, so callers that handle file-system errors already report it.
+
+    Attributes:
+        folder: The locked folder.
+        holder: ``"<pid> <host>"`` of the writer holding it (``"unknown"`` if it could not be read).
+    """
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        self.folder = folder
+        self.holder = holder
+        super().__init__(
+            f"{folder} is locked by another writer (pid/host: {holder}); wait for that process to finish "
+            f"(the lock file {folder / LOCK_FILE} is released automatically when it exits), or write elsewhere"
+        )
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the write lock of ``folder`` (created if missing) for the ``with`` body.
+
+    Raises:
+        StoreLockedError: Another live process holds it.
+    """
+    import fcntl  # POSIX only; imported here so that importing the package works everywhere
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise StoreLockedError(folder, holder) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder unlinked the file we locked: lock the new one instead
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield folder
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        if text:
+            return text
+    return "unknown"
+
+
+__all__ = ["LOCK_FILE", "StoreLockedError", "folder_lock"]
