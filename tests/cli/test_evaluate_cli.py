@@ -134,4 +134,4 @@ def test_bad_inputs_are_refused(world: dict[str, Any], tmp_path: Path) -> None:
 def test_defaults_match_the_paper() -> None:
     args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r"])
     assert (args.k_image, args.k_text, args.head_fusion) == (2, 2, "max")  # the paper's 2 + 2, max-normalised
-    assert (args.bootstrap, args.seed, args.method, args.system) == (1000, 0, "weighted", [])
+    assert (args.bootstrap, args.seed, args.aggregation, args.system) == (1000, 0, "weighted", [])
