@@ -166,7 +166,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                 for name, r in systems.items()
             },
         },
-        inputs={"kb": args.kb, "cases": args.cases},
+        inputs={
+            "kb": args.kb, "cases": args.cases,
+            **{key: value for key, value in (("reader", args.reader), ("task", args.task)) if value and Path(value).exists()},
+            **{f"heads:{name}": str(Path(image).parent) for name, (image, _) in trained.items()},
+        },
         options=resolved_config(args),
         started_at=started,
         ended_at=utc_now(),
