@@ -117,6 +117,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
         head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
         min_support: float = 1.0,
         callback_manager: CallbackManager | None = None,
+        exclude_self: bool = False,
     ) -> LVLMDiagnosisQueryEngine:
         """Build the engine from a knowledge base (or a ready retriever) and a reader.
 
@@ -138,6 +139,8 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             head_fusion: Per-head score normalisation of the built retriever (default ``"max"``).
             min_support: Abstain when the answer's support is below this.
             callback_manager: LlamaIndex callback manager.
+            exclude_self: The built retriever drops KB pairs whose decoded image is the query
+                image (a query taken from the KB does not retrieve itself).
 
         Returns:
             The engine.
@@ -153,6 +156,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             retriever = LVLMAwareRetriever(
                 knowledge_base, image_head, text_head, k_image=k_image, k_text=k_text,
                 question_weight=question_weight, head_fusion=head_fusion, callback_manager=callback_manager,
+                exclude_self=exclude_self,
             )
         elif image_head is not None or text_head is not None:
             raise ValueError("image_head/text_head only apply with knowledge_base=; put them in your retriever")

@@ -7,7 +7,6 @@ library function. ``main(argv)`` returns an exit code so tests can call it direc
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +21,8 @@ from llama_index_lvlm_retriever.cli import (
     retriever_training,
 )
 from llama_index_lvlm_retriever.cli._common import CLIError, apply_config_defaults
+from llama_index_lvlm_retriever.cli._logging import configure_logging
+from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -35,7 +36,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(
         prog="lvlm-retriever",
         description="LVLM-aware multimodal retrieval for medical image diagnosis (LlamaIndex).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -58,10 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # and options it provides are no longer required.
             apply_config_defaults(registry[command], config)
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(args.verbose)  # log lines go through tqdm.write, so progress bars stay intact
         return int(args.handler(args) or 0)
     except CLIError as err:
         print(f"error: {err}", file=sys.stderr)

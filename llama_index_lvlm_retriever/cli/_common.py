@@ -34,6 +34,11 @@ def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> 
         raise CLIError(f"{path}: not valid JSON ({err.msg})") from err
     if not isinstance(values, dict):
         raise CLIError(f"{path}: expected a JSON object of option defaults")
+    from llama_index_lvlm_retriever.cli._options import (
+        translate_config_keys,  # _options imports this module
+    )
+
+    values = translate_config_keys(parser, values, str(path))  # old option names still work, with a warning
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -46,8 +51,12 @@ def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> 
     return values
 
 
-def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2) -> None:
-    """Add ``--k-image``, ``--k-text`` and ``--head-fusion`` (the same names on every retrieving command)."""
+def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2, exclude_self: bool = False) -> None:
+    """Add ``--k-image``, ``--k-text``, ``--head-fusion`` and ``--exclude-self/--no-exclude-self``.
+
+    The same names on every retrieving command. ``exclude_self`` is the command's default: on for
+    commands that run labelled cases which may be in the KB (evaluate, training), off for queries.
+    """
     from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HEAD_FUSIONS
 
     group.add_argument("--k-image", type=int, default=k_image, help="neighbours from the image head (image->image search); 0 disables it")
@@ -57,6 +66,13 @@ def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2) -> N
         default=DEFAULT_HEAD_FUSION,
         choices=list(HEAD_FUSIONS),
         help="per-head score normalisation before merging: max (each head's scores / its best, the paper), rank, zscore, none (raw cosines)",
+    )
+    group.add_argument(
+        "--exclude-self",
+        action=argparse.BooleanOptionalAction,
+        default=exclude_self,
+        help="skip KB pairs whose image is the query image (same id or same decoded pixels), so a query taken "
+        "from the KB does not retrieve itself",
     )
 
 
@@ -71,6 +87,19 @@ def check_retrieval_options(args: argparse.Namespace) -> None:
             raise CLIError(f"{option} must be >= 0, got {value}")
     if args.k_image == 0 and args.k_text == 0:
         raise CLIError("--k-image and --k-text are both 0, so nothing would be retrieved; set one of them >= 1")
+
+
+def require_exclude_self(args: argparse.Namespace, command: str) -> None:
+    """Training commands always exclude a case's own pair; reject ``--no-exclude-self`` there.
+
+    Raises:
+        CLIError: ``--no-exclude-self`` was given.
+    """
+    if not args.exclude_self:
+        raise CLIError(
+            f"{command} always excludes a training case's own KB pair (its caption holds the gold label, so "
+            "training on it teaches the model to copy); drop --no-exclude-self"
+        )
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

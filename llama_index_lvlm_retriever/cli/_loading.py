@@ -79,14 +79,17 @@ def load_reader(
 def recorded_dtype(kb_dir: str | Path, manifest: dict[str, Any]) -> str:
     """The dtype the KB's encoder ran in: ``build_config.json``, else the manifest, else float32.
 
+    ``build_config.json`` holds it as ``encoder_dtype`` (``dtype`` before the option was renamed).
+
     The encoder's weights fingerprint depends on its dtype, so queries must load it the same way.
     """
     config_path = Path(kb_dir) / BUILD_CONFIG_FILE
     if config_path.is_file():
         try:
-            dtype = json.loads(config_path.read_text(encoding="utf-8")).get("dtype")
+            record = json.loads(config_path.read_text(encoding="utf-8"))
+            dtype = record.get("encoder_dtype") or record.get("dtype")
         except (json.JSONDecodeError, AttributeError) as err:
-            raise CLIError(f"{config_path} is not a JSON object; pass --dtype explicitly") from err
+            raise CLIError(f"{config_path} is not a JSON object; pass --encoder-dtype explicitly") from err
         if dtype:
             return str(dtype)
     return str((manifest.get("encoder") or {}).get("dtype") or "float32")

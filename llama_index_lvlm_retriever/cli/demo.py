@@ -11,13 +11,15 @@ import argparse
 from pathlib import Path
 
 from llama_index_lvlm_retriever.cli._common import CLIError
+from llama_index_lvlm_retriever.cli._options import add_command_parser
 
 __all__ = ["config_from_args", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add the ``demo`` subcommand; returns name -> parser."""
-    demo = subparsers.add_parser(
+    demo = add_command_parser(
+        subparsers,
         "demo",
         help="the method end to end: closed-book vs standard RAG vs LVLM-aware RAG vs placebo",
         description="Split real expert-labelled images into knowledge base / train / val / test, train (or load) "

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
@@ -20,6 +20,7 @@ from llama_index_lvlm_retriever.cli._common import (
     add_retrieval_options,
     check_retrieval_options,
 )
+from llama_index_lvlm_retriever.cli._options import add_command_parser
 from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
 
 logger = logging.getLogger(__name__)
@@ -29,22 +30,26 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add the ``diagnose`` subcommand; returns name -> parser."""
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "diagnose",
         help="answer a diagnostic question about an image (retrieve, read each neighbour, fuse)",
         description="Retrieve KB pairs for the image, read the image with each pair using the LVLM reader, "
         "fuse the per-neighbour answers and print the answer, its probability, the neighbours' "
-        "consistency and the evidence.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "consistency and the evidence; --viewer FILE also writes the evidence viewer (HTML).",
     )
     inputs = parser.add_argument_group("input")
     inputs.add_argument("--kb", required=True, help="KB directory written by build-kb")
     inputs.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
-    inputs.add_argument("--question", default="", help="question about the image ('' = the task's default question)")
+    inputs.add_argument(
+        "--question", default="",
+        help="question for the reader ('' = the task's default); retrieval uses it only with --question-weight > 0",
+    )
     inputs.add_argument("--task", default=None, help="built-in task name (e.g. retinamnist) or a TaskSpec JSON file (default: the one saved in a reader folder)")
     models = parser.add_argument_group("models")
     models.add_argument("--reader", required=True, help="LVLM reader: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
     models.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
+    models.add_argument("--heads", default=None, metavar="DIR", help="folder written by train-retriever (image_head/ + text_head/); replaces --image-head/--text-head")
     models.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
     models.add_argument("--text-head", default=None, help="trained text-head directory (default: identity = standard RAG)")
     models.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
@@ -62,7 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         default=1.0,
         help="recommend abstaining when the share of neighbours whose own prediction is the answer shown is below this",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    output.add_argument("--viewer", default=None, metavar="FILE", help="also write the evidence viewer (a self-contained HTML page) to FILE")
+    output.add_argument(
+        "--viewer-images", default="auto", choices=["auto", "embed", "copy"],
+        help="evidence viewer images: embedded, copied beside it, or auto (embed up to 200 cases)",
+    )
     add_config_option(parser)
     parser.set_defaults(handler=_diagnose)
     return {"diagnose": parser}
@@ -71,7 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
 def _diagnose(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
-    from llama_index_lvlm_retriever.cli._loading import load_encoder, load_reader, load_task
+    from llama_index_lvlm_retriever.cli._loading import (
+        heads_dir_paths,
+        load_encoder,
+        load_reader,
+        load_task,
+    )
     from llama_index_lvlm_retriever.heads import load_head
     from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
@@ -81,14 +97,19 @@ def _diagnose(args: argparse.Namespace) -> int:
         raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
     if not Path(args.image).is_file():
         raise CLIError(f"--image {args.image}: file not found")
+    image_head, text_head = args.image_head, args.text_head
+    if args.heads is not None:
+        if image_head or text_head:
+            raise CLIError(f"--heads {args.heads} already names both heads; drop --image-head/--text-head, or drop --heads")
+        image_head, text_head = heads_dir_paths(args.heads)
     task = load_task(args.task)
     kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
     engine = LVLMDiagnosisQueryEngine.from_defaults(
         knowledge_base=kb,
         reader=reader,
-        image_head=load_head(args.image_head) if args.image_head else None,
-        text_head=load_head(args.text_head) if args.text_head else None,
+        image_head=load_head(image_head) if image_head else None,
+        text_head=load_head(text_head) if text_head else None,
         k_image=args.k_image,
         k_text=args.k_text,
         head_fusion=args.head_fusion,
@@ -97,6 +118,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         rerank_method=args.rerank,
         temperature=args.temperature,
         min_support=args.min_support,
+        exclude_self=args.exclude_self,
     )
     response = engine.query(QueryBundle(query_str=args.question, image_path=args.image))
     rerank = engine.rerank
@@ -109,8 +131,10 @@ def _diagnose(args: argparse.Namespace) -> int:
         retrieval_score = n.node.metadata[rerank.retrieval_score_key]
         row["retrieval_score"] = None if retrieval_score is None else round(float(retrieval_score), 6)
         evidence.append(row)
+    viewer = _write_viewer(args, response, evidence, reader.task.labels) if args.viewer else None
     if args.json:
-        print(json.dumps({"answer": response.response, **response.metadata, "evidence": evidence}, indent=2))
+        extra = {"viewer": str(viewer)} if viewer else {}
+        print(json.dumps({"answer": response.response, **response.metadata, "evidence": evidence, **extra}, indent=2))
         return 0
     meta = response.metadata
     print(f"answer: {response.response}")
@@ -125,4 +149,45 @@ def _diagnose(args: argparse.Namespace) -> int:
     )
     print("evidence:")
     print(format_table(evidence, ["rank", "id", "head", "retrieval_score", "rerank_score", "prediction", "confidence", "text"]))
+    if viewer:
+        print(f"evidence viewer -> {viewer}")
     return 0
+
+
+def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[str, Any]], labels: Any) -> Path:
+    """The evidence viewer of this one case: the row layout ``predict`` writes, without gold."""
+    from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
+    from llama_index_lvlm_retriever.evaluation.predict import (
+        ROW_CASE_ID,
+        ROW_CORRECT,
+        ROW_ERROR,
+        ROW_GOLD,
+        ROW_IMAGE_PATH,
+        ROW_QUESTION,
+    )
+
+    meta = response.metadata
+    row = {
+        ROW_CASE_ID: Path(args.image).name,
+        ROW_IMAGE_PATH: str(Path(args.image).resolve()),
+        ROW_QUESTION: args.question,
+        ROW_GOLD: None,
+        ROW_CORRECT: None,
+        ROW_ERROR: None,
+        **{key: meta.get(key) for key in (keys.LABEL, keys.LABEL_PROBABILITY, keys.SUPPORT, keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.ABSTAIN)},
+        keys.NEIGHBOUR_PREDICTIONS: [
+            {
+                keys.NEIGHBOUR_KB_ID: e["id"],
+                keys.NEIGHBOUR_HEAD: e["head"],
+                keys.NEIGHBOUR_RETRIEVAL_SCORE: e["retrieval_score"],
+                keys.NEIGHBOUR_LABEL: e["prediction"],
+                keys.NEIGHBOUR_PROBABILITY: e["confidence"],
+                "image_path": e["image_path"],
+                "text": e["text"],
+            }
+            for e in evidence
+        ],
+    }
+    return write_evidence_viewer(
+        [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=labels, images=args.viewer_images
+    )

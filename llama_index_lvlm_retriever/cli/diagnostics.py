@@ -6,20 +6,21 @@ import argparse
 import json
 
 from llama_index_lvlm_retriever.cli._common import CLIError, add_config_option
+from llama_index_lvlm_retriever.cli._options import add_command_parser
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add the ``diagnose-kb`` subcommand; returns name -> parser."""
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "diagnose-kb",
         help="linear probe vs frozen top-k label precision of a labelled KB (room for stage 2?)",
         description="Read a persisted KB's frozen vectors and its items' labels; print the cross-validated "
         "linear-probe accuracy on the image vectors (is the label in them?) and the leave-one-out top-k "
         "label precision of frozen retrieval (does similarity use it?). Query-side training can only "
         "re-weight what the frozen vectors hold: run this before spending GPU hours on stage 2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--kb", required=True, help="KB directory written by build-kb (items need a 'label')")
     parser.add_argument("--k", type=int, default=4, help="neighbours per item in the precision")

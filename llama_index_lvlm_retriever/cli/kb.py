@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     load_encoder,
     recorded_dtype,
 )
+from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +32,14 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add the knowledge-base subcommands; returns name -> parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    build = subparsers.add_parser(
+    build = add_command_parser(
+        subparsers,
         "build-kb",
         help="embed image-text pairs and persist a knowledge base",
         description="Embed every image and caption once (batched) and write a KB directory "
         "(vectors, faiss indexes, items, manifest). The write is atomic. With --backend milvus or qdrant the "
         "vectors are also stored in that database (embedded Milvus Lite / Qdrant local mode inside the KB "
         "directory by default, or a server), and the directory records how to reach it.",
-        formatter_class=fmt,
     )
     src = build.add_argument_group("input")
     src.add_argument("--items", required=True, help="KB file: the paper's JSONL, a CSV (with --image-dir) or a MedMNIST .npz (with --image-dir)")
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     model = build.add_argument_group("encoder")
     model.add_argument("--embed-model", required=True, help="CLIP/SigLIP checkpoint: hub name (e.g. openai/clip-vit-base-patch16) or local directory")
     model.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, auto")
-    model.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype")
+    encoder_dtype = model.add_argument("--encoder-dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="encoder weight dtype (queries load it the same way)")
+    add_deprecated_alias(model, "--dtype", encoder_dtype)
     model.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass")
     index = build.add_argument_group("index")
     index.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="index kind: flat (exact), ivf or hnsw (approximate, for large KBs); Qdrant has no ivf")
@@ -67,15 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     add_config_option(build)
     build.set_defaults(handler=_build_kb)
 
-    query = subparsers.add_parser(
+    query = add_command_parser(
+        subparsers,
         "query",
         help="retrieve image-text pairs for a query image",
         description="Embed a query image (and optional question) and print its nearest KB pairs from both heads.",
-        formatter_class=fmt,
     )
     query.add_argument("--kb", required=True, help="KB directory written by build-kb")
     query.add_argument("--image", required=True, help="query image (PNG/JPEG/DICOM)")
-    query.add_argument("--question", default="", help="question about the image (used when --question-weight > 0)")
+    query.add_argument("--question", default="", help="question about the image; used only with --question-weight > 0 (a warning says so otherwise)")
     add_retrieval_options(query)
     query.add_argument("--question-weight", type=float, default=0.0, help="weight of the question's text embedding in the query vector (0 = image only)")
     query.add_argument("--image-head", default=None, help="trained image-head directory (default: identity = standard RAG)")
@@ -87,29 +88,29 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         help="a trained retriever's heads folder (the --out of train-retriever: image_head/ and text_head/); "
         "replaces --image-head and --text-head",
     )
-    query.add_argument("--exclude-self", action="store_true", help="exclude KB items whose decoded pixels equal the query image (e.g. when the query comes from the KB)")
     query.add_argument("--embed-model", default=None, help="override the encoder recorded in the KB manifest")
     query.add_argument("--device", default="cpu", help="torch device")
-    query.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
+    query_dtype = query.add_argument("--encoder-dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
+    add_deprecated_alias(query, "--dtype", query_dtype)
     query.add_argument("--json", action="store_true", help="print a JSON list of {id, source, head, score, text, image_path}, highest score first, instead of a table")
     add_config_option(query)
     query.set_defaults(handler=_query)
 
-    info = subparsers.add_parser("info", help="describe a KB directory", description="Print a KB's manifest: encoder, dimension, counts, index.", formatter_class=fmt)
+    info = add_command_parser(subparsers, "info", help="describe a KB directory", description="Print a KB's manifest: encoder, dimension, counts, index.")
     info.add_argument("--kb", required=True, help="KB directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_config_option(info)
     info.set_defaults(handler=_info)
 
-    kb = subparsers.add_parser(
+    kb = add_command_parser(
+        subparsers,
         "kb",
         help="change a persisted KB: add, upsert or delete pairs",
         description="Live updates of a KB directory on any backend. Only the new pairs are embedded (with the "
         "KB's own encoder), so trained heads stay valid; the directory is rewritten atomically afterwards.",
-        formatter_class=fmt,
     )
     actions = kb.add_subparsers(dest="kb_command", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="embed and add pairs (--upsert: replace pairs whose id exists)", formatter_class=fmt)
+    add = add_command_parser(actions, "add", help="embed and add pairs (--upsert: replace pairs whose id exists)")
     add.add_argument("--kb", required=True, help="KB directory written by build-kb")
     add.add_argument("--items", required=True, help="pairs to add: JSONL, CSV (with --image-dir) or MedMNIST .npz (with --image-dir)")
     add.add_argument("--image-dir", default=None, help="CSV: folder the image column is relative to; .npz: folder to write PNGs into")
@@ -123,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     add.add_argument("--device", default="cpu", help="torch device")
     add.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add.set_defaults(handler=_kb_add)
-    delete = actions.add_parser("delete", help="delete pairs by id", formatter_class=fmt)
+    delete = add_command_parser(actions, "delete", help="delete pairs by id")
     delete.add_argument("--kb", required=True, help="KB directory written by build-kb")
     delete.add_argument("--ids", required=True, nargs="+", help="ids of the pairs to delete")
     delete.add_argument("--device", default="cpu", help="torch device of the encoder (loaded to check the KB)")
@@ -162,7 +163,7 @@ def _build_kb(args: argparse.Namespace) -> int:
     # A local model folder is recorded as an absolute path, so `query` finds it from any directory.
     model_dir = Path(args.embed_model).expanduser()
     model_name = str(model_dir.resolve()) if model_dir.is_dir() else args.embed_model
-    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=args.dtype, embed_batch_size=args.batch_size)
+    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=args.encoder_dtype, embed_batch_size=args.batch_size)
     kb = KnowledgeBase.build(items, embed_model, index_config=IndexConfig(kind=args.index), batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad, backend=backend)
     kb.persist(args.out)
     kb.close()
@@ -255,6 +256,7 @@ def _query(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 
     check_retrieval_options(args)
+    warn_unused_question(args.question, args.question_weight)
     image_head, text_head = args.image_head, args.text_head
     if args.heads is not None:
         if image_head or text_head:
@@ -266,7 +268,7 @@ def _query(args: argparse.Namespace) -> int:
     model_name = args.embed_model or (manifest.get("encoder") or {}).get("model_name")
     if not model_name:
         raise CLIError(f"{args.kb}: the manifest records no encoder name; pass --embed-model")
-    dtype = args.dtype or recorded_dtype(args.kb, manifest)
+    dtype = args.encoder_dtype or recorded_dtype(args.kb, manifest)
     embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=dtype)
     kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
     retriever = LVLMAwareRetriever(
@@ -286,6 +288,16 @@ def _query(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows, ["rank", "id", "head", "score", "source", "text"]))
     return 0
+
+
+def warn_unused_question(question: str, question_weight: float) -> None:
+    """Warn on stderr when ``--question`` is given but retrieval ignores it (``--question-weight`` 0)."""
+    if question.strip() and question_weight == 0:
+        print(
+            "warning: --question has no effect on retrieval while --question-weight is 0 (the query is the image "
+            "alone); pass --question-weight > 0 (e.g. 0.2) to mix the question's text embedding into the query",
+            file=sys.stderr,
+        )
 
 
 def node_summary(node_with_score: Any) -> dict[str, Any]:

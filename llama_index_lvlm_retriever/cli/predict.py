@@ -20,6 +20,7 @@ from llama_index_lvlm_retriever.cli._common import (
     check_retrieval_options,
     resolved_config,
 )
+from llama_index_lvlm_retriever.cli._options import add_command_parser
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from llama_index_lvlm_retriever.data.records import Case
@@ -31,14 +32,14 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add the ``predict`` subcommand; returns name -> parser."""
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "predict",
         help="diagnose every image of a folder, DICOM directory or case file (batched, resumable)",
         description="Retrieve KB pairs for every image, read each image with each pair, fuse the answers and "
         "write predictions.jsonl, predictions.csv, the evidence viewer (evidence.html) and predict_run.json "
         "(settings, counts, provenance) to --out. A rerun with the same --out after a crash continues where "
         "it stopped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     inputs = parser.add_argument_group("input (exactly one of --images, --dicom-dir, --cases)")
     inputs.add_argument("--kb", required=True, help="KB directory written by build-kb")
@@ -58,9 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     models.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, auto")
     retrieval = parser.add_argument_group("retrieval and fusion")
     add_retrieval_options(retrieval)
-    if not any(action.dest == "exclude_self" for action in parser._actions):
-        # Added here until the shared retrieval options carry it (then that definition is used).
-        retrieval.add_argument("--exclude-self", action="store_true", help="skip KB pairs whose image is the query image")
     retrieval.add_argument("--aggregation", default="weighted", choices=list(get_args(AggregationMethod)), help="how per-neighbour answers are fused")
     retrieval.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature over retrieval scores")
     retrieval.add_argument(

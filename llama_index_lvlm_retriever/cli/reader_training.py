@@ -15,6 +15,7 @@ from llama_index_lvlm_retriever.cli._common import (
     add_config_option,
     add_retrieval_options,
     check_retrieval_options,
+    require_exclude_self,
     resolved_config,
     write_json_atomic,
 )
@@ -25,6 +26,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     load_retriever,
     load_task,
 )
+from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
 from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,13 @@ def _default(name: str) -> Any:
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add ``train-reader``; returns name -> parser."""
-    train = subparsers.add_parser(
+    train = add_command_parser(
+        subparsers,
         "train-reader",
         help="fine-tune the reader on retrieval-augmented prompts (stage-1 SFT)",
         description="Retrieve the top --k-image / --k-text pairs of each head for every training case (its own pair "
         "excluded), fine-tune the reader to answer the gold verbalizer in the exact inference prompt, "
         "and save the reader (loadable by HFLVLMReader.from_pretrained) to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = train.add_argument_group("input")
     data.add_argument("--kb", required=True, help="KB directory written by build-kb")
@@ -57,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--task", default=None, help="built-in task name or task JSON file (default: the one saved in a reader folder)")
     data.add_argument("--image-head", default=None, help="trained image-head folder (default: identity)")
     data.add_argument("--text-head", default=None, help="trained text-head folder (default: identity)")
-    add_retrieval_options(data)  # retrieved pairs per head per case; one sample each (the paper: 2 + 2)
+    # Retrieved pairs per head per case, one sample each (the paper: 2 + 2); a case's own pair is never a sample.
+    add_retrieval_options(data, exclude_self=True)
     model = train.add_argument_group("reader")
     model.add_argument("--reader", required=True, help="LVLM: hub id (e.g. Qwen/Qwen2-VL-2B-Instruct) or local folder")
     model.add_argument("--mode", default=_default("mode"), choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
@@ -81,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     optim.add_argument("--seed", type=int, default=_default("seed"), help="seed of sample order and LoRA init")
     runtime = train.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
-    runtime.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader dtype")
+    reader_dtype = runtime.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
+    add_deprecated_alias(runtime, "--dtype", reader_dtype)
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
     runtime.add_argument("--checkpoint-dir", default=None,
                          help="epoch checkpoints (model, optimiser, scheduler, RNG); default: <out>.checkpoints, "
@@ -129,12 +133,13 @@ def _train_reader(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.training.sft_data import build_sft_samples, export_sft_jsonl
 
     check_retrieval_options(args)
+    require_exclude_self(args, "train-reader")
     if not Path(args.kb).is_dir():
         raise CLIError(f"--kb {args.kb}: folder not found; build one with build-kb")
     config = sft_config_from_args(args)
     task = load_task(args.task)
     cases = load_cases(args.cases)
-    reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype)
+    reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
         k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,

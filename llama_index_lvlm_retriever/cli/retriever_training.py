@@ -14,6 +14,7 @@ from llama_index_lvlm_retriever.cli._common import (
     add_config_option,
     add_retrieval_options,
     check_retrieval_options,
+    require_exclude_self,
     resolved_config,
     write_json_atomic,
 )
@@ -24,6 +25,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     load_retriever,
     load_task,
 )
+from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +38,12 @@ LOSSES = ("posterior_kl", "lsr", "emdr")
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
     """Add ``collect-feedback`` and ``train-retriever``; returns name -> parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    collect = subparsers.add_parser(
+    collect = add_command_parser(
+        subparsers,
         "collect-feedback",
         help="score retrieved candidates with the frozen reader and cache them",
         description="Retrieve --n-candidates pairs per head for every training case, score each with the "
         "frozen reader, and write a resumable feedback cache to --out.",
-        formatter_class=fmt,
     )
     data = collect.add_argument_group("input")
     data.add_argument("--kb", required=True, help="KB directory written by build-kb")
@@ -55,26 +55,33 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     model.add_argument("--text-head", default=None, help="trained text-head folder to collect with (default: identity)")
     fb = collect.add_argument_group("feedback")
     fb.add_argument("--n-candidates", type=int, default=50, help="candidates scored per case and head (the paper: 50)")
-    fb.add_argument("--heads", nargs="+", default=["image", "text"], choices=["image", "text"], help="heads whose candidates are collected")
-    add_retrieval_options(fb)  # the retriever's k per head defines disagreeing cases and validation's top-k
+    feedback_heads = fb.add_argument(
+        "--feedback-heads", nargs="+", default=["image", "text"], choices=["image", "text"], help="heads whose candidates are collected",
+    )
+    # --heads names a trained heads folder in query/diagnose/predict; here it was the head list.
+    add_deprecated_alias(fb, "--heads", feedback_heads)
+    # The retriever's k per head defines disagreeing cases and validation's top-k. A training case must
+    # never be scored with its own pair (its caption holds the gold label), so exclusion is always on.
+    add_retrieval_options(fb, exclude_self=True)
     fb.add_argument("--shard-size", type=int, default=256, help="cases per shard (unit of resumption)")
     fb.add_argument("--embed-batch-size", type=int, default=32, help="query images per encoder call")
     fb.add_argument("--pairs-batch-size", type=int, default=64, help="(case, candidate) pairs per reader.score call")
     fb.add_argument("--reader-batch-size", type=int, default=8, help="sequences per reader forward pass")
     runtime = collect.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
-    runtime.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader dtype")
+    reader_dtype = runtime.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
+    add_deprecated_alias(runtime, "--dtype", reader_dtype)
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
     collect.add_argument("--out", required=True, help="feedback cache folder (an unfinished one is resumed)")
     add_config_option(collect)
     collect.set_defaults(handler=_collect_feedback)
 
-    train = subparsers.add_parser(
+    train = add_command_parser(
+        subparsers,
         "train-retriever",
         help="fine-tune the query heads on a feedback cache",
         description="Train residual query heads so the retriever ranks the candidates the reader finds "
         "useful higher; write image_head/, text_head/ and the training record to --out.",
-        formatter_class=fmt,
     )
     data = train.add_argument_group("input")
     data.add_argument("--kb", required=True, help="KB directory the feedback was collected on")
@@ -140,16 +147,17 @@ def _collect_feedback(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.training.feedback import collect_feedback
 
     check_retrieval_options(args)
+    require_exclude_self(args, "collect-feedback")
     config = FeedbackConfig(
         n_candidates=args.n_candidates,
-        heads=tuple(args.heads),
+        heads=tuple(args.feedback_heads),
         embed_batch_size=args.embed_batch_size,
         reader_batch_size=args.pairs_batch_size,
         shard_size=args.shard_size,
     )
     task = load_task(args.task)
     cases = load_cases(args.cases)
-    reader = load_reader(args.reader, task, device=args.device, dtype=args.dtype, batch_size=args.reader_batch_size)
+    reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
         k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,
@@ -263,7 +271,7 @@ def _train_retriever(args: argparse.Namespace) -> int:
         # The cache checks the reader's identity, settings included: load it as collect-feedback did.
         reader = load_reader(
             args.reader, load_task(args.task or collected.get("task")), device=args.device,
-            dtype=args.reader_dtype or collected.get("dtype") or "auto",
+            dtype=args.reader_dtype or collected.get("reader_dtype") or collected.get("dtype") or "auto",  # "dtype": before the rename
             batch_size=args.reader_batch_size or collected.get("reader_batch_size") or 8,
         )
     validation_cases = load_cases(args.validation_cases) if args.validation_cases else None

@@ -66,6 +66,7 @@ def evaluate_dataset(
     seed: int = 0,
     batch_size: int = 16,
     show_progress: bool = False,
+    exclude_self: bool = True,
 ) -> ConsistencyReport:
     """Evaluate retrieval systems with a reader on labelled cases.
 
@@ -93,6 +94,9 @@ def evaluate_dataset(
         seed: Resampling seed.
         batch_size: Cases per retrieval / reader call.
         show_progress: Show tqdm progress bars.
+        exclude_self: Drop knowledge-base pairs that are the case itself (same id, same image
+            path, or, for an ``LVLMAwareRetriever``, the same decoded pixels), so a test case that
+            also sits in the KB cannot read its own label. Turn off only to measure that leakage.
 
     Returns:
         The :class:`~llama_index_lvlm_retriever.evaluation.report.ConsistencyReport`.
@@ -126,7 +130,7 @@ def evaluate_dataset(
     if closed_book:
         predictions[closed_book_name] = _closed_book(cases, reader, len(labels), batch_size, show_progress)
     for name, retriever in systems.items():
-        neighbours = _retrieve(name, retriever, cases, k, batch_size, show_progress)
+        neighbours = _retrieve(name, retriever, cases, k, batch_size, show_progress, exclude_self)
         predictions[name] = _read(name, cases, neighbours, reader, len(labels), batch_size, show_progress)
     return evaluate_predictions(
         predictions,
@@ -198,8 +202,9 @@ def _retrieve(
     k: int | None,
     batch_size: int,
     show_progress: bool,
+    exclude_self: bool = True,
 ) -> list[list[NodeWithScore]]:
-    """Top-``k`` neighbours per case, the case's own image excluded.
+    """Top-``k`` neighbours per case, the case's own image excluded (unless ``exclude_self`` is off).
 
     The retrieval question is the case's own (``""`` leaves the query image-only), as a query
     engine would receive it; the task's default question is the reader's business.
@@ -212,8 +217,8 @@ def _retrieve(
             out += retriever.retrieve_batch(
                 [case.image_path for case in batch],
                 questions[start : start + batch_size],
-                exclude_ids=[{case.id} for case in batch],
-                exclude_self=True,
+                exclude_ids=[{case.id} if exclude_self else set() for case in batch],
+                exclude_self=exclude_self,
             )
     else:
         # Plain retrievers cannot exclude by content; the id and path filter below still applies.
@@ -223,7 +228,7 @@ def _retrieve(
         raise ValueError(f"system {name!r} returned {len(out)} result lists for {len(cases)} cases")
     kept = []
     for case, nodes in zip(cases, out):
-        own = [n for n in nodes if _kb_id(n) == case.id or _image_path(n) == case.image_path]
+        own = [n for n in nodes if exclude_self and (_kb_id(n) == case.id or _image_path(n) == case.image_path)]
         if own:
             logger.warning("system %r returned the query image of case %r; dropped it", name, case.id)
         top = [n for n in nodes if not any(n is o for o in own)][:k]

@@ -116,3 +116,22 @@ def test_diagnose_reads_the_task_from_a_reader_folder(setup: dict[str, str], tmp
     code = _run(["diagnose", "--kb", setup["kb"], "--reader", str(folder), "--image", setup["image"], "--json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)[keys.LABEL] in get_task("breastmnist").labels
+
+
+def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    viewer = tmp_path / "review" / "case.html"
+    code = _run(
+        ["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", "breastmnist", "--image", setup["image"],
+         "--k-image", "1", "--k-text", "1", "--json", "--viewer", str(viewer), "--viewer-images", "embed"]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["viewer"] == str(viewer)
+    page = viewer.read_text(encoding="utf-8")
+    assert page.count('<article class="case"') == 1 and '<h2 title="query.png">' in page
+    # The query and each neighbour are embedded images, each neighbour with the reader's prediction.
+    assert page.count('class="neighbour"') == len(out["evidence"]) >= 1
+    assert page.count("src=\"data:image/png;base64,") == 1 + len(out["evidence"])
+    for row in out["evidence"]:
+        assert "<b>#" in page and row["id"] in page and f"predicts <b>{row['prediction']}</b>" in page
+    assert f"answer: <b>{out[keys.LABEL]}</b>" in page

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -86,6 +87,58 @@ def test_evaluate_writes_a_report_with_every_system(world: dict[str, Any], capsy
     assert set(provenance["models"]["systems"]) == {"standard RAG", "copy"} and provenance["ended_at"]
 
 
+def test_evaluate_writes_a_viewer_per_system_and_an_absolute_config(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root: Path = world["root"]
+    monkeypatch.chdir(root)  # relative paths on the command line: the record must make them absolute
+    args = _parse([
+        "evaluate", "--kb", "kb", "--cases", "data/test.jsonl", "--reader", "models/reader", "--task", "data/task.json",
+        "--system", f"copy={world['identity'].relative_to(root)}", "--bootstrap", "10", "--out", "eval-viewer",
+        "--no-progress", "--viewer-images", "copy",
+    ])
+    assert args.handler(args) == 0
+    out = root / "eval-viewer"
+    printed = capsys.readouterr().out
+    cases = load_cases(str(root / "data" / "test.jsonl"))
+    report = ConsistencyReport.from_json(out / "report.json")
+    for system, file_name in (("standard RAG", "evidence_standard_RAG.html"), ("copy", "evidence_copy.html")):
+        assert evaluate.viewer_file_name(system) == file_name and f"-> eval-viewer/{file_name}" in printed
+        page = (out / file_name).read_text(encoding="utf-8")
+        # One card per case, each with its gold label and correctness, and the correctness filter enabled.
+        assert page.count('<article class="case"') == len(cases) == 8
+        for case in cases:
+            assert f'<h2 title="{case.id}">' in page
+        rows = {row.case_id: row for row in report.rows[system]}
+        n_right = sum(row.correct for row in rows.values())
+        flags = re.findall(r'<article class="case"[^>]* data-correct="([01]?)"', page)
+        assert flags.count("1") == n_right and flags.count("0") == 8 - n_right
+        assert '<option value="correct">' in page and "<dt>gold</dt>" in page
+        assert page.count('class="neighbour"') == sum(len(row.neighbour_ids) for row in rows.values())
+        assert (out / f"{Path(file_name).stem}_files").is_dir()  # --viewer-images copy: thumbnails beside it
+    assert not (out / "evidence_closed-book.html").exists()  # no retrieval, no evidence to show
+
+    config = json.loads((out / evaluate.EVAL_CONFIG_FILE).read_text())
+    for key in ("kb", "cases", "reader", "task", "out"):
+        assert Path(config[key]).is_absolute() and Path(config[key]).exists(), key
+    assert config["system"] == [f"copy={world['identity']}"]
+    assert config["aggregation"] == "weighted" and config["exclude_self"] is True
+    provenance = config["provenance"]
+    assert provenance["inputs"]["kb"]["path"] == str(root / "kb") and provenance["inputs"]["cases"]["sha256"]
+    assert provenance["models"]["reader"]["fingerprint"] and provenance["started_at"] <= provenance["ended_at"]
+
+
+def test_no_viewer_writes_none(world: dict[str, Any], tmp_path: Path) -> None:
+    root: Path = world["root"]
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", str(root / "data" / "test.jsonl"), "--reader",
+        str(root / "models" / "reader"), "--task", str(root / "data" / "task.json"), "--bootstrap", "10",
+        "--no-closed-book", "--out", str(tmp_path), "--no-progress", "--no-viewer",
+    ])
+    assert args.handler(args) == 0
+    assert not list(tmp_path.glob("evidence*"))
+
+
 def test_system_options_can_drop_the_defaults(world: dict[str, Any]) -> None:
     root: Path = world["root"]
     args = _parse([
@@ -134,4 +187,4 @@ def test_bad_inputs_are_refused(world: dict[str, Any], tmp_path: Path) -> None:
 def test_defaults_match_the_paper() -> None:
     args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r"])
     assert (args.k_image, args.k_text, args.head_fusion) == (2, 2, "max")  # the paper's 2 + 2, max-normalised
-    assert (args.bootstrap, args.seed, args.method, args.system) == (1000, 0, "weighted", [])
+    assert (args.bootstrap, args.seed, args.aggregation, args.system) == (1000, 0, "weighted", [])

@@ -71,7 +71,7 @@ def test_build_kb_writes_all_items_and_build_config(kb_dir: Path, clip_dir: Path
     assert [i["id"] for i in items] == IDS
     assert json.loads((kb_dir / "manifest.json").read_text())["count"] == 5
     config = json.loads((kb_dir / "build_config.json").read_text())
-    assert config["dtype"] == "float32"
+    assert config["encoder_dtype"] == "float32"
     assert config["batch_size"] == 2
     assert config["embed_model"] == str(clip_dir.resolve())
 
@@ -130,7 +130,10 @@ def test_info_prints_counts_and_encoder(kb_dir: Path, clip_dir: Path, capsys: py
     assert "source pydicom: 1" in out and "source skimage: 4" in out
 
 
-def test_query_uses_recorded_dtype(kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["encoder_dtype", "dtype"])  # "dtype": a KB built before the option was renamed
+def test_query_uses_recorded_dtype(
+    kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, key: str
+) -> None:
     # A KB whose build_config says bfloat16: query loads the encoder in bfloat16, whose fingerprint
     # differs from the float32 one recorded; the manifest records dtype float32, so the check falls
     # back to the probe embeddings (same model, another dtype) and the query works (issue 12).
@@ -139,13 +142,14 @@ def test_query_uses_recorded_dtype(kb_dir: Path, kb_jsonl: Path, capsys: pytest.
     for f in kb_dir.iterdir():
         (fake / f.name).write_bytes(f.read_bytes())
     config = json.loads((fake / "build_config.json").read_text())
-    (fake / "build_config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    config.pop("encoder_dtype")
+    (fake / "build_config.json").write_text(json.dumps({**config, key: "bfloat16"}))
     image = str(kb_jsonl.parent / "ihc-a.png")
     capsys.readouterr()
     assert main(["query", "--kb", str(fake), "--image", image, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["id"] == "ihc-a"
-    # --dtype overrides the recorded one.
-    rows = _query_json(capsys, "--kb", str(fake), "--image", image, "--dtype", "float32")
+    # --encoder-dtype overrides the recorded one.
+    rows = _query_json(capsys, "--kb", str(fake), "--image", image, "--encoder-dtype", "float32")
     assert rows[0]["id"] == "ihc-a"
 
 
@@ -226,7 +230,7 @@ def test_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["query", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--exclude-self", "--json", "--k-image", "--k-text", "--head-fusion", "--dtype", "--config", "--heads"):
+    for option in ("--exclude-self", "--json", "--k-image", "--k-text", "--head-fusion", "--encoder-dtype", "--config", "--heads"):
         assert option in out
     assert "build_config.json" in out
 

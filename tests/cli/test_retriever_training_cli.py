@@ -93,7 +93,7 @@ def test_train_retriever_continues_from_the_heads_the_feedback_was_collected_wit
         "collect-feedback", "--kb", str(workdir / "kb"), "--cases", str(workdir / "data" / "train.jsonl"),
         "--reader", str(workdir / "models" / "reader"), "--task", str(workdir / "data" / "task.json"),
         "--image-head", str(heads / "image_head"), "--text-head", str(heads / "text_head"),
-        "--n-candidates", "4", "--heads", "text", "--out", str(feedback), "--no-progress",
+        "--n-candidates", "4", "--feedback-heads", "text", "--out", str(feedback), "--no-progress",
     ])
     assert args.handler(args) == 0
     assert FeedbackCache.from_persist_dir(feedback).heads == ("text",)
@@ -179,7 +179,7 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
 
 def test_parsers_default_to_the_papers_settings() -> None:
     collect = _parse(["collect-feedback", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--out", "o"])
-    assert (collect.n_candidates, collect.heads) == (50, ["image", "text"])
+    assert (collect.n_candidates, collect.feedback_heads) == (50, ["image", "text"])
     train = _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o"])
     assert (train.loss, train.head, train.schedule, train.gamma) == ("posterior_kl", "both", "joint", "auto")
     assert (train.rounds, train.adoption, train.reader, train.weight_decay) == (1, "no_regression", None, 0.01)
