@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from llama_index_lvlm_retriever._io import atomic_write_json
+from llama_index_lvlm_retriever.errors import UsageError
 
 
-class CLIError(Exception):
-    """A usage error reported as ``error: ...`` with exit code 2."""
+class CLIError(UsageError):
+    """A usage error (a bad option or option combination), reported as ``error: ...`` with exit code 2."""
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from llama_index_lvlm_retriever.errors import ImageLoadError
 from llama_index_lvlm_retriever.data._pixels import (
     DecodedPixels,
     check_window_percentiles,
@@ -35,10 +36,6 @@ _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # hashes the image it already decoded) then gives the source's hash, not the rendering's.
 _SOURCE_HASH_KEY = "lvlm_retriever.source_sha256"
 _RENDER_HASH_KEY = "lvlm_retriever.render_sha256"
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read; the message names the file and what to do."""
 
 
 def _is_dicom_bytes(data: bytes) -> bool:
