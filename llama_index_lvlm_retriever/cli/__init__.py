@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from llama_index_lvlm_retriever._devices import check_device_available
 from llama_index_lvlm_retriever.cli import (
     demo,
     diagnose,
@@ -21,7 +22,6 @@ from llama_index_lvlm_retriever.cli import (
     reader_training,
     retriever_training,
 )
-from llama_index_lvlm_retriever._devices import check_device_available
 from llama_index_lvlm_retriever.cli._common import apply_config_defaults
 from llama_index_lvlm_retriever.errors import LVLMRetrieverError, UsageError
 from llama_index_lvlm_retriever.version import __version__

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from llama_index_lvlm_retriever.errors import ImageLoadError
 from llama_index_lvlm_retriever.data._pixels import (
     DecodedPixels,
     check_window_percentiles,
@@ -21,6 +20,7 @@ from llama_index_lvlm_retriever.data._pixels import (
     source_hash,
     window_to_uint8,
 )
+from llama_index_lvlm_retriever.errors import ImageLoadError
 
 ImageInput = str | Path | bytes | io.BytesIO | Image.Image
 
