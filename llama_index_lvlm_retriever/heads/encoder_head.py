@@ -47,10 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from llama_index_lvlm_retriever.errors import HeadFormatError
 from llama_index_lvlm_retriever.heads._saving import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -403,7 +405,10 @@ class EncoderQueryHead(nn.Module):
         if (class_name or ENCODER_HEAD_CLASS) != ENCODER_HEAD_CLASS:
             raise ValueError(f"{config_path} is not an EncoderQueryHead config; load it with QueryHead.from_pretrained")
         head = cls(EncoderQueryHeadConfig.from_dict(record))
-        state = _load_safetensors(str(weights_path), device="cpu")
+        try:
+            state = _load_safetensors(str(weights_path), device="cpu")
+        except SafetensorError as err:
+            raise HeadFormatError(f"{weights_path} is not a readable safetensors file ({err}); re-save or retrain the head") from err
         prefix = "tower."
         try:
             # Plain tower weights: they also load into a head whose config asks for live adapters.

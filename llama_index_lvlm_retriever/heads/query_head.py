@@ -28,9 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 
+from llama_index_lvlm_retriever.errors import HeadFormatError
 from llama_index_lvlm_retriever.heads._saving import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -291,7 +293,10 @@ class QueryHead(nn.Module):
         folder = Path(folder)
         _, record = read_head_config(folder)
         head = cls(QueryHeadConfig.from_dict(record))
-        state = _load_safetensors(str(folder / WEIGHTS_NAME), device="cpu")
+        try:
+            state = _load_safetensors(str(folder / WEIGHTS_NAME), device="cpu")
+        except SafetensorError as err:
+            raise HeadFormatError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({err}); re-save or retrain the head") from err
         try:
             head.load_state_dict(state, strict=True)
         except RuntimeError as err:

@@ -23,6 +23,7 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import storage as store
+from llama_index_lvlm_retriever.kb._manifest_checks import check_kb_manifest
 from llama_index_lvlm_retriever.kb.backends import (
     BACKENDS,
     BackendConfig,
@@ -97,6 +98,7 @@ def load_knowledge_base(
 ) -> LoadedKnowledgeBase:
     """Read a KB folder and attach its backend, checking encoder, files and collections."""
     manifest = store.read_manifest(persist_dir)
+    check_kb_manifest(manifest, persist_dir)
     backend = backend_from(manifest.get("backend") or {"name": "faiss"}, persist_dir, backend)
     store.require_files(persist_dir, manifest)
     encoder = dict(manifest.get("encoder") or {})

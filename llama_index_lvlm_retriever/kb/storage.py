@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -128,10 +130,10 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}); rebuild the knowledge base") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KBFormatError(f"{path} is not valid JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
+        raise KBFormatError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {manifest.get('format_version')!r}; this package reads "
@@ -158,15 +160,30 @@ def write_items(path: Path, items: Sequence[KBItem]) -> None:
 
 def read_items(path: Path) -> list[KBItem]:
     """Read items written by :func:`write_items`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise KBFormatError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); rebuild the knowledge base") from err
     items: list[KBItem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    items.append(KBItem.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, KeyError) as err:
-                    raise ValueError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
+    for lineno, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                items.append(KBItem.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+                # A line that parses but is not an item object (a list, a number) fails in from_dict.
+                raise KBFormatError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
     return items
+
+
+def _read_hashes(path: Path) -> list[Any]:
+    """Read ``image_hashes.json``, naming the file when it is not a JSON list (the leakage guard needs it)."""
+    try:
+        hashes = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KBFormatError(f"{path} is not valid JSON ({err}); rebuild the knowledge base") from err
+    if not isinstance(hashes, list):
+        raise KBFormatError(f"{path} must hold a JSON list of image hashes, got {type(hashes).__name__}; rebuild the knowledge base")
+    return hashes
 
 
 def write_vectors(path: Path, image: np.ndarray, text: np.ndarray) -> None:
@@ -180,7 +197,10 @@ def write_vectors(path: Path, image: np.ndarray, text: np.ndarray) -> None:
 
 def read_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(image, text)`` vectors written by :func:`write_vectors`."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as err:
+        raise KBFormatError(f"{path} is not a readable safetensors file ({err}); rebuild the knowledge base") from err
     missing = {IMAGE_TENSOR, TEXT_TENSOR} - set(tensors)
     if missing:
         raise ValueError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
@@ -346,7 +366,7 @@ def read_knowledge_base(
     files = data_files(manifest)
     items = read_items(persist_dir / files["items"])
     image, text = read_vectors(persist_dir / files["vectors"])
-    hashes = json.loads((persist_dir / files["hashes"]).read_text(encoding="utf-8"))
+    hashes = _read_hashes(persist_dir / files["hashes"])
     if len(items) != manifest.get("count") or not isinstance(hashes, list):
         raise ValueError(
             f"{persist_dir}: manifest says {manifest.get('count')} items but {ITEMS_FILE} has "

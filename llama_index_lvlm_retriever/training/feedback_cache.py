@@ -40,6 +40,8 @@ import torch
 from safetensors.torch import load as _safetensors_load
 
 from llama_index_lvlm_retriever.aggregation import MULTI_LABEL_THRESHOLD
+from llama_index_lvlm_retriever.errors import FeedbackCacheError
+from llama_index_lvlm_retriever.training._feedback_manifest import check_feedback_manifest
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -173,8 +175,8 @@ class FeedbackCache:
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest_path} is not valid JSON ({err.msg}); collect the feedback again") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FeedbackCacheError(f"{manifest_path} is not valid JSON ({err}); collect the feedback again") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise ValueError(f"{manifest_path} is not a feedback-cache manifest (format {FORMAT_NAME!r} expected)")
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -182,6 +184,7 @@ class FeedbackCache:
                 f"{manifest_path} has format version {manifest.get('format_version')!r}; this package reads "
                 f"version {FORMAT_VERSION}. Collect the feedback again with this version."
             )
+        check_feedback_manifest(manifest, manifest_path)
         heads = [str(h) for h in manifest["heads"]]
         parts: dict[str, list[torch.Tensor]] = {QUERY_EMBEDDINGS: []}
         parts.update({f"{h}.{name}": [] for h in heads for name in HEAD_TENSORS})

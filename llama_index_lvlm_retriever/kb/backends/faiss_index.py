@@ -25,6 +25,7 @@ from llama_index.core.bridge.pydantic import BaseModel, ConfigDict
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb.backends.base import Hits
 
@@ -185,7 +186,14 @@ class FaissIndex:
     @classmethod
     def read(cls, path: Path, config: IndexConfig, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()) -> FaissIndex:
         """Read an index written by :meth:`write` and check that it is of ``config.kind``."""
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            # faiss reports a truncated or foreign file as a multi-line C++ RuntimeError.
+            raise KBFormatError(
+                f"{path} is not a readable faiss index (truncated or corrupt); "
+                "rebuild the knowledge base (lvlm-retriever build-kb or KnowledgeBase.persist)"
+            ) from err
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
         if not isinstance(index, expected):
             raise ValueError(
