@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,33 @@ def check_retrieval_options(args: argparse.Namespace) -> None:
             raise CLIError(f"{option} must be >= 0, got {value}")
     if args.k_image == 0 and args.k_text == 0:
         raise CLIError("--k-image and --k-text are both 0, so nothing would be retrieved; set one of them >= 1")
+
+
+def check_output_dir(path: str | Path, option: str, *, replaceable_if: str) -> None:
+    """Fail before any work if ``path`` cannot become the output folder of a command.
+
+    The same rules the final write applies (see ``kb.storage.atomic_directory``), checked up front
+    so a long embedding run does not end in "cannot write there": ``path`` must not be a file; an
+    existing non-empty folder is replaced only if it holds ``replaceable_if`` (an earlier output of
+    the same kind); the nearest existing folder must be writable (the new folder is built next to
+    ``path`` and renamed into place).
+
+    Raises:
+        CLIError: One of the rules is broken; the message names the option, the path and the fix.
+    """
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{option} {target}: exists and is not a folder; pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not (target / replaceable_if).is_file():
+        raise CLIError(
+            f"{option} {target}: a non-empty folder that is not an earlier output (no {replaceable_if}); "
+            "refusing to replace it. Pass a new or empty folder."
+        )
+    parent = target.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{option} {target}: cannot create it, {parent} is not a writable folder; pass a folder you can write to")
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

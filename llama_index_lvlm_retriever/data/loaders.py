@@ -376,7 +376,7 @@ def load_medmnist_npz(
         items.append(
             KBItem(
                 id=f"{npz_path.stem}-{split}-{index}",
-                image_path=str(path),
+                image_path=os.path.abspath(path),  # absolute: valid from any working directory
                 text=caption,
                 source=source,
                 label=None if multi_label else label_name,
