@@ -143,6 +143,12 @@ def load_cases_csv(
                 raise InputFormatError(f"{csv_path}: no column {needed!r}; the columns are {columns}")
         cases = []
         for rowno, row in enumerate(reader, start=2):
+            if None in row or None in row.values():
+                # DictReader files surplus cells under the key None and fills missing ones with None.
+                raise InputFormatError(
+                    f"{csv_path}:{rowno}: the row has a different number of cells than the header's "
+                    f"{len(columns)} columns; quote cells that contain commas or fill the missing ones"
+                )
             image = row[image_column]
             if not image:
                 raise InputFormatError(f"{csv_path}:{rowno}: empty {image_column!r} cell")

@@ -8,6 +8,7 @@ gives. :func:`image_content_hash` identifies an image by its pixels *before* win
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,10 @@ def _decode(image: ImageInput, name: str | None, percentiles: tuple[float, float
             "PIL.Image.MAX_IMAGE_PIXELS (None disables the check) before loading it; otherwise "
             "downscale it or skip it (build-kb --skip-bad)."
         ) from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        # Pillow's plugins report corrupt headers with any of these (e.g. "Truncated IHDR chunk").
         raise ImageLoadError(
             f"cannot read image {label}: {err}. The file is truncated or not an image; "
             "replace it or skip it (build-kb --skip-bad)."

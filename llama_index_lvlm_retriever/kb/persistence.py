@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.embeddings import MultiModalEmbedding
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import storage as store
 from llama_index_lvlm_retriever.kb._manifest_checks import check_kb_manifest
@@ -128,7 +130,7 @@ def load_knowledge_base(
         for name in MODALITIES:
             stored = indexes[name].ntotal
             if stored != len(items):
-                raise ValueError(
+                raise KBFormatError(
                     f"{backend.describe()}: the {name} collection holds {stored} rows but {persist_dir} lists "
                     f"{len(items)} items; it was changed (add/delete/upsert) without persisting this folder "
                     "afterwards, or by another process. Persist from the process that changed it, or rebuild."
@@ -140,7 +142,7 @@ def backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendC
     """The backend config recorded in a manifest (local paths resolved), or the caller's override."""
     name = str(recorded.get("name", "faiss"))
     if name not in BACKENDS:
-        raise ValueError(
+        raise KBFormatError(
             f"{persist_dir}: the manifest names vector backend {name!r}, which this version does not know "
             f"(known: {sorted(BACKENDS)}); upgrade the package or rebuild the knowledge base"
         )
@@ -150,7 +152,10 @@ def backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendC
                 f"{persist_dir} was built on the {name!r} backend; backend= must be a {name} config too, got {override.name!r}"
             )
         return override
-    config = BACKENDS[name](**recorded)
+    try:
+        config = BACKENDS[name](**recorded)
+    except ValidationError as err:
+        raise KBFormatError(f"{persist_dir}: the manifest's backend settings are invalid ({_brief(err)}); rebuild the knowledge base") from err
     return config if isinstance(config, FaissBackendConfig) else config.resolved(persist_dir)
 
 
@@ -159,7 +164,15 @@ def index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConfi
     unknown = sorted(set(recorded) - set(IndexConfig.model_fields))
     if unknown:
         logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
-    return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+    try:
+        return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+    except ValidationError as err:
+        raise KBFormatError(f"{persist_dir}: the manifest's index settings are invalid ({_brief(err)}); rebuild the knowledge base") from err
+
+
+def _brief(err: ValidationError) -> str:
+    # One line per pydantic error is too long for a message: field and reason of each.
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
 
 
 __all__ = ["LoadedKnowledgeBase", "backend_from", "index_config_from", "load_knowledge_base", "persist_knowledge_base"]

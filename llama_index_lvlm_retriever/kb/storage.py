@@ -135,7 +135,7 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise KBFormatError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise KBFormatError(
             f"{path} has format version {manifest.get('format_version')!r}; this package reads "
             f"version {FORMAT_VERSION}. Rebuild the knowledge base with this version."
         )
@@ -203,7 +203,7 @@ def read_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise KBFormatError(f"{path} is not a readable safetensors file ({err}); rebuild the knowledge base") from err
     missing = {IMAGE_TENSOR, TEXT_TENSOR} - set(tensors)
     if missing:
-        raise ValueError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
+        raise KBFormatError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
     return tensors[IMAGE_TENSOR], tensors[TEXT_TENSOR]
 
 
@@ -368,7 +368,7 @@ def read_knowledge_base(
     image, text = read_vectors(persist_dir / files["vectors"])
     hashes = _read_hashes(persist_dir / files["hashes"])
     if len(items) != manifest.get("count") or not isinstance(hashes, list):
-        raise ValueError(
+        raise KBFormatError(
             f"{persist_dir}: manifest says {manifest.get('count')} items but {ITEMS_FILE} has "
             f"{len(items)}; the directory is inconsistent, rebuild it"
         )

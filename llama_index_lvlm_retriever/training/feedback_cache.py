@@ -83,6 +83,9 @@ class _HeadArrays:
         return _HeadArrays(*(getattr(self, name)[index] for name in HEAD_TENSORS))
 
 
+_RECOLLECT = "delete the cache folder and collect the feedback again"
+
+
 class FeedbackCache:
     """Cached reader feedback for retriever training, one row per case (LlamaIndex-store shaped).
 
@@ -178,9 +181,9 @@ class FeedbackCache:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise FeedbackCacheError(f"{manifest_path} is not valid JSON ({err}); collect the feedback again") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise ValueError(f"{manifest_path} is not a feedback-cache manifest (format {FORMAT_NAME!r} expected)")
+            raise FeedbackCacheError(f"{manifest_path} is not a feedback-cache manifest (format {FORMAT_NAME!r} expected)")
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise FeedbackCacheError(
                 f"{manifest_path} has format version {manifest.get('format_version')!r}; this package reads "
                 f"version {FORMAT_VERSION}. Collect the feedback again with this version."
             )
@@ -191,18 +194,22 @@ class FeedbackCache:
         for shard in manifest.get("shards", []):
             path = folder / f"{shard['name']}.safetensors"
             if not path.is_file():
-                raise ValueError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")
+                raise FeedbackCacheError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                raise ValueError(
+                raise FeedbackCacheError(
                     f"shard {path} does not match the hash in {manifest_path} (modified or corrupt); "
                     "delete the cache directory and collect the feedback again"
                 )
             tensors = _safetensors_load(data)
+            missing = sorted(set(parts) - set(tensors))
+            if missing:
+                # The hash matched, so the shard is intact: the manifest's heads do not describe it.
+                raise FeedbackCacheError(f"shard {path} lacks tensors {missing} for the heads {heads} in {manifest_path}; {_RECOLLECT}")
             for key, chunks in parts.items():
                 chunks.append(tensors[key])
         if not manifest.get("shards"):
-            raise ValueError(
+            raise FeedbackCacheError(
                 f"the feedback cache in {folder} is empty (no shards, 0 cases); collect feedback on at "
                 "least one case"
             )

@@ -72,7 +72,7 @@ def test_non_utf8_and_bom_files(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"")
     bom = b"\xef\xbb\xbf"
     (tmp_path / "kb.jsonl").write_bytes(bom + b'{"id": "a", "image_path": "a.png", "text": "ok"}\n')
-    (tmp_path / "kb.csv").write_bytes(bom + b"image_path,text\na.png,ok\n")
+    (tmp_path / "kb.csv").write_bytes(bom + b"image,text\na.png,ok\n")
     (tmp_path / "cases.jsonl").write_bytes(bom + b'{"id": "c", "image_path": "a.png", "answers": ["x"]}\n')
     # A BOM is accepted alike by every loader (one of them used to reject it).
     assert load_kb_jsonl(tmp_path / "kb.jsonl")[0].text == "ok"

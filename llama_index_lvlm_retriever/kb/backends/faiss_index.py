@@ -196,12 +196,12 @@ class FaissIndex:
             ) from err
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
         if not isinstance(index, expected):
-            raise ValueError(
+            raise KBFormatError(
                 f"{path} holds a {type(index).__name__} but the manifest says index kind "
                 f"{config.kind!r}; the knowledge-base directory is inconsistent, rebuild it"
             )
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"{path} is not an inner-product index; rebuild the knowledge base")
+            raise KBFormatError(f"{path} is not an inner-product index; rebuild the knowledge base")
         return cls(config, index, items, hashes)
 
     # ------------------------------------------------------------------ internals
