@@ -28,7 +28,11 @@ from llama_index_lvlm_retriever.errors import (
 from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
-from llama_index_lvlm_retriever.training.feedback import FeedbackCache, FeedbackConfig, collect_feedback
+from llama_index_lvlm_retriever.training.feedback import (
+    FeedbackCache,
+    FeedbackConfig,
+    collect_feedback,
+)
 
 SMALL = FeedbackConfig(n_candidates=2, shard_size=1, reader_batch_size=2)
 
