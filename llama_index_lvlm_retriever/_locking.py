@@ -20,26 +20,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from llama_index_lvlm_retriever.errors import StoreLockedError
+
 LOCK_FILE = ".lock"
-
-
-class StoreLockedError(BlockingIOError):
-    """Another process is writing the same store folder.
-
-    An ``OSError`` subclass, so callers that handle file-system errors already report it.
-
-    Attributes:
-        folder: The locked folder.
-        holder: ``"<pid> <host>"`` of the writer holding it (``"unknown"`` if it could not be read).
-    """
-
-    def __init__(self, folder: Path, holder: str) -> None:
-        self.folder = folder
-        self.holder = holder
-        super().__init__(
-            f"{folder} is locked by another writer (pid/host: {holder}); wait for that process to finish "
-            f"(the lock file {folder / LOCK_FILE} is released automatically when it exits), or write elsewhere"
-        )
 
 
 @contextlib.contextmanager

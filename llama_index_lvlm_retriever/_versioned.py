@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask
 from llama_index_lvlm_retriever._locking import LOCK_FILE
+from llama_index_lvlm_retriever.errors import ChecksumMismatchError, MissingStoreFileError
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ _TEMP_LEFTOVER = re.compile(r"^\..+\.tmp(-[0-9a-f]+)?$")  # atomic_write_bytes t
 _LOAD_ATTEMPTS = 50
 
 T = TypeVar("T")
-
-
-class ChecksumMismatchError(ValueError):
-    """A stored file does not match the SHA-256 its manifest recorded (changed, truncated or swapped)."""
-
-
-class MissingStoreFileError(FileNotFoundError, ValueError):
-    """A file the manifest names is missing (a ``ValueError`` too: stores reported it so before)."""
 
 
 def tagged_name(filename: str, generation: str) -> str:

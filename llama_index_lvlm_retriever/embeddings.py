@@ -30,6 +30,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import ModelOutput
 
+from llama_index_lvlm_retriever._devices import check_device_available
 from llama_index_lvlm_retriever.data.images import ImageInput, load_image
 
 logger = logging.getLogger(__name__)
@@ -441,6 +442,9 @@ def _pooled(output: torch.Tensor | ModelOutput | tuple[Any, ...]) -> torch.Tenso
 
 
 def _resolve_device(device: str) -> torch.device:
+    # Checked here, before the model moves, so CUDA on a CPU-only torch names the setting
+    # instead of failing inside .to() with a bare AssertionError.
+    check_device_available(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.errors import InputFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class TaskSpec(BaseModel):
         try:
             return cls.model_validate(record)
         except ValidationError as err:
-            raise ValueError(f"invalid task in {source}: {_describe_errors(err)}") from None
+            raise InputFormatError(f"invalid task in {source}: {_describe_errors(err)}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> TaskSpec:
@@ -285,7 +286,8 @@ class TaskSpec(BaseModel):
 
         Raises:
             FileNotFoundError: The file does not exist.
-            ValueError: The file is not JSON or does not describe a valid task.
+            InputFormatError: The file is not UTF-8 JSON or does not describe a valid task (a
+                ``ValueError``).
 
         Example:
             >>> import tempfile, os
@@ -297,11 +299,14 @@ class TaskSpec(BaseModel):
         if not file.is_file():
             raise FileNotFoundError(f"task file not found: {file}")
         try:
-            record = json.loads(file.read_text(encoding="utf-8"))
+            # utf-8-sig: a BOM (Notepad, Excel) is accepted, as by the KB and cases loaders.
+            record = json.loads(file.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise InputFormatError(f"task file {file} is not valid UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8") from err
         except json.JSONDecodeError as err:
-            raise ValueError(f"task file {file} is not valid JSON: {err}") from err
+            raise InputFormatError(f"task file {file} is not valid JSON: {err}") from err
         if not isinstance(record, dict):
-            raise ValueError(f"task file {file} must hold a JSON object, got {type(record).__name__}")
+            raise InputFormatError(f"task file {file} must hold a JSON object, got {type(record).__name__}")
         return cls.from_dict(record, source=str(file))
 
 

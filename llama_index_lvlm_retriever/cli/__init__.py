@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from llama_index_lvlm_retriever._devices import check_device_available
 from llama_index_lvlm_retriever.cli import (
     demo,
     diagnose,
@@ -20,9 +21,10 @@ from llama_index_lvlm_retriever.cli import (
     reader_training,
     retriever_training,
 )
-from llama_index_lvlm_retriever.cli._common import CLIError, apply_config_defaults
+from llama_index_lvlm_retriever.cli._common import apply_config_defaults
 from llama_index_lvlm_retriever.cli._logging import configure_logging
 from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter
+from llama_index_lvlm_retriever.errors import LVLMRetrieverError, UsageError
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -49,7 +51,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code.
+
+    Exit codes: 0 success; 2 a usage error (argparse's, :class:`~llama_index_lvlm_retriever.errors.UsageError`
+    and its subclasses such as ``CLIError``); 1 a data error (a bad, missing or corrupt file, an
+    unreadable image, an encoder mismatch, anything unexpected); 130 interrupted. Errors print as
+    one ``error: ...`` line; ``--debug`` re-raises them with the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, registry = build_parser()
     try:
@@ -60,26 +68,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_config_defaults(registry[command], config)
         args = parser.parse_args(argv)
         configure_logging(args.verbose)  # log lines go through tqdm.write, so progress bars stay intact
+        # Before the handler loads any model, so a CUDA-less torch names the option, not an assert.
+        check_device_available(getattr(args, "device", None), option="--device")
         return int(args.handler(args) or 0)
-    except CLIError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, ImportError) as err:
-        # OSError covers missing files and models; ValueError covers bad inputs and encoder mismatches.
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except UsageError as err:
+        # Our own usage errors (CLIError, DeviceUnavailableError, bad option values raised by the
+        # library) exit 2 like argparse's; argparse's own already exit 2 through SystemExit.
+        return _report(err, argv, code=2)
+    except (LVLMRetrieverError, OSError, ValueError, ImportError) as err:
+        # Data errors: a bad or missing file, an unreadable image, a corrupt artifact, an encoder
+        # mismatch (LVLMRetrieverError's DataError subclasses; OSError/ValueError/ImportError from
+        # code paths that raise the builtins).
+        return _report(err, argv, code=1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        # Anything else (a truncated faiss or safetensors file, a library's own error type) still
-        # reaches the user as one line naming the error; --debug shows where it came from.
-        if "--debug" in argv:
-            raise
-        print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        # Anything else (a library's own error type we did not translate) still reaches the user
+        # as one line naming the error; --debug shows where it came from.
+        return _report(err, argv, code=1, with_type=True)
+
+
+def _report(err: BaseException, argv: Sequence[str], *, code: int, with_type: bool = False) -> int:
+    """Print ``err`` as one ``error: ...`` line and return ``code``; with ``--debug`` re-raise it."""
+    if "--debug" in argv:
+        raise err
+    # One line, whatever the message: faiss and safetensors messages span several.
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    if with_type:
+        text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
+    print(f"error: {text}", file=sys.stderr)
+    return code
 
 
 def _peek_command_and_config(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from llama_index_lvlm_retriever._io import atomic_write_json
+from llama_index_lvlm_retriever.errors import UsageError
 
 
-class CLIError(Exception):
-    """A usage error reported as ``error: ...`` with exit code 2."""
+class CLIError(UsageError):
+    """A usage error (a bad option or option combination), reported as ``error: ...`` with exit code 2."""
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +102,33 @@ def require_exclude_self(args: argparse.Namespace, command: str) -> None:
             f"{command} always excludes a training case's own KB pair (its caption holds the gold label, so "
             "training on it teaches the model to copy); drop --no-exclude-self"
         )
+
+
+def check_output_dir(path: str | Path, option: str, *, replaceable_if: str) -> None:
+    """Fail before any work if ``path`` cannot become the output folder of a command.
+
+    The same rules the final write applies (the KB writer's), checked up front
+    so a long embedding run does not end in "cannot write there": ``path`` must not be a file; an
+    existing non-empty folder is replaced only if it holds ``replaceable_if`` (an earlier output of
+    the same kind); the nearest existing folder must be writable (the new folder is built next to
+    ``path`` and renamed into place).
+
+    Raises:
+        CLIError: One of the rules is broken; the message names the option, the path and the fix.
+    """
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{option} {target}: exists and is not a folder; pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not (target / replaceable_if).is_file():
+        raise CLIError(
+            f"{option} {target}: a non-empty folder that is not an earlier output (no {replaceable_if}); "
+            "refusing to replace it. Pass a new or empty folder."
+        )
+    parent = target.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{option} {target}: cannot create it, {parent} is not a writable folder; pass a folder you can write to")
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

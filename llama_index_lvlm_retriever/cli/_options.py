@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from llama_index_lvlm_retriever.cli._common import CLIError
+from llama_index_lvlm_retriever.errors import UsageError
 
 __all__ = [
     "DefaultsOnceHelpFormatter",
@@ -172,7 +172,7 @@ def translate_config_keys(parser: argparse.ArgumentParser, values: Mapping[str, 
             out[key] = value
             continue
         if alias.dest in values:
-            raise CLIError(f"{source}: both {key!r} (old name) and {alias.dest!r} are set; keep {alias.dest!r}")
+            raise UsageError(f"{source}: both {key!r} (old name) and {alias.dest!r} are set; keep {alias.dest!r}")
         _warn_renamed(f"{key!r} in {source}", repr(alias.dest))
         out[alias.dest] = value
     return out

@@ -13,6 +13,7 @@ from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
     add_retrieval_options,
+    check_output_dir,
     check_retrieval_options,
     resolved_config,
     write_json_atomic,
@@ -155,9 +156,12 @@ def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_c
 def _build_kb(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
     from llama_index_lvlm_retriever.kb import IndexConfig, KnowledgeBase
+    from llama_index_lvlm_retriever.kb.storage import MANIFEST_FILE
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # Before reading items or loading the encoder: a bad --out should fail now, not after embedding.
+    check_output_dir(args.out, "--out", replaceable_if=MANIFEST_FILE)
     backend = backend_config(args)
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
     # A local model folder is recorded as an absolute path, so `query` finds it from any directory.

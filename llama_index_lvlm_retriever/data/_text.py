@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from llama_index_lvlm_retriever.errors import InputFormatError
+
 
 def read_utf8_text(path: Path) -> str:
     """Read a whole text file as UTF-8, dropping a leading byte-order mark.
@@ -20,7 +22,7 @@ def read_utf8_text(path: Path) -> str:
         Its text, newlines as stored.
 
     Raises:
-        ValueError: The file is not valid UTF-8; the message names the file, the line and the
+        InputFormatError: The file is not valid UTF-8; the message names the file, the line and the
             byte, and says to save it as UTF-8.
     """
     data = path.read_bytes()
@@ -29,7 +31,7 @@ def read_utf8_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         # err.object is what was decoded (the BOM already stripped), err.start an offset into it.
         line = err.object.count(b"\n", 0, err.start) + 1
-        raise ValueError(
+        raise InputFormatError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{err.object[err.start]:02x}); the file is in "
             "another encoding (e.g. Latin-1 or Windows-1252). Save it as UTF-8 (a spreadsheet's "
             "'CSV UTF-8' format, or: iconv -f WINDOWS-1252 -t UTF-8 in > out) and load it again."

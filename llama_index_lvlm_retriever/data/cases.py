@@ -12,6 +12,7 @@ from typing import Any
 from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import Case, resolve_path
+from llama_index_lvlm_retriever.errors import InputFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def _as_labels(value: Any, where: str) -> tuple[str, ...]:
         return tuple(str(v).strip() for v in value)
     if isinstance(value, (str, int, float, bool)):
         return (str(value).strip(),)
-    raise ValueError(f"{where}: answer must be a string, a number or a list of them, got {type(value).__name__}")
+    raise InputFormatError(f"{where}: answer must be a string, a number or a list of them, got {type(value).__name__}")
 
 
 def case_from_record(record: dict[str, Any], *, where: str, base_dir: str | Path | None = None, default_id: str) -> Case:
@@ -37,7 +38,7 @@ def case_from_record(record: dict[str, Any], *, where: str, base_dir: str | Path
     """
     image = record.get("image_path", record.get("image"))
     if not image:
-        raise ValueError(f"{where}: record has no 'image_path'; every case needs its query image")
+        raise InputFormatError(f"{where}: record has no 'image_path'; every case needs its query image")
     gold: Any = None
     for key in ("answers", "answer", "labels", "label"):
         if key in record:
@@ -57,7 +58,7 @@ def _check_unique(cases: Sequence[Case], source: str) -> None:
     seen: set[str] = set()
     for case in cases:
         if case.id in seen:
-            raise ValueError(f"{source}: duplicate case id {case.id!r}; case ids must be unique")
+            raise InputFormatError(f"{source}: duplicate case id {case.id!r}; case ids must be unique")
         seen.add(case.id)
 
 
@@ -76,7 +77,7 @@ def load_cases_jsonl(path: str | Path) -> list[Case]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a line is not JSON,
+        InputFormatError: The file is not UTF-8 (a byte-order mark is fine), or a line is not JSON,
             has no ``image_path``, or repeats an id; the message names the file and line.
 
     Example:
@@ -94,9 +95,9 @@ def load_cases_jsonl(path: str | Path) -> list[Case]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+                raise InputFormatError(f"{where}: not valid JSON ({err.msg})") from err
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                raise InputFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
             cases.append(case_from_record(record, where=where, base_dir=path.parent, default_id=f"{path.stem}-{lineno}"))
     _check_unique(cases, str(path))
     return cases
@@ -128,7 +129,7 @@ def load_cases_csv(
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a required column is
+        InputFormatError: The file is not UTF-8 (a byte-order mark is fine), or a required column is
             missing (the message lists the columns there are).
     """
     csv_path = Path(csv_path)
@@ -139,12 +140,18 @@ def load_cases_csv(
         columns = list(reader.fieldnames or [])
         for needed in [image_column, label_column, question_column, id_column]:
             if needed is not None and needed not in columns:
-                raise ValueError(f"{csv_path}: no column {needed!r}; the columns are {columns}")
+                raise InputFormatError(f"{csv_path}: no column {needed!r}; the columns are {columns}")
         cases = []
         for rowno, row in enumerate(reader, start=2):
+            if None in row or None in row.values():
+                # DictReader files surplus cells under the key None and fills missing ones with None.
+                raise InputFormatError(
+                    f"{csv_path}:{rowno}: the row has a different number of cells than the header's "
+                    f"{len(columns)} columns; quote cells that contain commas or fill the missing ones"
+                )
             image = row[image_column]
             if not image:
-                raise ValueError(f"{csv_path}:{rowno}: empty {image_column!r} cell")
+                raise InputFormatError(f"{csv_path}:{rowno}: empty {image_column!r} cell")
             raw_label = row[label_column]
             labels = tuple(x.strip() for x in raw_label.split(label_separator)) if label_separator else (raw_label.strip(),)
             used = {image_column, label_column, question_column, id_column}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llama_index_lvlm_retriever.errors import DataError, InputFormatError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -69,11 +71,11 @@ _HOW_TO_GET = (
 )
 
 
-class FashionMnistNotFoundError(ValueError):
+class FashionMnistNotFoundError(DataError):
     """The Fashion-MNIST folder or one of its four idx files is missing."""
 
 
-class FashionMnistFormatError(ValueError):
+class FashionMnistFormatError(InputFormatError):
     """An idx file has a wrong magic number, shape or length, or labels out of range."""
 
 

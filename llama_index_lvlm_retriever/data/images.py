@@ -8,6 +8,7 @@ gives. :func:`image_content_hash` identifies an image by its pixels *before* win
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from llama_index_lvlm_retriever.data._pixels import (
     source_hash,
     window_to_uint8,
 )
+from llama_index_lvlm_retriever.errors import ImageLoadError
 
 ImageInput = str | Path | bytes | io.BytesIO | Image.Image
 
@@ -35,10 +37,6 @@ _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # hashes the image it already decoded) then gives the source's hash, not the rendering's.
 _SOURCE_HASH_KEY = "lvlm_retriever.source_sha256"
 _RENDER_HASH_KEY = "lvlm_retriever.render_sha256"
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read; the message names the file and what to do."""
 
 
 def _is_dicom_bytes(data: bytes) -> bool:
@@ -153,7 +151,10 @@ def _decode(image: ImageInput, name: str | None, percentiles: tuple[float, float
             "PIL.Image.MAX_IMAGE_PIXELS (None disables the check) before loading it; otherwise "
             "downscale it or skip it (build-kb --skip-bad)."
         ) from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        # Pillow's plugins report corrupt headers with any of these (e.g. "Truncated IHDR chunk").
         raise ImageLoadError(
             f"cannot read image {label}: {err}. The file is truncated or not an image; "
             "replace it or skip it (build-kb --skip-bad)."

@@ -30,6 +30,7 @@ from PIL import Image
 from llama_index_lvlm_retriever._io import atomic_write_bytes
 from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import KBItem, resolve_path
+from llama_index_lvlm_retriever.errors import InputFormatError, UsageError
 
 __all__ = ["kb_item_from_record", "kb_items_from_records", "load_kb_csv", "load_kb_jsonl", "load_medmnist_npz"]
 
@@ -70,7 +71,7 @@ def kb_item_from_record(
         The item.
 
     Raises:
-        ValueError: No image path, or a field of the wrong type; the message names ``where``.
+        InputFormatError: No image path, or a field of the wrong type; the message names ``where``.
 
     Example:
         >>> kb_item_from_record({"image_path": "a.png", "text": "normal"}, where="demo", default_id="r0")
@@ -78,26 +79,26 @@ def kb_item_from_record(
     """
     image = record.get(_IMAGE_KEY, record.get(_IMAGE_ALIAS))
     if image is None or (isinstance(image, str) and not image.strip()):
-        raise ValueError(
+        raise InputFormatError(
             f"{where}: record has no {_IMAGE_KEY!r}; every knowledge-base pair needs an image "
             f"(keys present: {sorted(record)})"
         )
     if not isinstance(image, (str, os.PathLike)):
-        raise ValueError(f"{where}: {_IMAGE_KEY!r} must be a path string, got {type(image).__name__}")
+        raise InputFormatError(f"{where}: {_IMAGE_KEY!r} must be a path string, got {type(image).__name__}")
     text = record.get(_TEXT_KEY, "")
     if text is None:
         text = ""
     if not isinstance(text, str):
-        raise ValueError(f"{where}: {_TEXT_KEY!r} must be a string, got {type(text).__name__}")
+        raise InputFormatError(f"{where}: {_TEXT_KEY!r} must be a string, got {type(text).__name__}")
     label = record.get(_LABEL_KEY)
     if label is not None and not isinstance(label, (str, int, float, bool)):
-        raise ValueError(
+        raise InputFormatError(
             f"{where}: {_LABEL_KEY!r} must be a single string or number, got {type(label).__name__}; "
             "put multi-label annotations under another key (they are kept as metadata)"
         )
     nested = record.get(_METADATA_KEY) or {}
     if not isinstance(nested, Mapping):
-        raise ValueError(f"{where}: {_METADATA_KEY!r} must be a JSON object, got {type(nested).__name__}")
+        raise InputFormatError(f"{where}: {_METADATA_KEY!r} must be a JSON object, got {type(nested).__name__}")
     metadata = dict(nested)
     metadata.update({k: v for k, v in record.items() if k not in _RESERVED_KEYS})
     item_id = record.get(_ID_KEY)
@@ -116,7 +117,7 @@ def _check_unique(items: Sequence[KBItem], places: Sequence[str], what: str) -> 
     first: dict[str, str] = {}
     for item, place in zip(items, places):
         if item.id in first:
-            raise ValueError(
+            raise InputFormatError(
                 f"{what}: duplicate id {item.id!r} at {place} (first seen at {first[item.id]}); "
                 "knowledge-base ids must be unique"
             )
@@ -139,7 +140,7 @@ def load_kb_jsonl(path: str | Path) -> list[KBItem]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not UTF-8 (a byte-order mark is fine), or a line is not a JSON
+        InputFormatError: The file is not UTF-8 (a byte-order mark is fine), or a line is not a JSON
             object, has no ``image_path``, or repeats an id; the message names the file and line
             number.
 
@@ -161,9 +162,9 @@ def load_kb_jsonl(path: str | Path) -> list[KBItem]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+                raise InputFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                raise InputFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
             items.append(
                 kb_item_from_record(record, where=where, default_id=f"{path.stem}-{lineno}", base_dir=path.parent)
             )
@@ -202,7 +203,7 @@ def load_kb_csv(
 
     Raises:
         FileNotFoundError: The CSV does not exist.
-        ValueError: The file is not UTF-8 (a byte-order mark is fine), a named column is missing
+        InputFormatError: The file is not UTF-8 (a byte-order mark is fine), a named column is missing
             (the message lists the available ones), a row has an empty image cell, or an id
             repeats.
 
@@ -224,7 +225,7 @@ def load_kb_csv(
             wanted["label_column"] = label_column
         for arg, column in wanted.items():
             if column not in columns:
-                raise ValueError(
+                raise InputFormatError(
                     f"{csv_path}: no column {column!r} (from {arg}=); available columns: {columns}. "
                     f"Pass {arg}= with one of them."
                 )
@@ -235,7 +236,7 @@ def load_kb_csv(
             where = f"{csv_path} row {row_number}"
             image = (row.get(image_column) or "").strip()
             if not image:
-                raise ValueError(f"{where}: empty {image_column!r} cell; every pair needs an image")
+                raise InputFormatError(f"{where}: empty {image_column!r} cell; every pair needs an image")
             item_id = (row.get(id_column) or "").strip() if id_column is not None else ""
             label = (row.get(label_column) or "").strip() if label_column is not None else ""
             items.append(
@@ -315,7 +316,7 @@ def load_medmnist_npz(
 
     Raises:
         FileNotFoundError: The ``.npz`` does not exist.
-        ValueError: The split's arrays are missing (the message lists the keys present), have the
+        InputFormatError: The split's arrays are missing (the message lists the keys present), have the
             wrong dtype/shape, a label index has no name, or the template is invalid.
 
     Example:
@@ -329,12 +330,12 @@ def load_medmnist_npz(
     if not npz_path.is_file():
         raise FileNotFoundError(f"MedMNIST file not found: {npz_path}")
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        raise UsageError(f"limit must be >= 0 or None, got {limit}")
     image_key, label_key = f"{split}_images", f"{split}_labels"
     with np.load(npz_path, allow_pickle=False) as data:
         keys = sorted(data.files)
         if image_key not in keys or label_key not in keys:
-            raise ValueError(
+            raise InputFormatError(
                 f"{npz_path}: split {split!r} needs arrays {image_key!r} and {label_key!r}; "
                 f"the file has {keys}. Pass split= one of the splits present."
             )
@@ -360,7 +361,7 @@ def load_medmnist_npz(
         try:
             caption = caption_template.format(label_name=label_name, label=label_index, split=split, index=index)
         except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(
+            raise InputFormatError(
                 f"caption_template {caption_template!r} is invalid ({err!r}); available placeholders: "
                 "{label_name}, {label}, {split}, {index}"
             ) from err
@@ -375,7 +376,7 @@ def load_medmnist_npz(
         items.append(
             KBItem(
                 id=f"{npz_path.stem}-{split}-{index}",
-                image_path=str(path),
+                image_path=os.path.abspath(path),  # absolute: valid from any working directory
                 text=caption,
                 source=source,
                 label=None if multi_label else label_name,
@@ -393,16 +394,16 @@ def _check_medmnist_arrays(
     npz_path: Path, image_key: str, images: np.ndarray, label_key: str, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     if images.dtype != np.uint8:
-        raise ValueError(f"{npz_path}: {image_key!r} must be uint8 pixels, got {images.dtype}")
+        raise InputFormatError(f"{npz_path}: {image_key!r} must be uint8 pixels, got {images.dtype}")
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
-        raise ValueError(
+        raise InputFormatError(
             f"{npz_path}: {image_key!r} must have shape (n, h, w) or (n, h, w, 3), got {images.shape}; "
             "3-D MedMNIST volumes are not supported (export slices first)"
         )
     if labels.ndim == 1:
         labels = labels[:, None]  # (n,) -> (n, 1)
     if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InputFormatError(
             f"{npz_path}: {label_key!r} must have shape (n, 1) or (n, L) with n = {images.shape[0]} "
             f"images, got {labels.shape}"
         )
@@ -413,7 +414,7 @@ def _label_name(names: dict[int, str], index: int, npz_path: Path, row: int) -> 
     if not names:
         return str(index)
     if index not in names:
-        raise ValueError(
+        raise InputFormatError(
             f"{npz_path} sample {row}: label index {index} has no name in label_names "
             f"(known indices {sorted(names)})"
         )
@@ -440,7 +441,7 @@ def kb_items_from_records(
         The items in input order.
 
     Raises:
-        ValueError: A record has no image path, repeats an id, or is neither a dict nor a KBItem.
+        InputFormatError: A record has no image path, repeats an id, or is neither a dict nor a KBItem.
 
     Example:
         >>> items = kb_items_from_records([
@@ -464,7 +465,7 @@ def kb_items_from_records(
                 )
             )
         else:
-            raise ValueError(f"{where}: expected a dict or a KBItem, got {type(record).__name__}")
+            raise InputFormatError(f"{where}: expected a dict or a KBItem, got {type(record).__name__}")
         places.append(where)
     _check_unique(items, places, "kb_items_from_records")
     return items

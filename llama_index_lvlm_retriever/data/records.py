@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,17 @@ class Case:
 
 
 def resolve_path(path: str | Path, base_dir: str | Path | None) -> str:
-    """Resolve a possibly relative path against ``base_dir`` (the folder of the file naming it)."""
+    """Resolve a possibly relative path against ``base_dir`` (the folder of the file naming it).
+
+    With a ``base_dir`` the result is absolute (``base_dir`` itself is made absolute against the
+    working directory, ``..`` collapsed, symlinks kept), so a knowledge base or cases list built
+    in one folder still finds its images when used from another: the stored path does not depend
+    on the working directory at build time. Without one the path is returned as given
+    (``~`` expanded), for records built in Python.
+    """
     p = Path(path).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = Path(base_dir) / p
-    return str(p)
+    if p.is_absolute():
+        return str(p)
+    if base_dir is None:
+        return str(p)
+    return os.path.abspath(Path(base_dir).expanduser() / p)

@@ -34,6 +34,7 @@ from llama_index_lvlm_retriever._versioned import (
     load_consistent,
     read_checked,
 )
+from llama_index_lvlm_retriever.errors import HeadFormatError
 from llama_index_lvlm_retriever.version import package_versions
 
 CONFIG_NAME = "config.json"
@@ -104,7 +105,7 @@ def read_head(folder: str | Path) -> SavedHead:
 
     Raises:
         FileNotFoundError: The folder, its ``config.json`` or its weights file is missing.
-        ValueError: ``config.json`` is not a JSON object, or the weights are corrupt or fail their checksum.
+        HeadFormatError: ``config.json`` is not a JSON object, or the weights are corrupt or fail their checksum.
     """
     path = Path(folder)
     return load_consistent(path / CONFIG_NAME, lambda: _read_head_once(path))
@@ -123,7 +124,7 @@ def _read_head_once(path: Path) -> SavedHead:
     try:
         state = _safetensors_load(data)
     except Exception as err:  # safetensors' own SafetensorError is not importable by a stable name
-        raise ValueError(f"{weights_path} is not a readable safetensors file ({err}); re-save the head") from err
+        raise HeadFormatError(f"{weights_path} is not a readable safetensors file ({err}); re-save the head") from err
     trained_on = raw.get(TRAINED_ON_KEY)
     return SavedHead(class_name, record, trained_on if isinstance(trained_on, dict) else None, state,
                      path / CONFIG_NAME, weights_path)
@@ -154,9 +155,9 @@ def _read_config(path: Path) -> tuple[str | None, dict[str, Any], dict[str, Any]
     try:
         raw = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err}); re-save the head") from err
+        raise HeadFormatError(f"{path / CONFIG_NAME} is not valid JSON ({err}); re-save the head") from err
     if not isinstance(raw, dict):
-        raise ValueError(f"{path / CONFIG_NAME} must hold a JSON object, got {type(raw).__name__}; re-save the head")
+        raise HeadFormatError(f"{path / CONFIG_NAME} must hold a JSON object, got {type(raw).__name__}; re-save the head")
     record = dict(raw)
     for key in (VERSIONS_KEY, FILES_KEY, TRAINED_ON_KEY):  # provenance and layout, not constructor arguments
         record.pop(key, None)

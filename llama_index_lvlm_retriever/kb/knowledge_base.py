@@ -29,6 +29,7 @@ from llama_index_lvlm_retriever.kb import checks, persistence
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb import storage as store
+from llama_index_lvlm_retriever.kb._manifest_checks import check_kb_manifest
 from llama_index_lvlm_retriever.kb.backends import (
     BackendConfig,
     FaissBackendConfig,
@@ -490,13 +491,16 @@ class KnowledgeBase(LiveUpdatesMixin):
 
         Raises:
             FileNotFoundError: No such directory, or it has no manifest.
-            ValueError: The manifest is not a knowledge-base manifest of a readable version.
+            KBFormatError: The manifest is not a knowledge-base manifest of a readable version, or
+                a field has the wrong JSON type (a ``ValueError``).
 
         Example:
             >>> KnowledgeBase.read_manifest("kb/roco-clip")["encoder"]["model_name"]  # doctest: +SKIP
             'openai/clip-vit-base-patch16'
         """
-        return store.read_manifest(persist_dir)
+        manifest = store.read_manifest(persist_dir)
+        check_kb_manifest(manifest, Path(persist_dir))
+        return manifest
 
     @classmethod
     def from_persist_dir(

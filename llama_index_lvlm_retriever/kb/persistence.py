@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.embeddings import MultiModalEmbedding
 
 from llama_index_lvlm_retriever._versioned import load_consistent
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import storage as store
+from llama_index_lvlm_retriever.kb._manifest_checks import check_kb_manifest
 from llama_index_lvlm_retriever.kb.backends import (
     BACKENDS,
     BackendConfig,
@@ -110,6 +113,7 @@ def _load_once(
     persist_dir: Path, embed_model: MultiModalEmbedding, backend: BackendConfig | None
 ) -> LoadedKnowledgeBase:
     manifest = store.read_manifest(persist_dir)
+    check_kb_manifest(manifest, persist_dir)
     backend = backend_from(manifest.get("backend") or {"name": "faiss"}, persist_dir, backend)
     store.require_files(persist_dir, manifest)
     encoder = dict(manifest.get("encoder") or {})
@@ -142,7 +146,7 @@ def _load_once(
         for name in MODALITIES:
             stored = indexes[name].ntotal
             if stored != len(items):
-                raise ValueError(
+                raise KBFormatError(
                     f"{backend.describe()}: the {name} collection holds {stored} rows but {persist_dir} lists "
                     f"{len(items)} items; it was changed (add/delete/upsert) without persisting this folder "
                     "afterwards, or by another process. Persist from the process that changed it, or rebuild."
@@ -154,7 +158,7 @@ def backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendC
     """The backend config recorded in a manifest (local paths resolved), or the caller's override."""
     name = str(recorded.get("name", "faiss"))
     if name not in BACKENDS:
-        raise ValueError(
+        raise KBFormatError(
             f"{persist_dir}: the manifest names vector backend {name!r}, which this version does not know "
             f"(known: {sorted(BACKENDS)}); upgrade the package or rebuild the knowledge base"
         )
@@ -164,7 +168,10 @@ def backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendC
                 f"{persist_dir} was built on the {name!r} backend; backend= must be a {name} config too, got {override.name!r}"
             )
         return override
-    config = BACKENDS[name](**recorded)
+    try:
+        config = BACKENDS[name](**recorded)
+    except ValidationError as err:
+        raise KBFormatError(f"{persist_dir}: the manifest's backend settings are invalid ({_brief(err)}); rebuild the knowledge base") from err
     return config if isinstance(config, FaissBackendConfig) else config.resolved(persist_dir)
 
 
@@ -173,7 +180,15 @@ def index_config_from(recorded: dict[str, Any], persist_dir: Path) -> IndexConfi
     unknown = sorted(set(recorded) - set(IndexConfig.model_fields))
     if unknown:
         logger.warning("%s: ignoring unknown index settings %s (written by another version?)", persist_dir, unknown)
-    return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+    try:
+        return IndexConfig(**{k: v for k, v in recorded.items() if k not in unknown})
+    except ValidationError as err:
+        raise KBFormatError(f"{persist_dir}: the manifest's index settings are invalid ({_brief(err)}); rebuild the knowledge base") from err
+
+
+def _brief(err: ValidationError) -> str:
+    # One line per pydantic error is too long for a message: field and reason of each.
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
 
 
 __all__ = ["LoadedKnowledgeBase", "backend_from", "index_config_from", "load_knowledge_base", "persist_knowledge_base"]

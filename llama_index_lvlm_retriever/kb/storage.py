@@ -45,6 +45,7 @@ from llama_index_lvlm_retriever._versioned import (
     read_checked,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,11 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
+        raise KBFormatError(f"{path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
+        raise KBFormatError(f"{path} is not a knowledge-base manifest (format {FORMAT_NAME!r} expected)")
     if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
-        raise ValueError(
+        raise KBFormatError(
             f"{path} has format version {manifest.get('format_version')!r}; this package reads "
             f"versions {list(READABLE_FORMAT_VERSIONS)}. Rebuild the knowledge base with this version."
         )
@@ -128,14 +129,26 @@ def parse_items(data: bytes, path: Path) -> list[KBItem]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 ({err}); rebuild the knowledge base") from err
+        raise KBFormatError(f"{path} is not UTF-8 ({err}); rebuild the knowledge base") from err
     for lineno, line in enumerate(io.StringIO(text), start=1):
         if line.strip():
             try:
                 items.append(KBItem.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-                raise ValueError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+                # A line that parses but is not an item object (a list, a number) fails in from_dict.
+                raise KBFormatError(f"{path}:{lineno}: corrupt item record ({err}); rebuild the knowledge base") from err
     return items
+
+
+def _read_hashes(path: Path) -> list[Any]:
+    """Read ``image_hashes.json``, naming the file when it is not a JSON list (the leakage guard needs it)."""
+    try:
+        hashes = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KBFormatError(f"{path} is not valid JSON ({err}); rebuild the knowledge base") from err
+    if not isinstance(hashes, list):
+        raise KBFormatError(f"{path} must hold a JSON list of image hashes, got {type(hashes).__name__}; rebuild the knowledge base")
+    return hashes
 
 
 def write_vectors(path: Path, image: np.ndarray, text: np.ndarray) -> None:
@@ -152,10 +165,10 @@ def parse_vectors(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         tensors = load_safetensors(data)
     except Exception as err:  # safetensors raises its own SafetensorError (not exported) on bad bytes
-        raise ValueError(f"{path} is not a readable safetensors file ({err}); rebuild the knowledge base") from err
+        raise KBFormatError(f"{path} is not a readable safetensors file ({err}); rebuild the knowledge base") from err
     missing = {IMAGE_TENSOR, TEXT_TENSOR} - set(tensors)
     if missing:
-        raise ValueError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
+        raise KBFormatError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
     return tensors[IMAGE_TENSOR], tensors[TEXT_TENSOR]
 
 
@@ -301,11 +314,11 @@ def read_knowledge_base(
     try:
         hashes = json.loads(read_file(persist_dir, manifest, "hashes").decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{hashes_path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
+        raise KBFormatError(f"{hashes_path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(hashes, list) or len(hashes) != len(items):
-        raise ValueError(f"{hashes_path} must list one image hash per item ({len(items)}); rebuild the knowledge base")
+        raise KBFormatError(f"{hashes_path} must list one image hash per item ({len(items)}); rebuild the knowledge base")
     if len(items) != manifest.get("count") or image.shape[0] != len(items) or text.shape[0] != len(items):
-        raise ValueError(
+        raise KBFormatError(
             f"{persist_dir}: manifest says {manifest.get('count')} items but the files hold {len(items)} items and "
             f"{image.shape[0]}/{text.shape[0]} image/text vectors; the directory is inconsistent, rebuild it"
         )

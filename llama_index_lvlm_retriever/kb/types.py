@@ -12,6 +12,7 @@ from typing import Literal
 from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import EncoderMismatchError
 
 Modality = Literal["image", "text"]
 MODALITIES: tuple[str, ...] = ("image", "text")
@@ -69,10 +70,6 @@ class BackendIdentity:
     dim: int
     encoder: str
     encoder_label: str
-
-
-class EncoderMismatchError(ValueError):
-    """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
 
 
 __all__ = ["MODALITIES", "BackendIdentity", "EncoderMismatchError", "IndexConfig", "Modality", "SearchHit"]

@@ -29,6 +29,7 @@ from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter
 from llama_index_lvlm_retriever.data.images import ImageInput
 from llama_index_lvlm_retriever.heads import QueryHead, check_head_fits, load_head
 from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
+from llama_index_lvlm_retriever.retriever._query_checks import check_finite_queries
 from llama_index_lvlm_retriever.retriever.config import LVLMAwareRetrieverConfig
 from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
 from llama_index_lvlm_retriever.retriever.nodes import (
@@ -294,6 +295,7 @@ class LVLMAwareRetriever(BaseRetriever):
             queries = queries[None, :]  # (dim,) -> (1, dim)
         if queries.ndim != 2:
             raise ValueError(f"query_embeddings must have shape (n, dim), got {queries.shape}")
+        check_finite_queries(queries, "query embedding")
         n = queries.shape[0]
         exclude_ids = per_query("exclude_ids", exclude_ids, n)
         exclude_hashes = per_query("exclude_hashes", exclude_hashes, n)
@@ -307,6 +309,7 @@ class LVLMAwareRetriever(BaseRetriever):
                 results[name] = [[] for _ in range(n)]
                 continue
             vectors = self._apply_head(name, head, queries, images)  # (n, kb dim)
+            check_finite_queries(vectors, f"{name} head output")
             results[name] = self._kb.search(
                 vectors, name, k, exclude_ids=exclude_ids, exclude_hashes=exclude_hashes, filters=query_filters
             )
@@ -412,6 +415,7 @@ class LVLMAwareRetriever(BaseRetriever):
         exclude_ids = per_query("exclude_ids", exclude_ids, n)
         hashes = [[self._kb.content_hash_of(img)] for img in images] if settings.exclude_self else None
         embeddings = self.embed_queries(images, questions)  # (n, dim)
+        check_finite_queries(embeddings, "query embedding", [_query_name(img, i) for i, img in enumerate(images)])
         hits = self.search_heads(
             embeddings, settings.k_image, settings.k_text, exclude_ids=exclude_ids, exclude_hashes=hashes,
             images=images, filters=filters,
@@ -446,6 +450,10 @@ class LVLMAwareRetriever(BaseRetriever):
             pixels = query_pixel_values(self._kb.embed_model, name, images, queries.shape[0])  # (n, C, H, W)
             return head.encode(queries, pixel_values=pixels)
         return head.encode(queries)
+
+
+def _query_name(image: ImageInput, position: int) -> str:
+    return f"query image {image}" if isinstance(image, (str, Path)) else f"query {position}"
 
 
 __all__ = ["NO_IMAGE_MESSAGE", "LVLMAwareRetriever"]

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.errors import ImageLoadError
 from llama_index_lvlm_retriever.training._distributed import _DistContext, _distributed_context
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,
@@ -105,6 +106,7 @@ def collect_feedback(
         The cache, loaded from ``cache_dir``.
 
     Raises:
+        ImageLoadError: A case's image file does not exist (the message names the case).
         ValueError: No cases, duplicate case ids, a gold label outside the task's label set, or
             ``cache_dir`` holds feedback from another retriever, reader, config or case list.
 
@@ -122,6 +124,7 @@ def collect_feedback(
     if not cases:
         raise ValueError("collect_feedback got no cases, so the feedback cache would be empty; pass training cases")
     _check_unique_ids(cases)
+    _check_case_images(cases)
     targets = _gold_targets(cases, reader)  # (n, L)
     folder = Path(cache_dir)
     plan = _plan(cases, retriever, reader, config)
@@ -166,6 +169,19 @@ def _check_unique_ids(cases: list[Case]) -> None:
         if case.id in seen:
             raise ValueError(f"case id {case.id!r} appears more than once; case ids must be unique")
         seen.add(case.id)
+
+
+def _check_case_images(cases: list[Case]) -> None:
+    # Checked before any embedding or reader pass, so a wrong path fails in a second, naming the
+    # case, instead of mid-collection with only the image path.
+    missing = [case for case in cases if isinstance(case.image_path, (str, Path)) and not Path(case.image_path).is_file()]
+    if missing:
+        first = missing[0]
+        raise ImageLoadError(
+            f"case {first.id!r}: image file not found: {first.image_path} ({len(missing)} of {len(cases)} cases' "
+            f"images are missing, e.g. {[c.id for c in missing[:5]]}); fix the paths in the cases file "
+            "(relative paths resolve against its folder) or drop those cases"
+        )
 
 
 def _plan(cases: list[Case], retriever: LVLMAwareRetriever, reader: Reader, config: FeedbackConfig) -> dict[str, Any]:

@@ -49,6 +49,8 @@ from llama_index_lvlm_retriever._versioned import (
     remove_unreferenced,
 )
 from llama_index_lvlm_retriever.aggregation import MULTI_LABEL_THRESHOLD
+from llama_index_lvlm_retriever.errors import FeedbackCacheError
+from llama_index_lvlm_retriever.training._feedback_manifest import check_feedback_manifest
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -90,6 +92,9 @@ class _HeadArrays:
 
     def select(self, index: torch.Tensor) -> _HeadArrays:
         return _HeadArrays(*(getattr(self, name)[index] for name in HEAD_TENSORS))
+
+
+_RECOLLECT = "delete the cache folder and collect the feedback again"
 
 
 class FeedbackCache:
@@ -194,15 +199,16 @@ class FeedbackCache:
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest_path} is not valid JSON ({err.msg}); collect the feedback again") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FeedbackCacheError(f"{manifest_path} is not valid JSON ({err}); collect the feedback again") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise ValueError(f"{manifest_path} is not a feedback-cache manifest (format {FORMAT_NAME!r} expected)")
+            raise FeedbackCacheError(f"{manifest_path} is not a feedback-cache manifest (format {FORMAT_NAME!r} expected)")
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise FeedbackCacheError(
                 f"{manifest_path} has format version {manifest.get('format_version')!r}; this package reads "
                 f"version {FORMAT_VERSION}. Collect the feedback again with this version."
             )
+        check_feedback_manifest(manifest, manifest_path)
         heads = [str(h) for h in manifest["heads"]]
         parts: dict[str, list[torch.Tensor]] = {QUERY_EMBEDDINGS: []}
         parts.update({f"{h}.{name}": [] for h in heads for name in HEAD_TENSORS})
@@ -220,10 +226,14 @@ class FeedbackCache:
                     "delete the cache directory and collect the feedback again"
                 )
             tensors = _safetensors_load(data)
+            missing = sorted(set(parts) - set(tensors))
+            if missing:
+                # The hash matched, so the shard is intact: the manifest's heads do not describe it.
+                raise FeedbackCacheError(f"shard {path} lacks tensors {missing} for the heads {heads} in {manifest_path}; {_RECOLLECT}")
             for key, chunks in parts.items():
                 chunks.append(tensors[key])
         if not manifest.get("shards"):
-            raise ValueError(
+            raise FeedbackCacheError(
                 f"the feedback cache in {folder} is empty (no shards, 0 cases); collect feedback on at "
                 "least one case"
             )

@@ -1,16 +1,129 @@
-"""Fixtures of the reliability tests: one tiny CLIP and a folder of images per session."""
+"""Fixtures of the reliability tests.
+
+Storage tests share one tiny CLIP and a folder of images per session (``_tiny`` also serves the
+writer subprocesses). Error tests use deterministic stubs: a colour encoder, a fixed reader, a
+small world.
+
+The encoder embeds a solid-colour image as its RGB colour and a caption as counts of the words
+red/green/blue, so a knowledge base builds and persists in milliseconds without any model.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
+from llama_index.core.embeddings import MultiModalEmbedding
+from PIL import Image
+
+from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
+from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing import build_tiny_clip
 
 sys.path.insert(0, str(Path(__file__).parent))  # _tiny: shared with the writer subprocesses
 
-from llama_index_lvlm_retriever.embeddings import CLIPEmbedding  # noqa: E402
-from llama_index_lvlm_retriever.testing import build_tiny_clip  # noqa: E402
+_WORDS = ("red", "green", "blue")
+KB_ROWS = [
+    ("r", (255, 0, 0), "red red green", "a"),
+    ("g", (0, 255, 0), "red green", "b"),
+    ("b", (0, 64, 255), "green blue", "c"),
+]
+TASK = TaskSpec(name="colour-task", labels=("a", "b", "c"), question="Which label? Answer {options}.")
+
+
+class ColourEmbedding(MultiModalEmbedding):
+    """Image -> its (solid) RGB colour; text -> counts of the words red/green/blue."""
+
+    model_name: str = "colour-stub"
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ColourEmbedding"
+
+    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
+        with Image.open(img_file_path) as img:
+            return [float(c) for c in img.convert("RGB").getpixel((0, 0))]
+
+    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
+        return self._get_image_embedding(img_file_path)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        words = text.lower().split()
+        return [float(words.count(w)) for w in _WORDS]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+
+class FixedReader(Reader):
+    """P(candidate's own label) = .7, every other label .15."""
+
+    model_name = "fixed-reader"
+    task = TASK
+
+    def score(
+        self, cases: Sequence[Case], candidates: Sequence[Sequence[KBItem | None]], *, show_progress: bool = False
+    ) -> ReaderScores:
+        k = check_inputs(cases, candidates)
+        out = np.full((len(cases), k, 3), np.log(0.15))
+        for i, row in enumerate(candidates):
+            for j, item in enumerate(row):
+                assert item is not None and item.label is not None
+                out[i, j, TASK.label_index(item.label)] = np.log(0.7)
+        return ReaderScores(log_probs=out, labels=TASK.labels, multi_label=False)
+
+
+def png(path: Path, colour: tuple[int, int, int]) -> str:
+    """A 4x4 solid-colour PNG at ``path`` (created once); returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        Image.new("RGB", (4, 4), colour).save(path)
+    return str(path)
+
+
+def build_kb(folder: Path, embed_model: MultiModalEmbedding | None = None) -> KnowledgeBase:
+    items = [
+        KBItem(id=i, image_path=png(folder / f"{i}.png", colour), text=text, source="stub", label=label)
+        for i, colour, text, label in KB_ROWS
+    ]
+    return KnowledgeBase.build(items, embed_model or ColourEmbedding(), show_progress=False)
+
+
+@pytest.fixture()
+def kb_dir(tmp_path: Path) -> Path:
+    """A freshly persisted three-pair knowledge base (its own copy per test: tests damage it)."""
+    out = tmp_path / "kb"
+    build_kb(tmp_path / "images").persist(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Case], LVLMAwareRetriever]:
+    folder = tmp_path_factory.mktemp("world")
+    kb = build_kb(folder)
+    cases = [
+        Case(id="q-red", image_path=png(folder / "q-red.png", (250, 10, 0)), labels=("a",)),
+        Case(id="q-green", image_path=png(folder / "q-green.png", (10, 250, 0)), labels=("b",)),
+    ]
+    return cases, LVLMAwareRetriever(kb, k_image=1, k_text=1)
+
+
+@pytest.fixture(scope="session")
+def stubs() -> SimpleNamespace:
+    """The stub classes and helpers of this module (pytest's importlib mode cannot import conftest)."""
+    return SimpleNamespace(ColourEmbedding=ColourEmbedding, FixedReader=FixedReader, png=png, build_kb=build_kb)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from llama_index.core.bridge.pydantic import BaseModel, ConfigDict
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb.backends.base import Hits
 
@@ -195,20 +196,20 @@ class FaissIndex:
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as err:  # faiss reports truncated/garbled files as RuntimeError
-            raise ValueError(f"{path} is not a readable faiss index ({str(err).splitlines()[0]}); rebuild the knowledge base") from err
+            raise KBFormatError(f"{path} is not a readable faiss index ({str(err).splitlines()[0]}); rebuild the knowledge base") from err
         if items and index.ntotal != len(items):
-            raise ValueError(
+            raise KBFormatError(
                 f"{path} holds {index.ntotal} vectors but the knowledge base lists {len(items)} items; "
                 "the directory is inconsistent, rebuild it"
             )
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[config.kind]
         if not isinstance(index, expected):
-            raise ValueError(
+            raise KBFormatError(
                 f"{path} holds a {type(index).__name__} but the manifest says index kind "
                 f"{config.kind!r}; the knowledge-base directory is inconsistent, rebuild it"
             )
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"{path} is not an inner-product index; rebuild the knowledge base")
+            raise KBFormatError(f"{path} is not an inner-product index; rebuild the knowledge base")
         return cls(config, index, items, hashes)
 
     # ------------------------------------------------------------------ internals
