@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask
 from llama_index_lvlm_retriever._locking import LOCK_FILE
-from llama_index_lvlm_retriever.errors import ChecksumMismatchError, MissingStoreFileError
+from llama_index_lvlm_retriever.errors import ArtifactError, ChecksumMismatchError, MissingStoreFileError
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,10 @@ def file_entry(manifest: Mapping[str, Any], key: str, default: str) -> tuple[str
     else:
         name, digest = str(entry), None  # format 1: plain names (database backends) or nothing
     if Path(name).name != name or name in ("", ".", ".."):
-        raise ValueError(f"the manifest names file {name!r} for {key!r}, which is not a plain file name in the folder")
+        raise ArtifactError(
+            f"the manifest names file {name!r} for {key!r}, which is not a plain file name in the folder; "
+            "write the folder again"
+        )
     return name, (str(digest) if digest else None)
 
 

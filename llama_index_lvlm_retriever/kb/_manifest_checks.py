@@ -48,10 +48,16 @@ def check_kb_manifest(manifest: Mapping[str, Any], persist_dir: Path, manifest_n
     probe = (manifest.get("encoder") or {}).get("probe")
     if probe is not None and not _is_probe(probe):
         raise KBFormatError(f"{where}: encoder 'probe' must map 'image'/'text_embedding' to lists of numbers; {fix}")
-    for key, name in (manifest.get("files") or {}).items():
+    for key, entry in (manifest.get("files") or {}).items():
+        # Format 2: {"name", "sha256", "size"}; format 1 and database backends: a plain name.
+        name = entry.get("name") if isinstance(entry, Mapping) else entry
         if not isinstance(name, str) or not _is_plain_name(name):
             # A name such as "../other/vectors.safetensors" would read data from outside the folder.
-            raise KBFormatError(f"{where}: files[{key!r}] = {name!r} is not a file name inside {persist_dir}; {fix}")
+            raise KBFormatError(f"{where}: files[{key!r}] = {entry!r} is not a file name inside {persist_dir}; {fix}")
+        if isinstance(entry, Mapping) and not (
+            isinstance(entry.get("sha256"), str) and isinstance(entry.get("size", 0), int)
+        ):
+            raise KBFormatError(f"{where}: files[{key!r}] = {entry!r} needs a 'sha256' string and an integer 'size'; {fix}")
 
 
 def _is_probe(probe: Any) -> bool:

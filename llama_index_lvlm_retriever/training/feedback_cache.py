@@ -215,7 +215,9 @@ class FeedbackCache:
         for shard in manifest.get("shards", []):
             name = str(shard["name"])
             if Path(name).name != name or not name.startswith(SHARD_PREFIX):
-                raise ValueError(f"{manifest_path} names shard {name!r}, which is not a shard file name in {folder}")
+                raise FeedbackCacheError(
+                    f"{manifest_path} names shard {name!r}, which is not a shard file name in {folder}; collect the feedback again"
+                )
             path = folder / f"{name}.safetensors"
             if not path.is_file():
                 raise MissingStoreFileError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")

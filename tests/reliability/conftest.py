@@ -10,6 +10,8 @@ red/green/blue, so a knowledge base builds and persists in milliseconds without 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,3 +143,25 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     import _tiny
 
     return _tiny.write_images(tmp_path_factory.mktemp("images"))
+
+
+def stored_file(folder: Path, key: str, manifest_name: str = "manifest.json") -> Path:
+    """The file a store's manifest names under ``files[key]`` (names carry a per-write tag)."""
+    entry = json.loads((folder / manifest_name).read_text())["files"][key]
+    return folder / (entry["name"] if isinstance(entry, dict) else entry)
+
+
+def rewrite_stored(folder: Path, key: str, data: bytes, *, reseal: bool, manifest_name: str = "manifest.json") -> Path:
+    """Overwrite a stored file; ``reseal`` also records its new SHA-256, as if it had been written corrupt.
+
+    Without ``reseal`` the checksum catches the change; with it the load reaches the file's own
+    parser, which must still fail with a documented error naming the file.
+    """
+    path = stored_file(folder, key, manifest_name)
+    path.write_bytes(data)
+    if reseal:
+        manifest_path = folder / manifest_name
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"][key].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        manifest_path.write_text(json.dumps(manifest))
+    return path

@@ -18,6 +18,8 @@ from llama_index_lvlm_retriever.cli import main
 from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.testing import build_tiny_clip
 
+from .conftest import rewrite_stored, stored_file  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -52,8 +54,8 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_truncated_image_faiss_is_one_line_exit_1(kb_dir: Path, items_jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    index = kb_dir / "image.faiss"
-    index.write_bytes(index.read_bytes()[:40])
+    index = stored_file(kb_dir, "image")
+    rewrite_stored(kb_dir, "image", index.read_bytes()[:40], reseal=True)  # written corrupt, checksum and all
     capsys.readouterr()
     assert main(["query", "--kb", str(kb_dir), "--image", str(items_jsonl.parent / "red.png")]) == 1
     line = _one_error_line(capsys)

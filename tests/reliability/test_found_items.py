@@ -19,6 +19,8 @@ import pytest
 from llama_index_lvlm_retriever.data.cases import load_cases_jsonl
 from llama_index_lvlm_retriever.data.loaders import load_kb_jsonl
 from llama_index_lvlm_retriever.errors import (
+    ArtifactError,
+    ChecksumMismatchError,
     FeedbackCacheError,
     HeadFormatError,
     ImageLoadError,
@@ -34,12 +36,14 @@ from llama_index_lvlm_retriever.training.feedback import (
     collect_feedback,
 )
 
+from .conftest import rewrite_stored, stored_file  # noqa: E402
+
 SMALL = FeedbackConfig(n_candidates=2, shard_size=1, reader_batch_size=2)
 
 
-def _truncate(path: Path, keep: float = 0.5) -> None:
+def _half(path: Path) -> bytes:
     data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
+    return data[: len(data) // 2]
 
 
 def _load(kb_dir: Path, stubs: Any) -> KnowledgeBase:
@@ -47,24 +51,36 @@ def _load(kb_dir: Path, stubs: Any) -> KnowledgeBase:
 
 
 # ---------------------------------------------------------------- crashes with a traceback
-def test_truncated_image_faiss(stubs: Any, kb_dir: Path) -> None:
-    _truncate(kb_dir / "image.faiss")
-    with pytest.raises(KBFormatError, match=r"image\.faiss is not a readable faiss index.*rebuild"):
+@pytest.mark.parametrize("reseal", [False, True], ids=["checksum", "parser"])
+def test_truncated_image_faiss(stubs: Any, kb_dir: Path, reseal: bool) -> None:
+    path = stored_file(kb_dir, "image")
+    rewrite_stored(kb_dir, "image", _half(path), reseal=reseal)
+    expected = r"is not a readable faiss index.*rebuild" if reseal else r"does not match the SHA-256"
+    with pytest.raises(KBFormatError if reseal else ChecksumMismatchError, match=expected) as info:
         _load(kb_dir, stubs)
+    assert str(path) in str(info.value) and isinstance(info.value, ArtifactError)
 
 
-def test_truncated_vectors_safetensors(stubs: Any, kb_dir: Path) -> None:
-    _truncate(kb_dir / "vectors.safetensors")
-    with pytest.raises(KBFormatError, match=r"vectors\.safetensors is not a readable safetensors file"):
+@pytest.mark.parametrize("reseal", [False, True], ids=["checksum", "parser"])
+def test_truncated_vectors_safetensors(stubs: Any, kb_dir: Path, reseal: bool) -> None:
+    path = stored_file(kb_dir, "vectors")
+    rewrite_stored(kb_dir, "vectors", _half(path), reseal=reseal)
+    expected = r"is not a readable safetensors file" if reseal else r"does not match the SHA-256"
+    with pytest.raises(KBFormatError if reseal else ChecksumMismatchError, match=expected) as info:
         _load(kb_dir, stubs)
+    assert str(path) in str(info.value)
 
 
-def test_truncated_head_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reseal", [False, True], ids=["checksum", "parser"])
+def test_truncated_head_weights(tmp_path: Path, reseal: bool) -> None:
     folder = tmp_path / "head"
     QueryHead(QueryHeadConfig(dim=3, hidden_dim=4)).save_pretrained(folder)
-    _truncate(folder / "model.safetensors")
-    with pytest.raises(HeadFormatError, match=r"model\.safetensors is not a readable safetensors file.*re-save"):
+    path = stored_file(folder, "weights", "config.json")
+    rewrite_stored(folder, "weights", _half(path), reseal=reseal, manifest_name="config.json")
+    expected = r"is not a readable safetensors file.*re-save" if reseal else r"does not match the SHA-256"
+    with pytest.raises(HeadFormatError if reseal else ChecksumMismatchError, match=expected) as info:
         QueryHead.from_pretrained(folder)
+    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("encoder", ["clip", ["clip"], 3])
@@ -126,11 +142,15 @@ def test_device_cuda_on_cpu_only_torch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------- handled poorly
 def test_corrupt_image_hashes_json(stubs: Any, kb_dir: Path) -> None:
-    (kb_dir / "image_hashes.json").write_text('["abc", "de')
-    with pytest.raises(KBFormatError, match=r"image_hashes\.json is not valid JSON"):
+    path = rewrite_stored(kb_dir, "hashes", b'["abc", "de', reseal=True)
+    with pytest.raises(KBFormatError, match=r"image_hashes\.[0-9a-f]+\.json is not valid") as info:
         _load(kb_dir, stubs)
-    (kb_dir / "image_hashes.json").write_text('{"r": "abc"}')
-    with pytest.raises(KBFormatError, match=r"image_hashes\.json must hold a JSON list"):
+    assert str(path) in str(info.value)
+    rewrite_stored(kb_dir, "hashes", b'{"r": "abc"}', reseal=True)
+    with pytest.raises(KBFormatError, match=r"image_hashes\.[0-9a-f]+\.json must (hold a JSON list|list one image hash)"):
+        _load(kb_dir, stubs)
+    rewrite_stored(kb_dir, "hashes", b"garbage", reseal=False)  # changed after the write: the checksum names it
+    with pytest.raises(ChecksumMismatchError, match=r"image_hashes\.[0-9a-f]+\.json does not match"):
         _load(kb_dir, stubs)
 
 
