@@ -32,7 +32,11 @@ from typing import Any, TypeVar
 
 from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask
 from llama_index_lvlm_retriever._locking import LOCK_FILE
-from llama_index_lvlm_retriever.errors import ArtifactError, ChecksumMismatchError, MissingStoreFileError
+from llama_index_lvlm_retriever.errors import (
+    ArtifactError,
+    ChecksumMismatchError,
+    MissingStoreFileError,
+)
 
 logger = logging.getLogger(__name__)
 
