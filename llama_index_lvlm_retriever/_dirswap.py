@@ -12,12 +12,15 @@ bases, heads, feedback caches) use :mod:`~llama_index_lvlm_retriever._versioned`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from llama_index_lvlm_retriever._io import make_temp_dir
 from llama_index_lvlm_retriever._versioned import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -69,4 +72,24 @@ def remove_leftovers(target: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-__all__ = ["remove_leftovers", "replace_directory", "restore_previous"]
+@contextlib.contextmanager
+def swapped_directory(target: str | Path) -> Iterator[Path]:
+    """Write a folder whole: yield a fresh temp sibling, then swap it in for ``target``.
+
+    The previous folder is restored if a killed swap left it aside, leftovers of killed writes are
+    removed, and on an exception the temp folder is deleted and ``target`` stays as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    restore_previous(target)
+    remove_leftovers(target)
+    tmp = make_temp_dir(target.parent, f".{target.name}.tmp-")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, target)
+
+
+__all__ = ["remove_leftovers", "replace_directory", "restore_previous", "swapped_directory"]

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_bytes
 
+from llama_index_lvlm_retriever._dirswap import restore_previous
 from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever._versioned import (
@@ -193,6 +194,11 @@ def load_head(folder: str | Path, *, device: str | torch.device = "cpu") -> Any:
         >>> from llama_index_lvlm_retriever.heads import load_head  # doctest: +SKIP
         >>> head = load_head("runs/heads/image_head")  # doctest: +SKIP
     """
+    folder = Path(folder)
+    if not folder.exists() and not folder.parent.exists():
+        # A retriever folder (image_head/ + text_head/) whose save was killed between its two
+        # renames: the previous one waits aside; put it back.
+        restore_previous(folder.parent)
     class_name, _ = read_head_config(folder)
     cls = HEAD_CLASSES.get(class_name or "QueryHead")
     if cls is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,8 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, CLIPModel
 from transformers.processing_utils import ProcessorMixin
 
-from llama_index_lvlm_retriever._dirswap import (
-    remove_leftovers,
-    replace_directory,
-    restore_previous,
-)
-from llama_index_lvlm_retriever._io import atomic_write_json, make_temp_dir
+from llama_index_lvlm_retriever._dirswap import swapped_directory
+from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.data.images import load_image
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
@@ -248,21 +243,13 @@ class CLIPPretrainEngine:
             ``save_dir`` as a ``Path``.
         """
         save_dir = Path(save_dir)
-        save_dir.parent.mkdir(parents=True, exist_ok=True)
-        restore_previous(save_dir)  # a save killed between its two renames left the old one aside
-        remove_leftovers(save_dir)
-        tmp = make_temp_dir(save_dir.parent, f".{save_dir.name}.tmp-")
-        try:
+        with swapped_directory(save_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
             atomic_write_json(
                 tmp / PRETRAIN_RECORD_FILE,
                 {"config": self.config.model_dump(), "history": self.history},
             )
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        replace_directory(tmp, save_dir)
         logger.info("saved pre-trained CLIP to %s", save_dir)
         return save_dir
 

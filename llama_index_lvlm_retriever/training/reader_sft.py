@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from llama_index_lvlm_retriever._dirswap import swapped_directory
 from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
@@ -255,10 +255,8 @@ class ReaderSFTEngine:
             The folder; ``HFLVLMReader.from_pretrained(folder)`` loads the fine-tuned reader.
         """
         folder = Path(save_dir)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
-            adapters_only = self.config.mode == "lora" and not self.config.merge_lora and self._adapter_dir is not None
+        adapters_only = self.config.mode == "lora" and not self.config.merge_lora and self._adapter_dir is not None
+        with swapped_directory(folder) as tmp:
             self.reader.save_pretrained(tmp, save_model=not adapters_only)
             if adapters_only:
                 self._write_adapters(tmp)
@@ -281,10 +279,6 @@ class ReaderSFTEngine:
                 validation_dataset=(f"{len(self.validation_samples)} validation samples" if self.validation_samples
                                     else "training samples (no validation split)"),
             )
-            _replace_folder(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         logger.info("saved the fine-tuned reader (%s) to %s", record["saved"], folder)
         return folder
 
@@ -366,14 +360,3 @@ def _epoch_records(log_history: Sequence[dict[str, Any]]) -> list[dict[str, floa
         if "eval_loss" in entry:
             record["eval_loss"] = float(entry["eval_loss"])
     return [records[k] for k in sorted(records)]
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Move a finished folder into place; an existing one is moved aside and removed after."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

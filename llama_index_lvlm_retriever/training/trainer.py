@@ -54,6 +54,7 @@ from transformers import (
     get_cosine_with_min_lr_schedule_with_warmup,
 )
 
+from llama_index_lvlm_retriever._dirswap import swapped_directory
 from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
 from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
@@ -323,8 +324,15 @@ class RetrieverFinetuneEngine:
             The folder.
         """
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         model = self.get_finetuned_model()
+        # The heads and the record are written whole and swapped in together: a killed save
+        # leaves the previous folder, never a new image head beside an old text head.
+        with swapped_directory(out) as tmp:
+            self._write(tmp, model)
+        logger.info("saved fine-tuned heads and training record to %s", out)
+        return out
+
+    def _write(self, out: Path, model: LVLMAwareRetriever) -> None:
         for name, head in ((HEAD_IMAGE, model.image_head), (HEAD_TEXT, model.text_head)):
             (head or QueryHead.identity(int(model.knowledge_base.dim))).save_pretrained(out / _HEAD_DIRS[name])
         record = {
@@ -340,8 +348,6 @@ class RetrieverFinetuneEngine:
         atomic_write(out / TRAINER_CONFIG_FILE, json_bytes(record))
         self._write_cards(out, model)
         atomic_write(out / HISTORY_FILE, json_bytes(self._history))
-        logger.info("saved fine-tuned heads and training record to %s", out)
-        return out
 
     def _write_cards(self, out: Path, model: LVLMAwareRetriever) -> None:
         """A model card (README.md with the Hugging Face header) next to each trained head."""

@@ -2,9 +2,8 @@
 
 A writer subprocess re-persists two distinguishable versions of a tiny KB alternately while this
 process loads it in a loop; each load must be exactly version ``a`` or ``b`` (items, both vector
-matrices and the faiss index agree). ``make test`` runs ``LOADS`` loads over ``PERSISTS``
-re-persists; the issue's full count (10,000 loads during 100 re-persists) is
-``benchmarks/concurrent_loads.py`` and the slow-marked test below.
+matrices and the faiss index agree). ``make test`` runs the issue's full count: 10,000 loads during
+100 re-persists (about 25 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -15,12 +14,11 @@ import time
 from pathlib import Path
 
 import _tiny
-import pytest
 
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.kb import KnowledgeBase
 
-LOADS = 1500
+LOADS = 10_000
 PERSISTS = 100
 
 
@@ -65,10 +63,3 @@ def test_loads_during_repersists_never_mix_or_fail(clip_dir: Path, images: list[
         KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["vectors"]["name"].split(".")[1]
     ) + ".safetensors"  # old versions' files are gone: 5 data files + the manifest
     assert len(list((tmp_path / "kb").iterdir())) == 6
-
-
-@pytest.mark.slow
-def test_ten_thousand_loads_during_a_hundred_repersists(clip_dir: Path, images: list[Path], embed: CLIPEmbedding, tmp_path: Path) -> None:
-    counts = run_race(tmp_path / "kb", clip_dir, images, embed, loads=10_000, persists=100)
-    print(f"concurrent loads: {counts}")
-    assert counts["failed"] == 0 and counts["loads"] >= 10_000

@@ -10,7 +10,8 @@ kill keeps ``KILLS`` kills per kind within a few seconds. Kinds and what they st
 - ``persist``: re-persisting a built KB (``KnowledgeBase.persist``);
 - ``collect-feedback``: ``collect_feedback`` (resumable, shards + manifest last), then the rerun resumes;
 - ``feedback-persist``: ``FeedbackCache.persist`` over an existing cache;
-- ``train-retriever``: the trainer's output writes, i.e. ``save_pretrained`` of the heads over older heads;
+- ``train-retriever``: ``RetrieverFinetuneEngine.save`` of trained heads over an earlier save (both heads and
+  the records are swapped in together), and a single head's ``save_pretrained`` over an older head;
 - ``demo``: a ``StageCache.build`` stage write (the demo's cache; the whole demo is too slow to kill 10 times).
 """
 
@@ -214,3 +215,41 @@ def test_kill_demo_stage_cache(tmp_path: Path) -> None:
     assert seen.get("v1", 0) + seen.get("v2", 0) == KILLS, seen
     stage("v2")()
     assert check() == "v2" and sorted(os.listdir(tmp_path / "seed0")) == ["feedback"]  # no .feedback.tmp-*
+
+
+def test_kill_train_retriever_save(tmp_path: Path) -> None:
+    """The whole ``RetrieverFinetuneEngine.save`` (both heads + records), killed at random points."""
+    from llama_index_lvlm_retriever.training import RetrieverFinetuneEngine, TrainerConfig
+
+    cases, retriever = build_world(tmp_path / "world")
+    config = FeedbackConfig(n_candidates=3, shard_size=2, reader_batch_size=4)
+    feedback = collect_feedback(cases, retriever, FakeReader(), tmp_path / "fb", config, show_progress=False)
+    engines = {}
+    for name, seed in (("old", 0), ("new", 1)):
+        engine = RetrieverFinetuneEngine(retriever, feedback, head="both", config=TrainerConfig(
+            max_steps=4, batch_size=2, learning_rate=0.5, seed=seed, validation_fraction=0.0, show_progress=False))
+        engine.finetune()
+        engines[name] = engine
+    x = np.random.default_rng(0).normal(size=(4, retriever.knowledge_base.dim)).astype(np.float32)
+
+    def encodings(folder: Path) -> tuple[bytes, bytes]:
+        from llama_index_lvlm_retriever.heads import load_head
+
+        return tuple(load_head(folder / h).encode(x).tobytes() for h in ("image_head", "text_head"))  # type: ignore[return-value]
+
+    out = tmp_path / "retriever"
+    engines["old"].save(out)
+    expected = {"old": encodings(out)}
+    engines["new"].save(tmp_path / "reference")
+    expected["new"] = encodings(tmp_path / "reference")
+    assert expected["old"] != expected["new"]
+
+    def check() -> str:
+        got = encodings(out)  # both heads of one save, never one of each
+        (match,) = [name for name, want in expected.items() if got == want]
+        return match
+
+    seen = _run_kills(lambda: engines["new"].save(out), check, seed=6)
+    assert seen.get("old", 0) + seen.get("new", 0) == KILLS, seen
+    engines["new"].save(out)  # the rerun
+    assert check() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["fb", "reference", "retriever", "world"]
