@@ -141,3 +141,22 @@ def test_a_different_clip_model_is_refused(fake_clip: types.ModuleType, items: l
     monkeypatch.setitem(sys.modules, "clip", _fake_clip_module(seed=7))  # other weights behind the same name
     with pytest.raises(ValueError, match="encoder"):
         KnowledgeBase.from_persist_dir(tmp_path / "kb", clip_embeddings.ClipEmbedding(model_name="ViT-B/32"))
+
+
+def test_cli_reopens_a_kb_built_with_clip_embedding(
+    fake_clip: types.ModuleType, items: list[KBItem], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from llama_index_lvlm_retriever.cli import main
+
+    KnowledgeBase.build(items, clip_embeddings.ClipEmbedding(model_name="ViT-B/32"), show_progress=False).persist(
+        tmp_path / "kb"
+    )
+    capsys.readouterr()
+    code = main(["query", "--kb", str(tmp_path / "kb"), "--image", items[3].image_path, "--k-image", "1",
+                 "--k-text", "0", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["id"] == "k3" and rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert fake_clip.loads[-1] == ("ViT-B/32", "cpu")  # reopened through ClipEmbedding, not CLIPEmbedding

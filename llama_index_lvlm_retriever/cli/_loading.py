@@ -95,19 +95,37 @@ def recorded_dtype(kb_dir: str | Path, manifest: dict[str, Any]) -> str:
     return str((manifest.get("encoder") or {}).get("dtype") or "float32")
 
 
-def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "cpu", dtype: str | None = None) -> CLIPEmbedding:
+OPENAI_CLIP_CLASS = "ClipEmbedding"
+"""``class_name`` a KB records when it was built with ``llama_index.embeddings.clip.ClipEmbedding``."""
+
+
+def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "cpu", dtype: str | None = None) -> Any:
     """The encoder a KB was built with: its manifest's model and dtype unless overridden.
+
+    A KB built with LlamaIndex's ``ClipEmbedding`` (OpenAI CLIP, the ``clip`` extra) is reopened
+    with that class; any other with our :class:`CLIPEmbedding` (transformers checkpoints).
 
     Raises:
         CLIError: The manifest names no encoder and ``embed_model`` is not given.
+        ImportError: The KB needs ``ClipEmbedding`` and the ``clip`` extra is not installed.
     """
     from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
     from llama_index_lvlm_retriever.kb import KnowledgeBase
 
     manifest = KnowledgeBase.read_manifest(kb_dir)
-    model_name = embed_model or (manifest.get("encoder") or {}).get("model_name")
+    encoder = manifest.get("encoder") or {}
+    model_name = embed_model or encoder.get("model_name")
     if not model_name:
         raise CLIError(f"{kb_dir}: the manifest records no encoder name; pass --embed-model")
+    if encoder.get("class_name") == OPENAI_CLIP_CLASS and embed_model is None:
+        try:
+            from llama_index.embeddings.clip import ClipEmbedding
+        except ImportError as err:
+            raise ImportError(
+                f"{kb_dir} was built with llama_index.embeddings.clip.ClipEmbedding ({model_name}); install the "
+                "clip extra (pip install 'llama-index-lvlm-retriever[clip]' torchvision) to reopen it"
+            ) from err
+        return ClipEmbedding(model_name=model_name, device=device)
     return CLIPEmbedding.from_pretrained(model_name, device=device, dtype=dtype or recorded_dtype(kb_dir, manifest))
 
 

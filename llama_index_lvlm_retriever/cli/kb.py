@@ -254,7 +254,6 @@ def _kb_delete(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from llama_index.core.schema import QueryBundle
 
-    from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
     from llama_index_lvlm_retriever.heads import load_head
     from llama_index_lvlm_retriever.kb import KnowledgeBase
     from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
@@ -268,12 +267,7 @@ def _query(args: argparse.Namespace) -> int:
                 f"--heads {args.heads} already names both heads; drop --image-head/--text-head, or drop --heads"
             )
         image_head, text_head = heads_dir_paths(args.heads)
-    manifest = KnowledgeBase.read_manifest(args.kb)
-    model_name = args.embed_model or (manifest.get("encoder") or {}).get("model_name")
-    if not model_name:
-        raise CLIError(f"{args.kb}: the manifest records no encoder name; pass --embed-model")
-    dtype = args.encoder_dtype or recorded_dtype(args.kb, manifest)
-    embed_model = CLIPEmbedding.from_pretrained(model_name, device=args.device, dtype=dtype)
+    embed_model = load_encoder(args.kb, embed_model=args.embed_model, device=args.device, dtype=args.encoder_dtype)
     kb = KnowledgeBase.from_persist_dir(args.kb, embed_model)
     retriever = LVLMAwareRetriever(
         knowledge_base=kb,
