@@ -23,6 +23,7 @@ from llama_index_lvlm_retriever.cli._common import (
 from llama_index_lvlm_retriever.cli._logging import LOG_FORMAT, TqdmLoggingHandler
 from llama_index_lvlm_retriever.cli._options import DeprecatedAliasAction, SingleValueAction
 from llama_index_lvlm_retriever.cli.kb import warn_unused_question
+from llama_index_lvlm_retriever.errors import UsageError
 
 RETRIEVING_COMMANDS = {
     # command -> whether it excludes the query's own KB pair by default
@@ -151,7 +152,7 @@ def test_a_config_file_with_both_spellings_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "evaluate.json"
     config.write_text(json.dumps({"method": "majority", "aggregation": "weighted"}))
     _, registry = build_parser()
-    with pytest.raises(CLIError, match="both 'method' .old name. and 'aggregation'"):
+    with pytest.raises(UsageError, match="both 'method' .old name. and 'aggregation'"):
         apply_config_defaults(registry["evaluate"], str(config))
 
 
