@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,8 @@ class ReaderSFTEngine:
             model = trainer.model
             if cfg.mode == "lora":
                 self._adapter_dir = Path(tempfile.mkdtemp(prefix="reader-lora-"))
+                # Kept until the engine goes, so save() can write the adapters after the merge.
+                weakref.finalize(self, shutil.rmtree, self._adapter_dir, True)
                 model.save_pretrained(self._adapter_dir)
                 model = model.merge_and_unload()
         self.reader.model = model.to(device).eval()
