@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,26 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from test_feedback import FakeReader, build_world  # noqa: E402  (the feedback tests' stub world)
 
 KILLS = 10
+
+
+@pytest.fixture(autouse=True)
+def _process_local_tqdm_lock() -> Any:
+    """tqdm guards its bars with a lock that includes a multiprocessing semaphore shared with forked
+    children (taken even by disabled bars); a child killed while holding it would leave this process
+    waiting forever. The kill tests give tqdm a plain thread lock, which a fork copies instead."""
+    import tqdm.auto
+    import tqdm.std
+
+    classes = (tqdm.std.tqdm, tqdm.auto.tqdm)
+    saved = [cls.__dict__.get("_lock") for cls in classes]
+    for cls in classes:
+        cls.set_lock(threading.RLock())
+    yield
+    for cls, lock in zip(classes, saved):
+        if lock is None:
+            del cls._lock
+        else:
+            cls.set_lock(lock)
 
 
 def _kill_at_random(write: Callable[[], Any], duration: float, rng: random.Random) -> bool:
