@@ -16,7 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -30,43 +29,16 @@ from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip
+from llama_index_lvlm_retriever.testing.colour import ColourEmbedding
 
 sys.path.insert(0, str(Path(__file__).parent))  # _tiny: shared with the writer subprocesses
 
-_WORDS = ("red", "green", "blue")
 KB_ROWS = [
     ("r", (255, 0, 0), "red red green", "a"),
     ("g", (0, 255, 0), "red green", "b"),
     ("b", (0, 64, 255), "green blue", "c"),
 ]
 TASK = TaskSpec(name="colour-task", labels=("a", "b", "c"), question="Which label? Answer {options}.")
-
-
-class ColourEmbedding(MultiModalEmbedding):
-    """Image -> its (solid) RGB colour; text -> counts of the words red/green/blue."""
-
-    model_name: str = "colour-stub"
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ColourEmbedding"
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            return [float(c) for c in img.convert("RGB").getpixel((0, 0))]
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        words = text.lower().split()
-        return [float(words.count(w)) for w in _WORDS]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
 
 
 class FixedReader(Reader):

@@ -36,7 +36,6 @@ import pytest
 import torch
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
 from llama_index.core.bridge.pydantic import ValidationError
-from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.base import BaseEvent
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
@@ -71,42 +70,20 @@ from llama_index_lvlm_retriever.retriever import (
     META_TEXT_SCORE,
     LVLMAwareRetriever,
 )
+from llama_index_lvlm_retriever.testing.colour import ColourEmbedding as _ColourEmbedding
 
 S2, S3, S5, S10 = math.sqrt(2), math.sqrt(3), math.sqrt(5), math.sqrt(10)
 YELLOW = (255, 255, 0)
-_WORDS = ("red", "green", "blue")
 
 
-class ColourEmbedding(MultiModalEmbedding):
-    """Image -> its (solid) RGB colour; text -> counts of the words red/green/blue."""
+class ColourEmbedding(_ColourEmbedding):
+    """The colour stand-in, recording the sizes of its batched image calls (for the batching test)."""
 
-    model_name: str = "colour-stub"
-    image_batches: ClassVar[list[int]] = []  # sizes of the batched image calls, for the batching test
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ColourEmbedding"
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            return [float(c) for c in img.convert("RGB").getpixel((0, 0))]
+    image_batches: ClassVar[list[int]] = []
 
     def _get_image_embeddings(self, img_file_paths: list[Any]) -> list[list[float]]:
         self.image_batches.append(len(img_file_paths))
         return [self._get_image_embedding(p) for p in img_file_paths]
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        words = text.lower().split()
-        return [float(words.count(w)) for w in _WORDS]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
 
 
 def _png(path: Path, colour: tuple[int, int, int]) -> str:

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
@@ -47,6 +46,7 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing.colour import ColourEmbedding
 from llama_index_lvlm_retriever.training.feedback import (
     FeedbackCache,
     FeedbackConfig,
@@ -56,7 +56,6 @@ from llama_index_lvlm_retriever.training.feedback import (
 S2 = math.sqrt(2.0)
 LABELS = ["a", "b", "c"]
 LOG_HIT, LOG_MISS = math.log(0.7), math.log(0.15)
-_WORDS = ("red", "green", "blue")
 KB_ROWS = [
     ("r", (255, 0, 0), "red red green", "a"),
     ("y", (255, 255, 0), "blue", "b"),
@@ -64,33 +63,6 @@ KB_ROWS = [
     ("c", (0, 255, 255), "green", "c"),
     ("b", (0, 64, 255), "green blue", "c"),
 ]
-
-
-class ColourEmbedding(MultiModalEmbedding):
-    """Image -> its (solid) RGB colour; text -> counts of the words red/green/blue."""
-
-    model_name: str = "colour-stub"
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ColourEmbedding"
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            return [float(c) for c in img.convert("RGB").getpixel((0, 0))]
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        words = text.lower().split()
-        return [float(words.count(w)) for w in _WORDS]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_text_embedding(query)
 
 
 TASK = TaskSpec(name="fake-task", labels=tuple(LABELS), question="Which label? Answer {options}.")
