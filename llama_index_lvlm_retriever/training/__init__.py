@@ -36,12 +36,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         LSRLoss,
         MultiPositiveInfoNCELoss,
         PosteriorKLLoss,
+        ReaderRankLoss,
     )
     from llama_index_lvlm_retriever.training.reader_sft import ReaderSFTConfig, ReaderSFTEngine
     from llama_index_lvlm_retriever.training.sft_data import (
         SFTSample,
         build_sft_samples,
         export_sft_jsonl,
+    )
+    from llama_index_lvlm_retriever.training.target_diagnostics import (
+        TargetDiagnostics,
+        diagnose_target,
     )
     from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 
@@ -60,13 +65,16 @@ _LAZY: dict[str, tuple[str, str]] = {
     "MultiPositiveInfoNCELoss": ("llama_index_lvlm_retriever.training.losses", "MultiPositiveInfoNCELoss"),
     "N_CASES_KEY": ("llama_index_lvlm_retriever.training.losses", "N_CASES_KEY"),
     "PosteriorKLLoss": ("llama_index_lvlm_retriever.training.losses", "PosteriorKLLoss"),
+    "ReaderRankLoss": ("llama_index_lvlm_retriever.training.losses", "ReaderRankLoss"),
     "ReaderSFTConfig": ("llama_index_lvlm_retriever.training.reader_sft", "ReaderSFTConfig"),
     "ReaderSFTEngine": ("llama_index_lvlm_retriever.training.reader_sft", "ReaderSFTEngine"),
     "RetrieverFinetuneEngine": ("llama_index_lvlm_retriever.training.trainer", "RetrieverFinetuneEngine"),
     "SFTSample": ("llama_index_lvlm_retriever.training.sft_data", "SFTSample"),
+    "TargetDiagnostics": ("llama_index_lvlm_retriever.training.target_diagnostics", "TargetDiagnostics"),
     "TrainerConfig": ("llama_index_lvlm_retriever.training.config", "TrainerConfig"),
     "build_sft_samples": ("llama_index_lvlm_retriever.training.sft_data", "build_sft_samples"),
     "collect_feedback": ("llama_index_lvlm_retriever.training.feedback", "collect_feedback"),
+    "diagnose_target": ("llama_index_lvlm_retriever.training.target_diagnostics", "diagnose_target"),
     "export_sft_jsonl": ("llama_index_lvlm_retriever.training.sft_data", "export_sft_jsonl"),
 }
 """Public name -> (module, attribute), imported on first access."""
@@ -80,6 +88,7 @@ __all__ = [
     "LSRLoss",
     "MultiPositiveInfoNCELoss",
     "PosteriorKLLoss",
+    "ReaderRankLoss",
     "CLIPPretrainConfig",
     "CLIPPretrainEngine",
     "EncoderQueryHead",
@@ -88,6 +97,8 @@ __all__ = [
     "FeedbackConfig",
     "RetrieverFinetuneEngine",
     "TrainerConfig",
+    "TargetDiagnostics",
+    "diagnose_target",
     "ReaderSFTConfig",
     "ReaderSFTEngine",
     "SFTSample",

@@ -25,6 +25,7 @@ SelectionMetric = Literal["val_rag_loglik", "val_loss"]
 AdapterKind = Literal["linear", "mlp"]
 Adoption = Literal["no_regression", "best"]
 Gamma = float | Literal["auto"]
+TargetLoss = Literal["posterior", "lsr", "rank", "emdr"]
 
 
 class FeedbackConfig(BaseModel):
@@ -144,6 +145,31 @@ class TrainerConfig(BaseModel):
         "validation): a float > 0, or 'auto' = per head, the temperature at which the frozen retriever's softmax "
         "over the training candidates has a mean entropy of half log n (see training.temperature).",
     )
+    loss: TargetLoss = Field(
+        default="lsr",
+        description="Default loss when none is passed: 'posterior' = PosteriorKLLoss (the paper; prior_gamma), "
+        "'lsr' = LSRLoss (REPLUG; beta), 'rank' = ReaderRankLoss (pairwise, the reader's order; rank_min_gap), "
+        "'emdr' = EMDRLoss. Chosen on validation cases (README, 'Choosing the training target').",
+    )
+    prior_gamma: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="'posterior' only: temperature dividing the frozen scores in the prior; None = the head's "
+        "gamma (a prior as sharp as the cosine gaps: its optimum is the frozen ranking); 1.0 = the paper's code.",
+    )
+    beta: float = Field(default=1.0, gt=0.0, description="'lsr' only: temperature dividing the reader log-likelihoods.")
+    rank_min_gap: float = Field(
+        default=0.0, ge=0.0, description="'rank' only: smallest reader log-likelihood gap (nats) that makes a pair."
+    )
+    only_inconsistent: bool = Field(
+        default=False, description="Train only on cases whose reader predictions differ across the top-k candidates."
+    )
+    inconsistent_weight: float = Field(
+        default=1.0,
+        ge=1.0,
+        description="Weight of an inconsistent case relative to a consistent one in the loss (the soft version "
+        "of only_inconsistent); 1 = equal.",
+    )
     rounds: int = Field(
         default=1,
         ge=1,
@@ -156,6 +182,14 @@ class TrainerConfig(BaseModel):
         description="'no_regression': keep the trained heads only if their paired validation log-likelihood gain "
         "over the initial heads has a one-sided bootstrap lower bound > 0 and validation accuracy does not "
         "drop, else keep the initial heads; 'best': keep the best validation checkpoint.",
+    )
+    adoption_holdout: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the validation cases (drawn by seed) kept out of checkpoint selection and used only "
+        "by the adoption rule, so the decision is not biased by the selection (the winner's curse); 0 = both "
+        "use every validation case.",
     )
     adoption_confidence: float = Field(
         default=0.9,

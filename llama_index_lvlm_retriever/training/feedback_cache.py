@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -449,6 +449,18 @@ class FeedbackCache:
             for head in out:
                 out[head].extend(meta["candidate_ids"][head])
         return out
+
+    def pair_log_probs(self) -> Iterator[tuple[str, str, np.ndarray]]:
+        """Every cached (case id, candidate id, ``(L,)`` label log-probabilities), all heads.
+
+        What :meth:`~llama_index_lvlm_retriever.readers.cached.CachedReader.prefill` takes, so an
+        evaluation on the same cases does not ask the reader again for pairs it already scored.
+        """
+        for head in self.heads:
+            log_probs = self.label_log_probs(head).double().numpy()  # (n, N, L)
+            for row, (case_id, candidates) in enumerate(zip(self.case_ids, self.candidate_ids(head))):
+                for col, candidate_id in enumerate(candidates):
+                    yield case_id, candidate_id, log_probs[row, col]
 
     def predictions(self, head: str) -> torch.Tensor:
         """The reader's prediction per candidate.

@@ -7,8 +7,10 @@ candidate's stored knowledge-base vector (image vectors for the image head, capt
 text head). Training reads the feedback cache and those KB vectors and never re-embeds the KB.
 
 Each step samples a batch of cases, scores their candidates with the current head, and minimises a
-loss module (default, per head: ``PosteriorKLLoss(gamma)``, the paper's ``KL(Q || P_retr)`` with
-``Q ∝ P_reader(gold | c) · P_retr_frozen(c)``). ``gamma`` is resolved per head from the spread of
+loss module (default, per head: the one ``TrainerConfig.loss`` names, see :func:`config_loss`).
+Before training, :func:`~llama_index_lvlm_retriever.training.target_diagnostics.diagnose_target`
+measures per head whether the loss's optimum can change the frozen top-k at all (the paper's
+posterior with a prior as sharp as the cosine gaps cannot) and warns when it cannot. ``gamma`` is resolved per head from the spread of
 the frozen candidate scores (``TrainerConfig.gamma="auto"``, see
 :mod:`~llama_index_lvlm_retriever.training.temperature`); a warning says when ``P_retr`` is ~uniform.
 
@@ -73,8 +75,18 @@ from llama_index_lvlm_retriever.training.head_data import (
     query_pixels,
 )
 from llama_index_lvlm_retriever.training.head_init import initial_head
-from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
+from llama_index_lvlm_retriever.training.losses import (
+    LOSS_KEY,
+    EMDRLoss,
+    LSRLoss,
+    PosteriorKLLoss,
+    ReaderRankLoss,
+)
 from llama_index_lvlm_retriever.training.rounds import expand_pools
+from llama_index_lvlm_retriever.training.target_diagnostics import (
+    TargetDiagnostics,
+    diagnose_target,
+)
 from llama_index_lvlm_retriever.training.temperature import resolve_gamma
 from llama_index_lvlm_retriever.training.validation import (
     OUTSIDE_POOL_WARNING,
@@ -228,8 +240,10 @@ class RetrieverFinetuneEngine:
                              "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
         fixed = loss if isinstance(loss, nn.Module) else None
-        factory = PosteriorKLLoss if loss is None else loss
+        factory = (lambda gamma: config_loss(cfg, gamma)) if loss is None else loss
         self._gammas: dict[str, float] = {}
+        self._losses: dict[str, nn.Module] = {}
+        self._target_diagnostics: dict[str, TargetDiagnostics] = {}
         for name in self._trained:
             data, n_keep = self._train[name], cfg.n_train_candidates
             # Pools are sorted by the collecting retriever: the first columns are the frozen training candidates.
@@ -237,7 +251,13 @@ class RetrieverFinetuneEngine:
             self._gammas[name], record = resolve_gamma(name, data.frozen_scores[:, :width], data.mask[:, :width],
                                                        cfg.gamma, fixed)
             self._history.append(record)
-        self._losses = {name: fixed if fixed is not None else factory(self._gammas[name]) for name in self._trained}
+            self._losses[name] = fixed if fixed is not None else factory(self._gammas[name])
+            if hasattr(self._losses[name], "optimum_order"):  # a user's own loss may not say where its optimum is
+                found = diagnose_target(self._losses[name], data.frozen_scores[:, :width], data.gold[:, :width],
+                                        data.mask[:, :width], k=self._val_k(name), head=name)
+                self._target_diagnostics[name] = found
+                self._history.append({"event": "target_diagnostics", **found.to_dict()})
+        self._holdout: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, selection rows, adoption rows)
         self._cols: dict[str, torch.Tensor] = {}
         self._baseline: ValidationResult | None = None
         self._last_best: ValidationResult | None = None
@@ -274,6 +294,11 @@ class RetrieverFinetuneEngine:
     def gammas(self) -> dict[str, float]:
         """The resolved softmax temperature per trained head."""
         return dict(self._gammas)
+
+    @property
+    def target_diagnostics(self) -> dict[str, TargetDiagnostics]:
+        """Per trained head: whether the loss's optimum can change the frozen top-k (measured before training)."""
+        return dict(self._target_diagnostics)
 
     @property
     def feedback(self) -> FeedbackCache:
@@ -342,6 +367,7 @@ class RetrieverFinetuneEngine:
             "loss": {"class_name": type(self._losses[self._trained[0]]).__name__,
                      "repr": {name: repr(loss) for name, loss in self._losses.items()}},
             "gamma": self._gammas,
+            "target_diagnostics": {name: found.to_dict() for name, found in self._target_diagnostics.items()},
             "adoption": self._decision.to_dict() if self._decision is not None else None,
             "versions": package_versions(),
         }
@@ -392,7 +418,9 @@ class RetrieverFinetuneEngine:
         if self._baseline is None or final is None:
             self._decision = None
             return
-        self._decision = no_regression_decision(self._baseline, final, confidence=cfg.adoption_confidence,
+        holdout = self._split(len(final.loglik))[1]
+        self._decision = no_regression_decision(_subset(self._baseline, holdout), _subset(final, holdout),
+                                                confidence=cfg.adoption_confidence,
                                                 n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
         adopted = self._decision.adopted or cfg.adoption == "best"
         if not adopted:
@@ -541,12 +569,28 @@ class RetrieverFinetuneEngine:
                     logger.warning("step %d (%s): %.1f%% of the %s head's validation top-k lie outside the feedback "
                                    "pool; consider rounds > 1 or more candidates", step, phase, 100 * share, head)
         record.update(result.summary())
+        selection = self._split(len(result.loglik))[0]
+        record["val_rag_loglik_selection"] = float(np.mean(result.loglik[selection]))
         if self._baseline is None:
             self._baseline = result  # the initial heads: what the no-regression rule compares against
         self._history.append(record)
         logger.info("step %d (%s): %s", step, phase, {k: v for k, v in record.items() if k.startswith("val_")})
-        metric = record["val_rag_loglik"] if cfg.selection_metric == "val_rag_loglik" else record.get("val_loss", np.nan)
+        # Checkpoints are chosen on the selection part only; the adoption rule reads the held-out part.
+        metric = (record["val_rag_loglik_selection"] if cfg.selection_metric == "val_rag_loglik"
+                  else record.get("val_loss", np.nan))
         return float(metric), result
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Validation rows for checkpoint selection and for the adoption rule (``adoption_holdout``)."""
+        if self._holdout is None or self._holdout[0] != n:
+            n_hold = int(round(n * self._config.adoption_holdout))
+            if n_hold < 1 or n_hold >= n:
+                everything = np.arange(n)
+                self._holdout = (n, everything, everything)
+            else:
+                perm = np.random.default_rng([self._config.seed, 7]).permutation(n)
+                self._holdout = (n, np.sort(perm[n_hold:]), np.sort(perm[:n_hold]))
+        return self._holdout[1], self._holdout[2]
 
     def _better(self, metric: float, best: float) -> bool:
         return metric > best if self._config.selection_metric == "val_rag_loglik" else metric < best
@@ -569,4 +613,29 @@ class RetrieverFinetuneEngine:
         logger.debug("step %d (%s): %s", step, phase, record)
 
 
-__all__ = ["RetrieverFinetuneEngine", "TrainerConfig"]
+def config_loss(config: TrainerConfig, gamma: float) -> nn.Module:
+    """The loss ``TrainerConfig.loss`` names, with the head's resolved ``gamma`` and the config's settings.
+
+    Example:
+        >>> config_loss(TrainerConfig(loss="posterior", prior_gamma=1.0), 0.01)
+        PosteriorKLLoss(gamma=0.01, only_inconsistent=False, reduction='batchmean', prior_gamma=1.0)
+    """
+    common: dict[str, Any] = {"only_inconsistent": config.only_inconsistent,
+                              "inconsistent_weight": config.inconsistent_weight}
+    if config.loss == "posterior":
+        return PosteriorKLLoss(gamma, prior_gamma=config.prior_gamma, **common)
+    if config.loss == "lsr":
+        return LSRLoss(gamma, beta=config.beta, **common)
+    if config.loss == "rank":
+        return ReaderRankLoss(gamma, min_gap=config.rank_min_gap, **common)
+    return EMDRLoss(gamma, **common)
+
+
+def _subset(result: ValidationResult, rows: np.ndarray) -> ValidationResult:
+    """The validation outcomes of ``rows`` only (same order)."""
+    return ValidationResult(loglik=np.asarray(result.loglik)[rows],
+                            correct=None if result.correct is None else np.asarray(result.correct)[rows],
+                            outside_pool=result.outside_pool, pairs_scored=result.pairs_scored)
+
+
+__all__ = ["RetrieverFinetuneEngine", "TrainerConfig", "config_loss"]

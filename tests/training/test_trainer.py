@@ -230,7 +230,9 @@ def test_save_load_gives_identical_retrieval(world: dict[str, Any], tmp_path: Pa
                                                      "training_history.json"]
     record = json.loads((out / "trainer_config.json").read_text())
     assert record["head"] == "text" and record["config"]["max_steps"] == 30
-    assert record["loss"]["class_name"] == "PosteriorKLLoss"
+    assert record["loss"]["class_name"] == "LSRLoss"  # TrainerConfig.loss default
+    assert set(record["target_diagnostics"]) == {"text"}
+    assert 0.0 <= record["target_diagnostics"]["text"]["frozen_topk_share"] <= 1.0
     assert record["gamma"] == engine.gammas and set(record["gamma"]) == {"text"}
     assert json.loads((out / "training_history.json").read_text()) == engine.history
     loaded = LVLMAwareRetriever(
@@ -257,7 +259,8 @@ def test_fresh_heads_for_a_headless_retriever_are_seeded_and_reproducible(world:
         world["cases"][:60], plain, LabelReader(), world["folder"] / "fb-plain", FeedbackConfig(n_candidates=10),
         show_progress=False,
     )
-    config = FAST.model_copy(update={"max_steps": 15, "head_kind": "mlp", "head_hidden_dim": 8, "alpha": 0.3})
+    config = FAST.model_copy(update={"max_steps": 15, "head_kind": "mlp", "head_hidden_dim": 8, "alpha": 0.3,
+                                     "adoption": "best"})
     states = []
     for _ in range(2):
         engine = RetrieverFinetuneEngine(plain, feedback, head="image", config=config)

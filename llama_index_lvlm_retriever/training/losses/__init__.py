@@ -9,7 +9,15 @@ answer's probability given that candidate alone). Every loss turns the retriever
   ``Q ∝ P_reader(y | x, c) * P_retr_frozen(c)``;
 * :class:`LSRLoss` (REPLUG, arXiv 2301.12652): ``KL(Q || P_retr)`` with
   ``Q = softmax(log P_reader(y | x, c) / beta)``;
-* :class:`EMDRLoss` (EMDR², arXiv 2106.05346): ``-log sum_c P_retr(c) * P_reader(y | x, c)``.
+* :class:`EMDRLoss` (EMDR², arXiv 2106.05346): ``-log sum_c P_retr(c) * P_reader(y | x, c)``;
+* :class:`ReaderRankLoss` (RankNet/LambdaRank-style, beyond the paper): a pairwise logistic loss
+  that asks for the reader's order of the candidates with a margin of a few ``gamma``.
+
+What training can learn is decided by each loss's *optimum*, not its gradient: a KL loss is
+minimised at ``s = gamma * log Q + const``, so with the paper's posterior and a prior as sharp as
+the cosine gaps the optimum is the frozen ranking.
+:func:`~llama_index_lvlm_retriever.training.target_diagnostics.diagnose_target` measures this
+before training (the share of queries whose target top-k is the frozen top-k).
 
 One more loss works before any of these, on a different input:
 
@@ -67,6 +75,7 @@ from llama_index_lvlm_retriever.training.losses.multi_positive_infonce import (
     MultiPositiveInfoNCELoss,
 )
 from llama_index_lvlm_retriever.training.losses.posterior_kl import PosteriorKLLoss
+from llama_index_lvlm_retriever.training.losses.reader_rank import ReaderRankLoss
 
 __all__ = [
     "ENTROPY_RETRIEVER_KEY",
@@ -77,5 +86,6 @@ __all__ = [
     "LSRLoss",
     "MultiPositiveInfoNCELoss",
     "PosteriorKLLoss",
+    "ReaderRankLoss",
     "Reduction",
 ]

@@ -50,6 +50,7 @@ class _Cases:
     reader_log_probs: torch.Tensor
     frozen_scores: torch.Tensor | None
     mask: torch.Tensor
+    weights: torch.Tensor | None = None  # (m,) per-case weights (soft inconsistent emphasis); None = equal
 
 
 def _check_temperature(name: str, value: float) -> float:
@@ -105,7 +106,14 @@ class _CandidateLoss(nn.Module):
 
     _needs_frozen_scores: bool = False
 
-    def __init__(self, *, gamma: float, only_inconsistent: bool, reduction: Reduction) -> None:
+    def __init__(
+        self,
+        *,
+        gamma: float,
+        only_inconsistent: bool,
+        reduction: Reduction,
+        inconsistent_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.gamma = _check_temperature("gamma", gamma)
         if not isinstance(only_inconsistent, bool):
@@ -114,9 +122,47 @@ class _CandidateLoss(nn.Module):
         if reduction not in get_args(Reduction):
             raise ValueError(f"reduction must be one of {get_args(Reduction)}, got {reduction!r}")
         self.reduction: Reduction = reduction
+        if isinstance(inconsistent_weight, bool) or not isinstance(inconsistent_weight, (int, float)) or not (
+            math.isfinite(inconsistent_weight) and inconsistent_weight >= 1.0
+        ):
+            raise ValueError(
+                f"inconsistent_weight must be a finite float >= 1 (the weight of an inconsistent case relative "
+                f"to a consistent one; use only_inconsistent=True to drop consistent cases), got {inconsistent_weight!r}"
+            )
+        self.inconsistent_weight = float(inconsistent_weight)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, only_inconsistent={self.only_inconsistent}, reduction={self.reduction!r}"
+        soft = f", inconsistent_weight={self.inconsistent_weight}" if self.inconsistent_weight != 1.0 else ""
+        return f"gamma={self.gamma}, only_inconsistent={self.only_inconsistent}{soft}, reduction={self.reduction!r}"
+
+    @torch.no_grad()
+    def optimum_order(
+        self, reader_log_probs: torch.Tensor, frozen_scores: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-candidate values whose descending order is the ranking at the loss's optimum, ``(n, N)``.
+
+        For a KL target the minimiser of ``KL(Q || softmax(s / gamma))`` is ``s = gamma * log Q + const``,
+        so the optimum ranks candidates by ``log Q``; the reader-only losses override this. Masked
+        entries are ``-inf``. Used by :mod:`~llama_index_lvlm_retriever.training.target_diagnostics`
+        to tell, before training, whether the target can change retrieval at all.
+
+        Args:
+            reader_log_probs: ``(n, N)`` ``log P_reader(gold | c)``.
+            frozen_scores: ``(n, N)`` the frozen retriever's scores.
+            mask: ``(n, N)`` bool, True for real candidates.
+        """
+        zero = torch.zeros((), dtype=torch.float64, device=mask.device)
+        cases = _Cases(
+            scores=frozen_scores.double(),
+            reader_log_probs=torch.where(mask, reader_log_probs.double(), zero),
+            frozen_scores=torch.where(mask, frozen_scores.double(), zero),
+            mask=mask,
+        )
+        return self._optimum_logits(cases).masked_fill(~mask, _NEG_INF)
+
+    def _optimum_logits(self, cases: _Cases) -> torch.Tensor:
+        """``(m, n)`` values ordered as the optimum ranks the candidates (default: by the reader)."""
+        return cases.reader_log_probs
 
     def forward(
         self,
@@ -162,7 +208,11 @@ class _CandidateLoss(nn.Module):
             }
         log_p = _masked_log_softmax(cases.scores / self.gamma, cases.mask)  # (m, n) log P_retr
         per_case, log_q = self._per_case(log_p, cases)  # (m,), (m, n)
-        loss = per_case.sum() if self.reduction == "sum" else per_case.mean()
+        if cases.weights is not None:  # soft emphasis on inconsistent cases: a weighted mean
+            weighted = per_case * cases.weights  # (m,)
+            loss = weighted.sum() if self.reduction == "sum" else weighted.sum() / cases.weights.sum()
+        else:
+            loss = per_case.sum() if self.reduction == "sum" else per_case.mean()
         return {
             LOSS_KEY: loss,
             ENTROPY_RETRIEVER_KEY: _entropy(log_p.detach()).mean(),
@@ -216,6 +266,11 @@ class _CandidateLoss(nn.Module):
                 f"{name}(only_inconsistent=True) needs disagree= (a (batch,) bool tensor, True for "
                 f"inconsistent cases), got None; pass it or set only_inconsistent=False"
             )
+        if disagree is None and self.inconsistent_weight != 1.0:
+            raise ValueError(
+                f"{name}(inconsistent_weight={self.inconsistent_weight}) needs disagree= (a (batch,) bool tensor, "
+                f"True for inconsistent cases), got None; pass it or set inconsistent_weight=1.0"
+            )
         if disagree is not None:
             _check_shape(name, "disagree", disagree, shape[:1], dtype=torch.bool)
 
@@ -251,7 +306,12 @@ class _CandidateLoss(nn.Module):
 
         used_mask = mask if rows is None else mask[rows]  # (m, n)
         zero = torch.zeros((), dtype=dtype, device=scores.device)
+        weights = None
+        if self.inconsistent_weight != 1.0 and disagree is not None and not self.only_inconsistent:
+            one = torch.ones((), dtype=dtype, device=scores.device)
+            weights = torch.where(disagree, one * self.inconsistent_weight, one)  # (m,)
         return _Cases(
+            weights=weights,
             # Padded scores are left as they are: _masked_log_softmax overwrites them with -inf
             # through masked_fill, which passes them an exact zero gradient (even if they are NaN).
             scores=take(scores),
@@ -293,3 +353,6 @@ class _KLTargetLoss(_CandidateLoss):
     def _per_case(self, log_p: torch.Tensor, cases: _Cases) -> tuple[torch.Tensor, torch.Tensor]:
         log_q = self._log_target(cases).detach()  # (m, n); the target never receives gradients
         return _kl_to_target(log_q, log_p, cases.mask), log_q
+
+    def _optimum_logits(self, cases: _Cases) -> torch.Tensor:
+        return self._log_target(cases)  # (m, n): the minimiser is s = gamma * log Q + const

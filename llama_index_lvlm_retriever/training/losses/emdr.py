@@ -53,6 +53,8 @@ class EMDRLoss(_CandidateLoss):
         gamma: Temperature dividing the retriever's scores, > 0.
         only_inconsistent: Train only on cases flagged by ``disagree``; when the reader answers the
             same whatever the candidate, the loss barely depends on the scores.
+        inconsistent_weight: Weight (>= 1) of an inconsistent case relative to a consistent one in the
+            mean (the soft version of ``only_inconsistent``; needs ``disagree``); 1 = equal weights.
         reduction: ``"batchmean"`` (mean over used cases) or ``"sum"``.
 
     Raises:
@@ -73,9 +75,11 @@ class EMDRLoss(_CandidateLoss):
         gamma: float = 0.05,
         *,
         only_inconsistent: bool = False,
+        inconsistent_weight: float = 1.0,
         reduction: Reduction = "batchmean",
     ) -> None:
-        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction)
+        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction,
+                         inconsistent_weight=inconsistent_weight)
 
     def _per_case(self, log_p: torch.Tensor, cases: _Cases) -> tuple[torch.Tensor, torch.Tensor]:
         joint = (log_p + cases.reader_log_probs).masked_fill(~cases.mask, _NEG_INF)  # (m, n)

@@ -52,7 +52,9 @@ class LSRLoss(_KLTargetLoss):
         beta: Temperature dividing the reader log-likelihoods in the target, > 0.
         only_inconsistent: Train only on cases flagged by ``disagree``; when the reader answers the
             same whatever the candidate, ``Q`` is close to uniform and carries no ranking signal.
-        reduction: ``"batchmean"`` (sum over candidates, mean over used cases) or ``"sum"``.
+        inconsistent_weight: Weight (>= 1) of an inconsistent case relative to a consistent one in the
+            mean (the soft version of ``only_inconsistent``; needs ``disagree``); 1 = equal weights.
+        reduction: ``"batchmean"`` (sum over candidates, (weighted) mean over used cases) or ``"sum"``.
 
     Raises:
         TypeError: If a temperature is not a number or ``only_inconsistent`` is not a bool.
@@ -73,9 +75,11 @@ class LSRLoss(_KLTargetLoss):
         *,
         beta: float = 1.0,
         only_inconsistent: bool = False,
+        inconsistent_weight: float = 1.0,
         reduction: Reduction = "batchmean",
     ) -> None:
-        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction)
+        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction,
+                         inconsistent_weight=inconsistent_weight)
         self.beta = _check_temperature("beta", beta)
 
     def extra_repr(self) -> str:

@@ -45,10 +45,18 @@ class PosteriorKLLoss(_KLTargetLoss):
     The frozen prior keeps the target anchored to the original ranking, which stabilises training
     when the reader's preferences are noisy.
 
-    Hyperparameters: ``gamma`` is a temperature that *divides* the cosines; 0.01-0.1 is typical
-    (the paper used 0.05): cosines of a candidate list spread over ~0.1, so ``gamma = 1`` gives a
-    near-uniform softmax and no usable signal. ``prior_gamma`` (default: ``gamma``) also divides;
-    larger values flatten the prior and let the reader dominate the target.
+    Hyperparameters: ``gamma`` is a temperature that *divides* the cosines. ``prior_gamma``
+    (default: ``gamma``) also divides the frozen scores in the prior, and it decides what training
+    can learn: the minimiser of ``KL(Q || P_retr)`` is
+    ``s = s_0 * gamma / prior_gamma + gamma * log P_reader(y | x, c) + const``, so the optimum
+    re-orders two candidates only when the reader's log-likelihood gap exceeds their frozen score
+    gap divided by ``prior_gamma``. With ``prior_gamma`` fitted to the cosine spread (``~1e-3``)
+    and reader gaps of ~0.1 nats the optimum *is* the frozen ranking; ``prior_gamma = 1`` on raw
+    cosines (the paper's code) gives a nearly flat prior and a target ranked by the reader.
+    ``gamma = 1`` makes ``P_retr`` nearly uniform over candidates whose cosines differ by ~0.01;
+    its gradient is small, but Adam normalises the step size, so it trains (and it avoids spending
+    the loss on flattening a sharp softmax). Check a setting with
+    :func:`~llama_index_lvlm_retriever.training.target_diagnostics.diagnose_target` before training.
 
     Args:
         gamma: Temperature dividing the current retriever's scores, > 0.
@@ -57,7 +65,9 @@ class PosteriorKLLoss(_KLTargetLoss):
         only_inconsistent: Train only on cases flagged by ``disagree`` (the reader's prediction
             changes with the candidate); on consistent cases the reader term is nearly constant
             across candidates and the target is close to the prior, carrying little signal.
-        reduction: ``"batchmean"`` (sum over candidates, mean over used cases) or ``"sum"``.
+        inconsistent_weight: Weight (>= 1) of an inconsistent case relative to a consistent one in the
+            mean (the soft version of ``only_inconsistent``; needs ``disagree``); 1 = equal weights.
+        reduction: ``"batchmean"`` (sum over candidates, (weighted) mean over used cases) or ``"sum"``.
 
     Raises:
         TypeError: If a temperature is not a number or ``only_inconsistent`` is not a bool.
@@ -82,9 +92,11 @@ class PosteriorKLLoss(_KLTargetLoss):
         *,
         prior_gamma: float | None = None,
         only_inconsistent: bool = False,
+        inconsistent_weight: float = 1.0,
         reduction: Reduction = "batchmean",
     ) -> None:
-        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction)
+        super().__init__(gamma=gamma, only_inconsistent=only_inconsistent, reduction=reduction,
+                         inconsistent_weight=inconsistent_weight)
         self.prior_gamma = (
             self.gamma if prior_gamma is None else _check_temperature("prior_gamma", prior_gamma)
         )

@@ -21,6 +21,7 @@ from llama_index_lvlm_retriever.training.losses import (
     EMDRLoss,
     LSRLoss,
     PosteriorKLLoss,
+    ReaderRankLoss,
 )
 
 GAMMA = 0.1
@@ -30,6 +31,9 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "lsr": lambda **kw: LSRLoss(gamma=GAMMA, beta=BETA, **kw),
     "emdr": lambda **kw: EMDRLoss(gamma=GAMMA, **kw),
 }
+# The KL-style losses share the gradient (P_retr - Q) / gamma tested below; the ranking loss joins the
+# contract tests that every loss must pass (test_reader_rank.py has its closed-form cases).
+CONTRACT_LOSSES: dict[str, Callable[..., nn.Module]] = {**LOSSES, "rank": lambda **kw: ReaderRankLoss(gamma=GAMMA, **kw)}
 KEYS = {LOSS_KEY, ENTROPY_RETRIEVER_KEY, ENTROPY_TARGET_KEY, N_CASES_KEY}
 
 
@@ -58,7 +62,7 @@ def _random_inputs(
 
 
 # ---------------------------------------------------------------------- the parametrized contract
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(CONTRACT_LOSSES))
 def test_loss_is_finite_scalar_with_gradients_to_scores_and_every_parameter(name: str) -> None:
     torch.manual_seed(0)
     batch, n, dim = 4, 5, 8
@@ -71,7 +75,7 @@ def test_loss_is_finite_scalar_with_gradients_to_scores_and_every_parameter(name
     )  # (B, n) cosines
     scores.retain_grad()
     reader = torch.log(0.05 + 0.9 * torch.rand(batch, n))
-    out = LOSSES[name]()(scores, reader, frozen_scores=scores.detach())
+    out = CONTRACT_LOSSES[name]()(scores, reader, frozen_scores=scores.detach())
 
     assert set(out) == KEYS
     loss = out[LOSS_KEY]
@@ -87,7 +91,7 @@ def test_loss_is_finite_scalar_with_gradients_to_scores_and_every_parameter(name
         assert param.grad.abs().sum() > 0, param_name
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(CONTRACT_LOSSES))
 def test_loss_is_lower_when_retriever_agrees_with_reader_than_on_shuffled_targets(
     name: str,
 ) -> None:
@@ -95,7 +99,7 @@ def test_loss_is_lower_when_retriever_agrees_with_reader_than_on_shuffled_target
     reader = probs.log()  # (2, 4)
     scores = GAMMA * reader  # the retriever ranks candidates exactly as the reader does
     frozen = torch.zeros_like(scores)  # uniform prior for PosteriorKLLoss
-    loss_fn = LOSSES[name]()
+    loss_fn = CONTRACT_LOSSES[name]()
     correct = loss_fn(scores, reader, frozen_scores=frozen)[LOSS_KEY]
     shuffled = loss_fn(scores, reader.roll(1, dims=1), frozen_scores=frozen)[
         LOSS_KEY
