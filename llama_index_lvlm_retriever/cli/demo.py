@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
                       help="fashion-mnist: folder of the idx files (default /usr/share/datasets/fashion-mnist); "
                       "MedMNIST: download folder (default <out>/cache/medmnist)")
     demo.add_argument("--device", default="cpu", help="torch device for the reader and training, e.g. cuda; default cpu")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads for the whole run (default 2: fixed, so numbers do not depend on the machine)")
+    demo.add_argument("--nuisance-strength", type=float, default=None,
+                      help="miniature: strength of the label-independent tint and contrast in (0, 1] (default: the dataset's)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(handler=_demo)
     return {"demo": demo}
@@ -76,7 +80,8 @@ def config_from_args(args: argparse.Namespace):  # -> DemoConfig (import kept la
     }
     optional = {"seeds": tuple(args.seed) if args.seed else None, "k_image": args.k_image, "k_text": args.k_text,
                 "n_bootstrap": args.bootstrap,
-                "limit": args.limit, "data_root": Path(args.data_root) if args.data_root else None}
+                "limit": args.limit, "data_root": Path(args.data_root) if args.data_root else None,
+                "threads": args.threads, "nuisance_strength": args.nuisance_strength}
     image_size = args.image_size or (224 if args.reader_model or args.retriever_model else None)
     optional["image_size"] = image_size
     values.update({key: value for key, value in optional.items() if value is not None})

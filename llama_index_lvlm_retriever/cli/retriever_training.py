@@ -33,7 +33,8 @@ COLLECT_CONFIG_FILE = "collect_config.json"
 """Written into the feedback cache folder: the options it was collected with (train-retriever reads the heads)."""
 TRAIN_CONFIG_FILE = "train_config.json"
 """Written into the heads folder: the options train-retriever ran with."""
-LOSSES = ("posterior_kl", "lsr", "emdr")
+LOSSES = ("posterior_kl", "lsr", "rank", "emdr")
+_CONFIG_LOSS = {"posterior_kl": "posterior", "lsr": "lsr", "rank": "rank", "emdr": "emdr"}  # --loss -> TrainerConfig.loss
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -89,7 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--image-head", default=None, help="image head the feedback was collected with (default: the one in the cache's collect_config.json, else identity)")
     data.add_argument("--text-head", default=None, help="text head the feedback was collected with (default: as --image-head)")
     objective = train.add_argument_group("objective")
-    objective.add_argument("--loss", default="posterior_kl", choices=list(LOSSES), help="training loss")
+    objective.add_argument("--loss", default="lsr", choices=list(LOSSES),
+                           help="training loss (default lsr: REPLUG's target, chosen on validation; see README)")
+    objective.add_argument("--prior-gamma", type=float, default=None,
+                           help="posterior_kl: temperature of the frozen prior (default: gamma; 1.0 = the paper's code)")
+    objective.add_argument("--beta", type=float, default=1.0, help="lsr: temperature dividing the reader log-likelihoods")
+    objective.add_argument("--rank-min-gap", type=float, default=0.0,
+                           help="rank: smallest reader log-likelihood gap (nats) that makes a pair")
+    objective.add_argument("--inconsistent-weight", type=float, default=1.0,
+                           help="weight of an inconsistent case relative to a consistent one (soft --only-inconsistent)")
     objective.add_argument("--gamma", type=_gamma, default="auto",
                            help="retrieval softmax temperature (divides the scores): a float, or 'auto' = per head, "
                            "the value giving the frozen softmax half its maximum entropy")
@@ -128,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
                        help="feedback rounds: after each, score the trained heads' new candidates and train on the merged pool")
     valid.add_argument("--adoption", default="no_regression", choices=["no_regression", "best"],
                        help="no_regression: keep the trained heads only if they beat the initial ones on validation")
+    valid.add_argument("--adoption-holdout", type=float, default=0.5,
+                       help="share of validation cases kept out of checkpoint selection for the adoption rule")
     valid.add_argument("--reader-dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
                        help="reader dtype (default: as in the cache's collect_config.json, else auto); the reader "
                        "must be loaded as it was for collect-feedback, or the cache refuses it")
@@ -191,9 +202,14 @@ def build_loss(name: str, gamma: float | str, *, only_inconsistent: bool = False
     Raises:
         CLIError: An unknown name.
     """
-    from llama_index_lvlm_retriever.training.losses import EMDRLoss, LSRLoss, PosteriorKLLoss
+    from llama_index_lvlm_retriever.training.losses import (
+        EMDRLoss,
+        LSRLoss,
+        PosteriorKLLoss,
+        ReaderRankLoss,
+    )
 
-    classes = {"posterior_kl": PosteriorKLLoss, "lsr": LSRLoss, "emdr": EMDRLoss}
+    classes = {"posterior_kl": PosteriorKLLoss, "lsr": LSRLoss, "rank": ReaderRankLoss, "emdr": EMDRLoss}
     if name not in classes:
         raise CLIError(f"--loss {name!r}: choose one of {list(classes)}")
     if gamma == "auto":
@@ -245,15 +261,21 @@ def _train_retriever(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         gamma=args.gamma,
+        loss=_CONFIG_LOSS[args.loss],
+        prior_gamma=args.prior_gamma,
+        beta=args.beta,
+        rank_min_gap=args.rank_min_gap,
+        only_inconsistent=args.only_inconsistent,
+        inconsistent_weight=args.inconsistent_weight,
         rounds=args.rounds,
         adoption=args.adoption,
+        adoption_holdout=args.adoption_holdout,
         validation_fraction=args.validation_fraction,
         eval_every=args.eval_every,
         seed=args.seed,
         device=args.device,
         show_progress=not args.no_progress,
     )
-    loss = build_loss(args.loss, args.gamma, only_inconsistent=args.only_inconsistent)
     recorded_image, recorded_text = collected_heads(args.feedback)
     image_head = args.image_head or recorded_image
     text_head = args.text_head or recorded_text
@@ -275,8 +297,10 @@ def _train_retriever(args: argparse.Namespace) -> int:
             batch_size=args.reader_batch_size or collected.get("reader_batch_size") or 8,
         )
     validation_cases = load_cases(args.validation_cases) if args.validation_cases else None
-    engine = RetrieverFinetuneEngine(retriever, feedback, loss=loss, head=args.head, config=config, cases=cases,
+    engine = RetrieverFinetuneEngine(retriever, feedback, head=args.head, config=config, cases=cases,
                                      reader=reader, validation_cases=validation_cases)
+    for found in engine.target_diagnostics.values():
+        print(found.line() + ("  -> this target cannot change retrieval" if found.cannot_change_retrieval else ""))
     engine.finetune()
     out = engine.save(args.out)
     write_json_atomic(out / TRAIN_CONFIG_FILE, {**resolved_config(args), "image_head": image_head, "text_head": text_head})

@@ -85,10 +85,15 @@ class RetrieverTrainingSettings(BaseModel):
         "encoder: trainable tower copies (the paper's head, several times slower on CPU).",
     )
     rounds: int = Field(default=2, gt=0, description="Feedback rounds (new candidates of the trained heads are read).")
-    loss: Literal["posterior", "replug"] = Field(
-        default="posterior", description="PosteriorKLLoss (frozen prior, the paper) or LSRLoss (REPLUG)."
+    loss: Literal["posterior", "lsr", "rank", "emdr"] = Field(
+        default="lsr",
+        description="Stage-2 target (TrainerConfig.loss): PosteriorKLLoss (the paper), LSRLoss (REPLUG), ReaderRankLoss "
+        "(pairwise, the reader's order) or EMDRLoss; chosen on validation (training/target_grid.py).",
     )
     gamma: float | Literal["auto"] = Field(default="auto", description="Retrieval softmax temperature; auto = from the encoder.")
+    prior_gamma: float | None = Field(default=None, gt=0, description="posterior: prior temperature; None = gamma.")
+    beta: float = Field(default=1.0, gt=0, description="lsr: temperature dividing the reader log-likelihoods.")
+    inconsistent_weight: float = Field(default=1.0, ge=1, description="Weight of inconsistent training cases.")
     alpha: float = Field(default=0.15, gt=0, le=1, description="Blend weight of the trained tower copy.")
     last_n_blocks: int = Field(default=1, ge=0, description="Trainable blocks of the tower copy.")
     max_steps: int = Field(default=300, gt=0, description="Optimiser steps.")
@@ -121,6 +126,11 @@ class DemoConfig(BaseModel):
     quick: bool = Field(default=False, description="A small run (CI): fewer images, epochs and steps.")
     dataset: Dataset = Field(default="elpv", description="elpv (offline) or a MedMNIST task (real mode).")
     image_size: int = Field(default=48, gt=0, description="Side of the stored square images.")
+    nuisance_strength: float = Field(
+        default=1.0, gt=0, le=1,
+        description="Miniature: strength of the label-independent tint and contrast (1 = gain in [0.25, 1], "
+        "saturation 0.8; smaller = milder). Chosen on the KB diagnostics (README).",
+    )
     limit: int | None = Field(default=None, gt=0, description="Images used in total (stratified); None = all.")
     fractions: tuple[float, float, float, float] = Field(
         default=(0.5, 0.2, 0.05, 0.25), description="Real mode: shares of knowledge base / train / validation / test."
@@ -146,6 +156,11 @@ class DemoConfig(BaseModel):
         default=None, description="Fashion-MNIST idx folder (default: Debian's) or MedMNIST download folder."
     )
     device: str = Field(default="cpu", description="Torch device of every model: encoder pre-training, reader SFT and scoring, stage 2.")
+    threads: int = Field(
+        default=2, gt=0,
+        description="Torch CPU threads for the whole run: a fixed count (not the machine's) keeps every reduction "
+        "in the same order, so the numbers do not depend on the machine or its load.",
+    )
     show_progress: bool = Field(default=True, description="tqdm bars.")
 
     @model_validator(mode="after")

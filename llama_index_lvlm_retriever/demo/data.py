@@ -146,7 +146,7 @@ def _miniature(config: DemoConfig, seed: int) -> DemoData:
     for role in ROLES:
         rows = []
         for index in roles[role]:
-            nuisance = draw_nuisance(rng)
+            nuisance = draw_nuisance(rng, config.nuisance_strength)
             grey = source.images[index]
             if grey.shape[0] != config.image_size:
                 grey = np.asarray(

@@ -35,18 +35,29 @@ class Nuisance:
     hue: float
     gain: float
     offset: float
+    saturation: float = 0.8
 
 
-def draw_nuisance(rng: np.random.Generator) -> Nuisance:
-    """A random nuisance, independent of the label."""
-    gain = float(rng.uniform(0.25, 1.0))
-    return Nuisance(hue=float(rng.uniform(0.0, 1.0)), gain=gain, offset=float(rng.uniform(0.0, 1.0 - gain)))
+def draw_nuisance(rng: np.random.Generator, strength: float = 1.0) -> Nuisance:
+    """A random nuisance, independent of the label.
+
+    Args:
+        rng: The generator (three draws per image whatever the strength, so a strength changes the
+            images and nothing else).
+        strength: In ``(0, 1]``: the contrast gain is drawn from ``[1 - 0.75 * strength, 1]`` and the
+            tint's saturation is ``0.8 * strength``; 1 = the full nuisance (gain in [0.25, 1]).
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"nuisance strength must be in (0, 1], got {strength}")
+    gain = float(rng.uniform(1.0 - 0.75 * strength, 1.0))
+    return Nuisance(hue=float(rng.uniform(0.0, 1.0)), gain=gain, offset=float(rng.uniform(0.0, 1.0 - gain)),
+                    saturation=0.8 * strength)
 
 
 def render(grey: np.ndarray, nuisance: Nuisance) -> np.ndarray:
     """Apply the nuisance to a grey uint8 image ``(h, w)``; returns RGB uint8 ``(h, w, 3)``."""
     value = nuisance.offset + nuisance.gain * (np.asarray(grey, dtype=np.float64) / 255.0)  # (h, w) in [0, 1]
-    colour = np.array(colorsys.hsv_to_rgb(nuisance.hue, 0.8, 1.0))  # (3,)
+    colour = np.array(colorsys.hsv_to_rgb(nuisance.hue, nuisance.saturation, 1.0))  # (3,)
     return np.clip(np.round(value[..., None] * colour * 255.0), 0, 255).astype(np.uint8)  # (h, w, 3)
 
 

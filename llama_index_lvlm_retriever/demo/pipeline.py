@@ -42,8 +42,6 @@ from llama_index_lvlm_retriever.demo.data import (
     load_demo_data,
 )
 from llama_index_lvlm_retriever.demo.miniature import (
-    group_by_label,
-    same_and_other_label,
     train_small_clip,
     train_small_reader,
 )
@@ -64,13 +62,12 @@ from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
-from llama_index_lvlm_retriever.training.losses import LSRLoss, PosteriorKLLoss
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CEILING_ROWS", "SYSTEMS", "SeedRun", "StageCache", "run_seed"]
+__all__ = ["CEILING_ROWS", "SYSTEMS", "SeedRun", "SeedSetup", "StageCache", "finish_seed", "pool_neighbour_use", "prepare_seed", "run_seed"]
 
 CLOSED_BOOK_ROW = "closed-book"
 STANDARD_ROW = "standard RAG"
@@ -177,8 +174,35 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class SeedSetup:
+    """Everything of one seed before stage 2: data, frozen encoder, KB, reader and the training feedback."""
+
+    seed: int
+    data: DemoData
+    sizes: dict[str, int]
+    kb: KnowledgeBase
+    standard: LVLMAwareRetriever
+    reader: HFLVLMReader
+    cached_reader: CachedReader
+    train_queries: list[Any]
+    feedback: FeedbackCache
+    feedback_config: FeedbackConfig
+    feedback_key: str
+    diagnostics: Any
+    neighbour_use: dict[str, float]
+    cache: StageCache
+    clock: _Clock
+
+
 def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
     """Run every stage for one seed (reusing cached stages) and evaluate on the test split."""
+    setup = prepare_seed(config, seed, echo)
+    return finish_seed(config, setup, echo)
+
+
+def prepare_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedSetup:
+    """The stages before retriever training: data, encoder, KB, reader, training feedback (cached)."""
     _seed_everything(seed)
     cache = StageCache(config.cache_dir / f"seed{seed}")
     clock = _Clock(echo, f"[seed {seed}]")
@@ -197,7 +221,8 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
 
     # Frozen retriever encoder: pre-trained on its own role (two stages), or a checkpoint.
     clip_key = fingerprint("clip", config.dataset, config.clip, config.image_size, ids(data.encoder_stage_b),
-                           sorted(i.text for i in data.encoder_stage_b), seed)
+                           sorted(i.text for i in data.encoder_stage_b), seed,
+                           *([config.nuisance_strength] if config.nuisance_strength != 1.0 else []))
     if config.retriever_model is not None:
         with clock.stage(f"retriever encoder: load {config.retriever_model}"):
             embed = CLIPEmbedding.from_pretrained(config.retriever_model, device=config.device)
@@ -247,9 +272,6 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             reader = HFLVLMReader.from_pretrained(cache.path("reader") / "model", data.task, device=config.device,
                                                   batch_size=config.reader_batch_size)
     cached_reader = CachedReader(reader)
-    neighbour_use = _neighbour_use(cached_reader, data, seed)
-    echo(f"[seed {seed}]   reader on validation: P(gold) {neighbour_use['same_label']:.3f} with a same-label "
-         f"neighbour vs {neighbour_use['other_label']:.3f} with an other-label one")
 
     # Feedback on the retriever-training queries (both heads), then LVLM-aware training: text head,
     # then image head (the paper's order), gamma from the encoder, selection on real retrieval of
@@ -265,13 +287,29 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             with cache.build("feedback", feedback_key) as tmp:
                 collect_feedback(train_queries, standard, reader, tmp / "train", feedback_config, show_progress=progress)
         feedback = FeedbackCache.from_persist_dir(cache.path("feedback") / "train")
+    neighbour_use = pool_neighbour_use(feedback, kb, {case.id: case.labels[0] for case in train_queries})
+    echo(f"[seed {seed}]   reader in the training pools: P(gold) {neighbour_use['same_label']:.3f} with a same-label "
+         f"candidate vs {neighbour_use['other_label']:.3f} with an other-label one")
+    return SeedSetup(seed=seed, data=data, sizes=sizes, kb=kb, standard=standard, reader=reader,
+                     cached_reader=cached_reader, train_queries=train_queries, feedback=feedback,
+                     feedback_config=feedback_config, feedback_key=feedback_key, diagnostics=diagnostics,
+                     neighbour_use=neighbour_use, cache=cache, clock=clock)
+
+
+def finish_seed(config: DemoConfig, setup: SeedSetup, echo: Echo = print) -> SeedRun:
+    """Stage 2 (legal and oracle-fit heads), the placebo and the evaluation of one prepared seed."""
+    seed, data, kb, standard, reader = setup.seed, setup.data, setup.kb, setup.standard, setup.reader
+    cached_reader, train_queries, feedback = setup.cached_reader, setup.train_queries, setup.feedback
+    feedback_config, feedback_key, cache, clock = setup.feedback_config, setup.feedback_key, setup.cache, setup.clock
+    settings, progress = config.retriever_training, config.show_progress
+    ids = lambda records: sorted(r.id for r in records)  # noqa: E731
     trainer_config = _trainer_config(config, seed, adoption="no_regression")
     head_key = fingerprint("heads", feedback_key, trainer_config.model_dump(mode="json", exclude={"show_progress"}),
-                           ids(data.val), settings.loss)
+                           ids(data.val))
     done = cache.done("heads", head_key)
     with clock.stage(f"retriever training: {settings.mode} mode, {settings.rounds} round(s)", cached=done):
         if not done:
-            engine = RetrieverFinetuneEngine(standard, feedback, loss=_loss_factory(config), head=_train_head(config),
+            engine = RetrieverFinetuneEngine(standard, feedback, head=_train_head(config),
                                              config=trainer_config, reader=reader, cases=train_queries,
                                              validation_cases=data.val)
             engine.finetune()
@@ -308,8 +346,9 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             with cache.build("oracle_fit", eval_key) as tmp:
                 test_feedback = collect_feedback(data.test, standard, reader, tmp / "feedback", feedback_config,
                                                  show_progress=progress)
-                engine = RetrieverFinetuneEngine(standard, test_feedback, loss=_loss_factory(config),
-                                                 head=_train_head(config),
+                # The evaluation reads mostly these pairs again: answer them from the feedback, not the reader.
+                cached_reader.prefill(test_feedback.pair_log_probs())
+                engine = RetrieverFinetuneEngine(standard, test_feedback, head=_train_head(config),
                                                  config=_trainer_config(config, seed, adoption="best", rounds=1),
                                                  cases=data.test)
                 engine.finetune()
@@ -334,9 +373,14 @@ def run_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedRun:
             with cache.build("evaluation", eval_key) as tmp:
                 report.to_json(tmp / "report.json")
                 atomic_write_json(tmp / "placebo.json", {"overlap": overlap, "calibration": calibration.to_dict()})
-    training = {**_training_summary(record), "diagnostics": diagnostics.to_dict(), "neighbour_use": neighbour_use}
+    training = {**_training_summary(record), "diagnostics": setup.diagnostics.to_dict(),
+                "neighbour_use": setup.neighbour_use,
+                # How close each system's neighbours come to the pairs the reader itself would pick.
+                "overlap_with_reader_best": {row: overlap_with(report, row, ORACLE_READER_ROW)
+                                             for row in (STANDARD_ROW, AWARE_ROW, PLACEBO_ROW, ORACLE_FIT_ROW)
+                                             if row in report.rows}}
     return SeedRun(
-        seed=seed, report=report, placebo=calibration, overlap=overlap, sizes=sizes,
+        seed=seed, report=report, placebo=calibration, overlap=overlap, sizes=setup.sizes,
         timings=clock.timings, cached=clock.cached, training=training,
         retriever=aware, reader=reader, data=data,
     )
@@ -351,11 +395,6 @@ def _train_head(config: DemoConfig) -> str:
     return "both" if len(heads) == 2 else heads[0]
 
 
-def _loss_factory(config: DemoConfig) -> Any:
-    """The stage-2 loss per resolved gamma: the paper's posterior target, or REPLUG's."""
-    return PosteriorKLLoss if config.retriever_training.loss == "posterior" else LSRLoss
-
-
 def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int | None = None) -> TrainerConfig:
     settings = config.retriever_training
     return TrainerConfig(
@@ -364,6 +403,8 @@ def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int
         learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
         n_train_candidates=settings.n_train_candidates,
         refresh_every=settings.refresh_every, eval_every=settings.eval_every, gamma=settings.gamma,
+        loss=settings.loss, prior_gamma=settings.prior_gamma, beta=settings.beta,
+        inconsistent_weight=settings.inconsistent_weight,
         rounds=rounds or settings.rounds, adoption=adoption, validation_fraction=0.0, seed=seed,
         device=config.device, show_progress=config.show_progress,
     )
@@ -377,25 +418,25 @@ def _load_retriever(kb: KnowledgeBase, folder: Path, config: DemoConfig) -> LVLM
     )
 
 
-def _neighbour_use(reader: Any, data: DemoData, seed: int) -> dict[str, float]:
-    """Mean P_reader(gold) on validation cases with one random same-label vs one other-label KB pair."""
-    if not data.val:
-        return {"same_label": float("nan"), "other_label": float("nan")}
-    rng = np.random.default_rng([seed, 5])
-    groups = group_by_label(data.kb)
-    labels = list(data.task.labels)
-    cases, pairs = [], []
-    for case in data.val:
-        gold = case.labels[0]
-        same, other = same_and_other_label(groups, gold)
-        if same and other:
-            cases.append(case)
-            pairs.append([same[int(rng.integers(len(same)))], other[int(rng.integers(len(other)))]])
-    scores = reader.score(cases, pairs)
-    log_probs = np.asarray(scores.log_probs)  # (n, 2, L)
-    gold = np.array([labels.index(case.labels[0]) for case in cases])
-    p = np.exp(log_probs[np.arange(len(cases)), :, gold])  # (n, 2)
-    return {"same_label": float(p[:, 0].mean()), "other_label": float(p[:, 1].mean())}
+def pool_neighbour_use(feedback: FeedbackCache, kb: KnowledgeBase, gold: dict[str, str]) -> dict[str, float]:
+    """Mean P_reader(gold) over the training pools' candidates whose KB label is / is not the case's label.
+
+    Measured on the pairs stage 2 actually trains on (every head's candidates), so it says how much
+    the reader's feedback can tell a helpful candidate from another within what the retriever finds.
+    Items without a label are left out.
+    """
+    labels = {item.id: item.label for item in kb.items}
+    same: list[float] = []
+    other: list[float] = []
+    for head in feedback.heads:
+        p_gold = feedback.gold_log_probs(head).exp().numpy()  # (n, N)
+        for row, (case_id, candidates) in enumerate(zip(feedback.case_ids, feedback.candidate_ids(head))):
+            for col, item_id in enumerate(candidates):
+                label = labels.get(item_id)
+                if label is not None and case_id in gold:
+                    (same if label == gold[case_id] else other).append(float(p_gold[row, col]))
+    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
+    return {"same_label": mean(same), "other_label": mean(other), "n_same": len(same), "n_other": len(other)}
 
 
 def _top_ids(retriever: LVLMAwareRetriever, frozen: np.ndarray, images: list[str], config: DemoConfig) -> list[list[str]]:
@@ -405,5 +446,15 @@ def _top_ids(retriever: LVLMAwareRetriever, frozen: np.ndarray, images: list[str
 
 
 def _training_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The resolved temperatures and the adoption decision of the retriever training."""
-    return {"gamma": record.get("gamma"), "adoption": record.get("adoption")}
+    """The resolved temperatures, the target diagnostics and the adoption decision of the retriever training."""
+    diagnostics = record.get("target_diagnostics") or {}
+    return {"gamma": record.get("gamma"), "adoption": record.get("adoption"), "target_diagnostics": diagnostics,
+            "frozen_topk_share": {head: found.get("frozen_topk_share") for head, found in diagnostics.items()}}
+
+
+def overlap_with(report: ConsistencyReport, system: str, reference: str) -> float:
+    """Mean share of ``system``'s neighbours (per test case) that ``reference`` also returned."""
+    wanted = {row.case_id: set(row.neighbour_ids) for row in report.rows[reference]}
+    shares = [len(set(row.neighbour_ids) & wanted.get(row.case_id, set())) / len(row.neighbour_ids)
+              for row in report.rows[system] if row.neighbour_ids]
+    return float(np.mean(shares)) if shares else float("nan")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from llama_index.core.schema import QueryBundle
 
 from llama_index_lvlm_retriever import metadata_keys as keys
@@ -63,7 +65,8 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> DemoResult:
         shutil.rmtree(config.cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     _intro(config, echo)
-    runs = [run_seed(config, seed, echo) for seed in config.seeds]
+    with _fixed_threads(config.threads):
+        runs = [run_seed(config, seed, echo) for seed in config.seeds]
     pooled = pool_reports([run.report for run in runs], [run.seed for run in runs], n_bootstrap=config.n_bootstrap)
     comparisons = {
         "LVLM-aware RAG vs standard RAG": pooled.compare(AWARE_ROW, STANDARD_ROW),
@@ -234,8 +237,10 @@ def demo_markdown(
         "## What the frozen encoder and the reader do",
         "",
         "| Seed | Linear probe on frozen KB vectors | Frozen top-k label precision, image / caption | Majority | "
-        "Reader P(gold), same-label / other-label neighbour (val) | Gamma (image / text) | Adopted |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "Reader P(gold), same-label / other-label candidate (training pools) | Gamma (image / text) | "
+        "Target keeps frozen top-k (image / text) | Neighbours shared with the reader's best: standard / aware / "
+        "oracle-fit | Adopted |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *_diagnostic_lines(runs),
         "",
         "## Paired comparisons",
@@ -282,11 +287,15 @@ def _diagnostic_lines(runs: list[SeedRun]) -> list[str]:
         adoption = run.training.get("adoption") or {}
         fmt = lambda x: "-" if x is None or not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
         gammas = " / ".join(fmt(gamma.get(h)) if h in gamma else "-" for h in ("image", "text"))
+        share = run.training.get("frozen_topk_share") or {}
+        shares = " / ".join(fmt(share.get(h)) if h in share else "-" for h in ("image", "text"))
+        overlap = run.training.get("overlap_with_reader_best") or {}
+        overlaps = " / ".join(fmt(overlap.get(row)) for row in (STANDARD_ROW, AWARE_ROW, ORACLE_FIT_ROW))
         adopted = "yes" if adoption.get("adopted") else "no (kept standard RAG)" if adoption else "-"
         lines.append(
             f"| {run.seed} | {fmt(d.get('linear_probe_accuracy'))} | {fmt(d.get('topk_precision_image'))} / "
             f"{fmt(d.get('topk_precision_text'))} | {fmt(d.get('majority_baseline'))} | "
-            f"{fmt(use.get('same_label'))} / {fmt(use.get('other_label'))} | {gammas} | {adopted} |"
+            f"{fmt(use.get('same_label'))} / {fmt(use.get('other_label'))} | {gammas} | {shares} | {overlaps} | {adopted} |"
         )
     return lines
 
@@ -313,6 +322,19 @@ def _verdict(comparisons: dict[str, list[PairedComparison]]) -> list[str]:
         f"- LVLM-aware minus placebo on those cases: {says(beyond)} "
         "(the part of the change that a random change of neighbours does not explain).",
     ]
+
+
+@contextlib.contextmanager
+def _fixed_threads(threads: int) -> Iterator[None]:
+    """A fixed torch thread count and deterministic kernels for the run; the previous settings after."""
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
 
 
 def _summary(

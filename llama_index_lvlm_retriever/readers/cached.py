@@ -11,7 +11,7 @@ knowledge-base ids must identify their content while the cache lives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -52,6 +52,33 @@ class CachedReader(Reader):
 
     def __len__(self) -> int:
         return len(self._log_probs)
+
+    def prefill(self, pairs: Iterable[tuple[str, str | None, np.ndarray]]) -> int:
+        """Store label log-probabilities computed elsewhere (e.g. a feedback cache of the same reader).
+
+        Args:
+            pairs: ``(case id, candidate id or None, (L,) log-probabilities)`` triples; pairs already
+                held are left as they are.
+
+        Returns:
+            How many pairs were added.
+
+        Raises:
+            ValueError: A row does not have one value per label of the task.
+        """
+        added, n_labels = 0, len(self.task.labels)
+        for case_id, candidate_id, log_probs in pairs:
+            row = np.asarray(log_probs, dtype=np.float64)
+            if row.shape != (n_labels,):
+                raise ValueError(
+                    f"prefill: pair ({case_id!r}, {candidate_id!r}) has {row.shape} log-probabilities, expected "
+                    f"({n_labels},) (one per label of task {self.task.name!r}); was it scored for another task?"
+                )
+            key = (case_id, candidate_id)
+            if key not in self._log_probs:
+                self._log_probs[key] = row
+                added += 1
+        return added
 
     def clear(self) -> None:
         """Forget every cached pair (e.g. after the wrapped reader was fine-tuned)."""

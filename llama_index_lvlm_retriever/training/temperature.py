@@ -4,8 +4,12 @@ Every stage-2 loss compares the reader-derived target with ``P_retr(c) = softmax
 over a case's candidates. What matters is ``gamma`` relative to the *spread* of the candidates'
 cosines, and that spread depends on the encoder: with the demo's CLIP the top cosine is ~0.987 and
 the top-16 span ~0.022, so the paper's fixed ``gamma = 0.05`` turns every candidate list into an
-almost uniform softmax (entropy 2.29 of 2.30 nats over 10 candidates) and the loss carries almost no
-signal; a broader encoder (a top-50 span of 0.2) makes the same 0.05 nearly one-hot.
+almost uniform softmax (entropy 2.29 of 2.30 nats over 10 candidates); a broader encoder (a top-50
+span of 0.2) makes the same 0.05 nearly one-hot. A near-uniform ``P_retr`` is not useless: its
+gradient is small but Adam rescales the step, and a KL loss then spends its effort ranking the
+candidates as the target does instead of flattening a sharp softmax. What decides whether training
+can change retrieval is the target's *optimum* (see
+:mod:`~llama_index_lvlm_retriever.training.target_diagnostics`), not this temperature alone.
 
 **The rule** (:func:`auto_gamma`): one ``gamma`` per retriever head, the temperature at which the
 *frozen* retriever's softmax over each training case's candidates has a mean entropy of half its
@@ -162,7 +166,8 @@ def resolve_gamma(
     if log_n > 0 and entropy > UNIFORM_WARNING_SHARE * log_n:
         logger.warning(
             "%s head: with gamma=%.4g the retrieval softmax is nearly uniform (mean entropy %.3f > %.0f%% of "
-            "log n = %.3f): the loss carries little signal; use TrainerConfig(gamma='auto') or a smaller gamma",
+            "log n = %.3f): gradients are small (Adam rescales them); if training does not move the heads, use "
+            "TrainerConfig(gamma='auto') or a smaller gamma",
             name, value, entropy, 100 * UNIFORM_WARNING_SHARE, log_n,
         )
     record = {"event": "temperature", "head": name, "gamma": value, "rule": rule, "mean_entropy": entropy,

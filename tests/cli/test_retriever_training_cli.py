@@ -181,7 +181,7 @@ def test_parsers_default_to_the_papers_settings() -> None:
     collect = _parse(["collect-feedback", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--out", "o"])
     assert (collect.n_candidates, collect.feedback_heads) == (50, ["image", "text"])
     train = _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o"])
-    assert (train.loss, train.head, train.schedule, train.gamma) == ("posterior_kl", "both", "joint", "auto")
+    assert (train.loss, train.head, train.schedule, train.gamma) == ("lsr", "both", "joint", "auto")
     assert (train.rounds, train.adoption, train.reader, train.weight_decay) == (1, "no_regression", None, 0.01)
     assert _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o", "--gamma", "0.02"]).gamma == 0.02
 

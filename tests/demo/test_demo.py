@@ -87,6 +87,23 @@ def test_quick_demo_writes_a_complete_report(quick_run: dict[str, Any]) -> None:
     assert "trains its own small ones" in printed
 
 
+def test_the_default_target_can_change_retrieval_and_the_summary_says_so(quick_run: dict[str, Any]) -> None:
+    seed = json.loads((quick_run["out"] / "demo_summary.json").read_text())["seeds"][0]
+    training = seed["training"]
+    # The old default (posterior with a prior as sharp as the cosine gaps) kept the frozen top-k on
+    # 100% of the queries; the default target must leave room to re-order them.
+    assert set(training["frozen_topk_share"]) == {"image", "text"}
+    assert all(share < 0.7 for share in training["frozen_topk_share"].values()), training["frozen_topk_share"]
+    for found in training["target_diagnostics"].values():
+        assert found["reader_spread"] > 0 and found["cosine_gap"] > 0 and found["n_queries"] > 0
+    overlap = training["overlap_with_reader_best"]
+    assert set(overlap) == {"standard RAG", "LVLM-aware RAG", "placebo", "ceiling: oracle-fit head (test feedback)"}
+    assert all(0.0 <= value <= 1.0 for value in overlap.values())
+    # The pool measurement counts every labelled candidate of the training pools.
+    use = training["neighbour_use"]
+    assert use["n_same"] > 0 and use["n_other"] > 0 and 0 < use["same_label"] < 1
+
+
 def test_placebo_matches_the_trained_retrievers_overlap(quick_run: dict[str, Any]) -> None:
     seed = json.loads((quick_run["out"] / "demo_summary.json").read_text())["seeds"][0]
     assert 0.0 < seed["top_k_overlap"] <= 1.0

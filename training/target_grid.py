@@ -1,0 +1,186 @@
+"""Compare stage-2 training targets on one demo seed: legal (validation-chosen) and oracle-fit heads.
+
+Reuses the demo's cached stages of that seed (data roles, small CLIP, knowledge base, reader,
+training feedback: run ``lvlm-retriever demo`` first, or this script builds them), then for every
+point of the grid trains both heads through the public ``RetrieverFinetuneEngine``:
+
+* **legal**: on the retriever-training queries' feedback, checkpoint selection on one part of the
+  validation cases (real retrieval) and the adoption rule on the other part;
+* **oracle-fit** (not legal, a ceiling of what the objective can reach): on the test cases' own
+  feedback, keeping the last checkpoint.
+
+Every retriever is then evaluated on the test cases with the frozen reader (its answers cached, the
+test pools pre-filled from the test feedback). The choice of a default is made on the validation
+columns only; the test columns are reported. Writes ``<out>/target_grid/seed<N>.json`` and prints a
+Markdown table. Usage::
+
+    python training/target_grid.py --dataset fashion-mnist --seed 0 --out fm_run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llama_index_lvlm_retriever._io import atomic_write_json
+from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
+from llama_index_lvlm_retriever.demo.config import dataset_config, quick_config
+from llama_index_lvlm_retriever.demo.pipeline import prepare_seed
+from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
+from llama_index_lvlm_retriever.training import (
+    RetrieverFinetuneEngine,
+    TrainerConfig,
+    collect_feedback,
+)
+from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
+
+logger = logging.getLogger(__name__)
+
+STANDARD = "standard RAG"
+READER_BEST = "ceiling: reader's best of frozen top-16"
+
+# name -> TrainerConfig overrides. Learning rates: Adam normalises the gradient scale, so gamma 1
+# (a near-uniform P_retr) trains at a larger rate for more steps (issue 18's oracle-fit probe).
+GRID: dict[str, dict[str, Any]] = {
+    "posterior, prior_gamma = gamma (old default)": {"loss": "posterior", "gamma": "auto"},
+    "posterior, flat prior (prior_gamma 1)": {"loss": "posterior", "gamma": "auto", "prior_gamma": 1.0},
+    "posterior, gamma 1 (paper's code)": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600},
+    "lsr, gamma auto, beta 0.1": {"loss": "lsr", "gamma": "auto", "beta": 0.1},
+    "lsr, gamma 1, beta 1": {"loss": "lsr", "gamma": 1.0, "beta": 1.0, "learning_rate": 0.1, "max_steps": 600},
+    "rank, gamma auto": {"loss": "rank", "gamma": "auto"},
+    "lsr, gamma 1, beta 1, inconsistent x4": {"loss": "lsr", "gamma": 1.0, "beta": 1.0, "learning_rate": 0.1,
+                                              "max_steps": 600, "inconsistent_weight": 4.0},
+    "lsr, gamma 1, beta 1, only inconsistent": {"loss": "lsr", "gamma": 1.0, "beta": 1.0, "learning_rate": 0.1,
+                                                "max_steps": 600, "only_inconsistent": True},
+    # The paper's head: a trainable copy of the image tower (last block), blended 0.15 with the frozen vector.
+    "encoder mode: lsr, gamma 1, beta 1": {"mode": "encoder", "loss": "lsr", "gamma": 1.0, "beta": 1.0,
+                                           "learning_rate": 3e-3, "max_steps": 300, "alpha": 0.15,
+                                           "encoder_last_n_blocks": 1},
+}
+BASE: dict[str, Any] = {
+    "schedule": "sequential", "max_steps": 300, "batch_size": 256, "learning_rate": 3e-2, "weight_decay": 0.0,
+    "n_train_candidates": 10, "refresh_every": 10, "eval_every": 50, "rounds": 1, "validation_fraction": 0.0,
+    "show_progress": False,
+}
+
+
+def _trainer_config(point: dict[str, Any], seed: int, steps_scale: float = 1.0, **extra: Any) -> TrainerConfig:
+    values = {**BASE, **point, "seed": seed, **extra}
+    values["max_steps"] = max(1, int(values["max_steps"] * steps_scale))
+    return TrainerConfig(**values)
+
+
+def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None, *, quick: bool = False,
+             steps_scale: float = 1.0) -> dict[str, Any]:
+    """Train every grid point (legal and oracle-fit) on one seed and evaluate them on its test cases."""
+    make = quick_config if quick else dataset_config
+    config = make(dataset=dataset, output_dir=out, seeds=(seed,), show_progress=False)
+    setup = prepare_seed(config, seed, echo=print)
+    data, standard, reader = setup.data, setup.standard, setup.reader
+    folder = out / "target_grid" / f"seed{seed}"
+    test_dir = folder / "test_feedback"
+    if (test_dir / "manifest.json").is_file():
+        test_feedback = FeedbackCache.from_persist_dir(test_dir)
+    else:
+        test_feedback = collect_feedback(data.test, standard, reader, test_dir, setup.feedback_config,
+                                         show_progress=False)
+    setup.cached_reader.prefill(test_feedback.pair_log_probs())
+    systems: dict[str, Any] = {STANDARD: standard}
+    systems[READER_BEST] = OracleRerankRetriever(standard, data.test, pool=config.ceiling_pool, rule="reader",
+                                                 reader=setup.cached_reader)
+    records: dict[str, Any] = {}
+    for name in names or list(GRID):
+        point = GRID[name]
+        start = time.perf_counter()
+        legal = RetrieverFinetuneEngine(standard, setup.feedback, head="both",
+                                        config=_trainer_config(point, seed, steps_scale, adoption="best"),
+                                        reader=reader, cases=setup.train_queries, validation_cases=data.val)
+        legal.finetune()
+        seconds_legal = time.perf_counter() - start
+        start = time.perf_counter()
+        oracle = RetrieverFinetuneEngine(standard, test_feedback, head="both", reader=None,
+                                         config=_trainer_config(point, seed, steps_scale, adoption="best",
+                                                                eval_every=10_000),
+                                         cases=data.test)
+        oracle.finetune()
+        seconds_oracle = time.perf_counter() - start
+        validations = [h for h in legal.history if h.get("event") == "validation"]
+        decision = legal.decision
+        records[name] = {
+            "point": point,
+            "target_diagnostics": {h: d.to_dict() for h, d in legal.target_diagnostics.items()},
+            "val_initial": {k: v for k, v in validations[0].items() if k.startswith("val_")} if validations else None,
+            "val_best": max(({k: v for k, v in rec.items() if k.startswith("val_")} for rec in validations),
+                            key=lambda r: r.get("val_rag_loglik_selection", -np.inf), default=None),
+            "adoption": decision.to_dict() if decision is not None else None,
+            "seconds_legal": seconds_legal,
+            "seconds_oracle_fit": seconds_oracle,
+        }
+        # "trained" = the validation-selected checkpoint; "legal" = what the no-regression rule (on the
+        # held-out part of validation) keeps: the trained heads or standard RAG.
+        trained = legal.get_finetuned_model()
+        systems[f"trained: {name}"] = trained
+        systems[f"legal: {name}"] = trained if decision is not None and decision.adopted else standard
+        systems[f"oracle-fit: {name}"] = oracle.get_finetuned_model()
+        print(f"{name}: {json.dumps(records[name]['target_diagnostics'])[:300]} ... "
+              f"adoption {decision.message if decision else None} ({seconds_legal:.0f} + {seconds_oracle:.0f} s)")
+    report = evaluate_dataset(data.test, systems, setup.cached_reader, data.task, k=None, closed_book=False,
+                              baseline=STANDARD, n_bootstrap=1000, seed=seed, batch_size=64)
+    reader_best = {row.case_id: set(row.neighbour_ids) for row in report.rows[READER_BEST]}
+
+    def overlap_with_best(system: str) -> float:
+        rows = report.rows[system]
+        shares = [len(set(r.neighbour_ids) & reader_best[r.case_id]) / max(1, len(r.neighbour_ids)) for r in rows]
+        return float(np.mean(shares))
+
+    table: dict[str, Any] = {}
+    for system in systems:
+        comparison = {c.subset: c for c in report.compare(system, STANDARD)} if system != STANDARD else {}
+        table[system] = {
+            "accuracy": report.estimate(system, "accuracy").value,
+            "delta_all": comparison["all"].to_dict() if comparison else None,
+            "delta_inconsistent": comparison["inconsistent"].to_dict() if comparison else None,
+            "overlap_with_reader_best": overlap_with_best(system),
+        }
+    result = {"dataset": dataset, "seed": seed, "grid": records, "test": table}
+    atomic_write_json(out / "target_grid" / f"seed{seed}.json", result)
+    base = table[STANDARD]["accuracy"]
+    ceiling = table[READER_BEST]["accuracy"] - base
+    print("\n| system | test acc | delta | delta inconsistent | overlap w/ reader best | val loglik gain (holdout) | adopted |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for system, row in table.items():
+        name = system.split(": ", 1)[-1]
+        rec = records.get(name, {}) if system.startswith(("legal", "trained")) else {}
+        adoption = rec.get("adoption") or {}
+        delta = row["delta_all"]["difference"]["value"] if row["delta_all"] else 0.0
+        hard = row["delta_inconsistent"]["difference"]["value"] if row["delta_inconsistent"] else 0.0
+        share = f" ({100 * delta / ceiling:.0f}% of ceiling)" if system.startswith("oracle") and ceiling > 0 else ""
+        print(f"| {system} | {100 * row['accuracy']:.1f} | {100 * delta:+.1f}{share} | {100 * hard:+.1f} | "
+              f"{row['overlap_with_reader_best']:.3f} | "
+              f"{adoption.get('delta_loglik', float('nan')):+.4f} | "
+              f"{adoption.get('adopted', '-') if system.startswith('legal') else '-'} |")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist", choices=["elpv", "fashion-mnist"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("fm_run"), help="The demo output folder (its cache is reused).")
+    parser.add_argument("--only", nargs="*", default=None, help="Grid points to run (default: all).")
+    parser.add_argument("--quick", action="store_true", help="The demo's --quick settings (a small smoke run).")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every point's max_steps.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_grid(args.dataset, args.seed, args.out, args.only, quick=args.quick, steps_scale=args.steps_scale)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
