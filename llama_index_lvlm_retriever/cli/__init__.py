@@ -23,7 +23,7 @@ from llama_index_lvlm_retriever.cli import (
 )
 from llama_index_lvlm_retriever.cli._common import apply_config_defaults
 from llama_index_lvlm_retriever.cli._logging import configure_logging
-from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter
+from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter, add_global_options
 from llama_index_lvlm_retriever.errors import LVLMRetrieverError, UsageError
 from llama_index_lvlm_retriever.version import __version__
 
@@ -41,13 +41,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         formatter_class=DefaultsOnceHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_global_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     registry: dict[str, argparse.ArgumentParser] = {}
     for module in _COMMAND_MODULES:
         registry.update(module.register(subparsers))
+    for subparser in _all_subparsers(parser):
+        # ``lvlm-retriever query --debug`` as well as ``lvlm-retriever --debug query``.
+        add_global_options(subparser, top_level=False)
     return parser, registry
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser below ``parser``, nested ones (``kb add``) included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_all_subparsers(child)]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # and options it provides are no longer required.
             apply_config_defaults(registry[command], config)
         args = parser.parse_args(argv)
-        configure_logging(args.verbose)  # log lines go through tqdm.write, so progress bars stay intact
+        if args.quiet and hasattr(args, "no_progress"):
+            args.no_progress = True  # --quiet: warnings, errors and the command's result only
+        # Log lines go through tqdm.write, so progress bars stay intact; loader noise only with --verbose.
+        configure_logging(args.verbose, quiet=args.quiet, progress=not getattr(args, "no_progress", args.quiet))
         # Before the handler loads any model, so a CUDA-less torch names the option, not an assert.
         check_device_available(getattr(args, "device", None), option="--device")
         return int(args.handler(args) or 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,21 @@ def check_output_dir(path: str | Path, option: str, *, replaceable_if: str) -> N
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise CLIError(f"{option} {target}: cannot create it, {parent} is not a writable folder; pass a folder you can write to")
+
+
+def cli_wording(message: str, flags: Mapping[str, str]) -> str:
+    """Rewrite a library message's keyword arguments (``text_column=``) as the CLI flags that set them.
+
+    Args:
+        message: The library's error message.
+        flags: Keyword argument name -> CLI option string, e.g. ``{"text_column": "--text-column"}``.
+
+    Returns:
+        The message with every ``name=`` of ``flags`` replaced by its option (other text unchanged).
+    """
+    for name, option in flags.items():
+        message = re.sub(rf"\b{re.escape(name)}=", option, message)
+    return message
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

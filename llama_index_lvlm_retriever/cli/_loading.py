@@ -65,13 +65,20 @@ def load_reader(
     """A transformers LVLM reader by hub id or folder (a reader folder may carry its own task).
 
     Raises:
-        CLIError: ``batch_size`` < 1.
+        CLIError: ``batch_size`` < 1, or no ``task`` and ``name_or_dir`` is not a reader folder
+            with a saved task.
     """
-    from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+    from llama_index_lvlm_retriever.readers.hf_lvlm import READER_CONFIG_NAME, HFLVLMReader
 
     if batch_size < 1:
         raise CLIError(f"--reader-batch-size must be >= 1, got {batch_size}")
     source = Path(name_or_dir).expanduser()
+    if task is None and not (source / READER_CONFIG_NAME).is_file():
+        raise CLIError(
+            f"--task is required: --reader {name_or_dir} has no saved task (no {READER_CONFIG_NAME}; only a folder "
+            "written by train-reader has one); pass --task with a built-in task name (e.g. retinamnist) or a task "
+            "JSON file"
+        )
     name = str(source.resolve()) if source.is_dir() else name_or_dir
     return HFLVLMReader.from_pretrained(name, task, device=device, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
 

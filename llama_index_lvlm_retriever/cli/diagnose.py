@@ -103,8 +103,8 @@ def _diagnose(args: argparse.Namespace) -> int:
             raise CLIError(f"--heads {args.heads} already names both heads; drop --image-head/--text-head, or drop --heads")
         image_head, text_head = heads_dir_paths(args.heads)
     task = load_task(args.task)
-    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
+    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
     engine = LVLMDiagnosisQueryEngine.from_defaults(
         knowledge_base=kb,
         reader=reader,

@@ -15,6 +15,7 @@ from llama_index_lvlm_retriever.cli._common import (
     add_retrieval_options,
     check_output_dir,
     check_retrieval_options,
+    cli_wording,
     resolved_config,
     write_json_atomic,
 )
@@ -25,6 +26,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     recorded_dtype,
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
+from llama_index_lvlm_retriever.errors import DataError, InputFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     store.add_argument("--path", default=None, help="qdrant: local-mode folder (embedded); default OUT/qdrant unless --url")
     store.add_argument("--url", default=None, help="qdrant: server or cluster URL, e.g. http://host:6333 (API key from $QDRANT_API_KEY)")
     store.add_argument("--collection", default="lvlm_kb", help="milvus/qdrant: collection name prefix (<name>_image, <name>_text)")
-    build.add_argument("--out", required=True, help="KB directory to write")
+    build.add_argument("--out", required=True, help="KB directory to write (a new or empty folder, or see --overwrite)")
+    build.add_argument("--overwrite", action="store_true", help="replace the knowledge base already in --out (its `kb add` pairs are lost)")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_option(build)
     build.set_defaults(handler=_build_kb)
@@ -146,11 +149,24 @@ def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_c
         return load_kb_jsonl(path)
     if suffix in {".csv", ".npz"} and image_dir is None:
         raise CLIError(f"--items {path}: a {suffix} file needs --image-dir")
-    if suffix == ".csv":
-        return load_kb_csv(path, image_dir, image_column=image_column, text_column=text_column, label_column=label_column)
-    if suffix == ".npz":
-        return load_medmnist_npz(path, split=split, image_dir=image_dir)
+    try:
+        if suffix == ".csv":
+            return load_kb_csv(path, image_dir, image_column=image_column, text_column=text_column, label_column=label_column)
+        if suffix == ".npz":
+            return load_medmnist_npz(path, split=split, image_dir=image_dir)
+    except InputFormatError as err:
+        # The loaders speak Python (``text_column=``); the fix on the command line is a flag.
+        raise InputFormatError(cli_wording(str(err), _LOADER_FLAGS)) from err
     raise CLIError(f"--items {path}: unknown format {suffix!r}; use .jsonl, .csv or .npz")
+
+
+# The loaders' keyword arguments and the build-kb / kb add flags that set them.
+_LOADER_FLAGS = {
+    "image_column": "--image-column",
+    "text_column": "--text-column",
+    "label_column": "--label-column",
+    "split": "--split",
+}
 
 
 def _build_kb(args: argparse.Namespace) -> int:
@@ -161,6 +177,12 @@ def _build_kb(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     # Before reading items or loading the encoder: a bad --out should fail now, not after embedding.
+    if (Path(args.out) / MANIFEST_FILE).is_file() and not args.overwrite:
+        # A rebuild would drop what `kb add` put there since; replacing a KB is a decision, not a default.
+        raise CLIError(
+            f"--out {args.out}: already holds a knowledge base; pass --overwrite to replace it, a new folder to "
+            "keep it, or `lvlm-retriever kb add` to extend it"
+        )
     check_output_dir(args.out, "--out", replaceable_if=MANIFEST_FILE)
     backend = backend_config(args)
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
@@ -228,6 +250,15 @@ def _kb_add(args: argparse.Namespace) -> int:
         raise CLIError("--skip-bad does not apply with --upsert (a replaced pair must be readable); drop one")
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
     kb, build_config = _open_for_update(args)
+    if not args.upsert:
+        present = [item.id for item in items if item.id in kb]
+        if present:
+            kb.close()
+            # A data error (exit 1), as ``kb delete`` of an id the KB lacks: the file and the KB disagree.
+            raise DataError(
+                f"--items {args.items}: {len(present)} id(s) already in the KB {args.kb} (first: {present[0]!r}); "
+                "pass --upsert to replace those pairs, or give them new ids. Nothing was added."
+            )
     if args.upsert:
         written = kb.upsert(items, batch_size=args.batch_size, show_progress=not args.no_progress)
     else:
@@ -245,7 +276,8 @@ def _kb_delete(args: argparse.Namespace) -> int:
         deleted = kb.delete(args.ids)
     except KeyError as err:
         kb.close()
-        raise CLIError(f"{err.args[0]}; nothing was deleted") from err
+        # A data error (exit 1), as ``kb add`` of an id the KB already has.
+        raise DataError(f"--ids: {err.args[0]}; nothing was deleted") from err
     _save_update(kb, args, build_config)
     print(f"deleted {len(deleted)} items ({len(kb)} left, {kb.backend.describe()}) -> {args.kb}")
     return 0
