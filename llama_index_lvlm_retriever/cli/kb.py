@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
@@ -96,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--device", default="cpu", help="torch device")
     query_dtype = query.add_argument("--encoder-dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
     add_deprecated_alias(query, "--dtype", query_dtype)
-    query.add_argument("--json", action="store_true", help="print a JSON list of {id, source, head, score, text, image_path}, highest score first, instead of a table")
+    query.add_argument("--json", action="store_true", help="print a JSON list of neighbours {kb_id, kb_label, source, head, retrieval_score, cosine, text, image_path} "
+                       "(schema: query.schema.json), highest score first, instead of a table")
     add_config_option(query)
     query.set_defaults(handler=_query)
 
@@ -316,7 +318,8 @@ def _query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_table(rows, ["rank", "id", "head", "score", "source", "text"]))
+        print(format_table(rows, ["rank", keys.NEIGHBOUR_KB_ID, keys.NEIGHBOUR_HEAD, keys.NEIGHBOUR_RETRIEVAL_SCORE,
+                                  keys.NEIGHBOUR_KB_LABEL, keys.NEIGHBOUR_TEXT]))
     return 0
 
 
@@ -330,30 +333,39 @@ def warn_unused_question(question: str, question_weight: float) -> None:
         )
 
 
-def node_summary(node_with_score: Any) -> dict[str, Any]:
-    """The JSON row the CLI prints for one retrieved node.
+def node_summary(node_with_score: Any, *, score_key: str = keys.NEIGHBOUR_RETRIEVAL_SCORE) -> dict[str, Any]:
+    """The JSON row the CLI prints for one retrieved node, in the neighbour vocabulary of ``metadata_keys``.
 
-    ``head`` lists the heads that found it (the one whose fused score it carries first), ``score`` is
-    the fused retrieval score and ``cosine`` the raw cosine per head.
+    ``head`` lists the heads that found it (the one whose fused score it carries first); the node's
+    score goes under ``score_key`` (``retrieval_score`` for a retrieval, ``rerank_score`` after
+    reading) and ``cosine`` holds the raw cosine per head.
     """
-    from llama_index_lvlm_retriever.retriever import META_HEADS, META_KB_ID, META_SOURCE, SCORE_KEYS
+    from llama_index_lvlm_retriever.retriever import (
+        META_HEADS,
+        META_KB_ID,
+        META_LABEL,
+        META_SOURCE,
+        SCORE_KEYS,
+    )
 
     node = node_with_score.node
     meta = node.metadata
+    label = meta.get(META_LABEL)
     return {
-        "id": meta.get(META_KB_ID, node.node_id),
-        "source": meta.get(META_SOURCE, ""),
-        "head": "+".join(meta.get(META_HEADS, [])),
-        "score": round(float(node_with_score.score or 0.0), 6),
-        "cosine": {head: round(float(meta[key]), 6) for head, key in SCORE_KEYS.items() if key in meta},
-        "text": node.get_content(),
-        "image_path": getattr(node, "image_path", None),
+        keys.NEIGHBOUR_KB_ID: meta.get(META_KB_ID, node.node_id),
+        keys.NEIGHBOUR_KB_LABEL: None if label is None else str(label),
+        keys.NEIGHBOUR_SOURCE: meta.get(META_SOURCE, ""),
+        keys.NEIGHBOUR_HEAD: "+".join(meta.get(META_HEADS, [])),
+        score_key: round(float(node_with_score.score or 0.0), 6),
+        keys.NEIGHBOUR_COSINE: {head: round(float(meta[key]), 6) for head, key in SCORE_KEYS.items() if key in meta},
+        keys.NEIGHBOUR_TEXT: node.get_content(),
+        keys.NEIGHBOUR_IMAGE_PATH: getattr(node, "image_path", None),
     }
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str], *, width: int = 60) -> str:
     """A plain fixed-width text table; long cells are cut with an ellipsis."""
-    cells = [[str(i + 1) if c == "rank" else _cut(str(r.get(c, "")), width) for c in columns] for i, r in enumerate(rows)]
+    cells = [[str(i + 1) if c == "rank" else _cut("" if r.get(c) is None else str(r[c]), width) for c in columns] for i, r in enumerate(rows)]
     widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

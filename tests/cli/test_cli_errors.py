@@ -148,7 +148,7 @@ def test_global_options_work_after_the_subcommand(files: Path, kb_dir: Path, cap
     capsys.readouterr()
     assert main(["query", "--kb", str(kb_dir), "--image", str(files / "im1.png"), "--json", "--quiet"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["id"] == "i1"
+    assert rows[0]["kb_id"] == "i1"
 
 
 def _run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -80,7 +80,7 @@ def test_offline_recipe_collects_trains_and_queries_with_the_trained_heads(recip
     rows = json.loads(recipe_run["outputs"]["query"])
     assert 2 <= len(rows) <= 4  # top_k=2 per head, merged
     kb_ids = {json.loads(line)["id"] for line in (workdir / "data" / "kb.jsonl").read_text().splitlines()}
-    assert all(row["id"] in kb_ids and math.isfinite(row["score"]) for row in rows)
+    assert all(row["kb_id"] in kb_ids and math.isfinite(row["retrieval_score"]) for row in rows)
 
 
 def test_train_retriever_continues_from_the_heads_the_feedback_was_collected_with(
@@ -138,8 +138,8 @@ def test_train_retriever_encoder_mode_trains_tower_copies_that_query_loads(
     assert main([*query, "--heads", str(out)]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert len(trained) == len(plain) >= 3
-    assert [round(r["score"], 5) for r in trained if r["head"] == "image"] != [
-        round(r["score"], 5) for r in plain if r["head"] == "image"]
+    assert [round(r["retrieval_score"], 5) for r in trained if r["head"] == "image"] != [
+        round(r["retrieval_score"], 5) for r in plain if r["head"] == "image"]
 
     lora = tmp_path / "lora-heads"
     assert main([*common, "--encoder-lora-r", "2", "--out", str(lora)]) == 0
