@@ -132,8 +132,29 @@ def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "
                 f"{kb_dir} was built with llama_index.embeddings.clip.ClipEmbedding ({model_name}); install the "
                 "clip extra (pip install 'llama-index-lvlm-retriever[clip]' torchvision) to reopen it"
             ) from err
+        try:
+            import clip  # noqa: F401 - ClipEmbedding hides why this failed behind a "pip install git+..." hint
+        except ImportError as err:
+            raise ImportError(f"{kb_dir} was built with ClipEmbedding ({model_name}): {clip_import_hint(err)}") from err
         return ClipEmbedding(model_name=model_name, device=device)
     return CLIPEmbedding.from_pretrained(model_name, device=device, dtype=dtype or recorded_dtype(kb_dir, manifest))
+
+
+_CLIP_EXTRA = "pip install 'llama-index-lvlm-retriever[clip]'"
+
+
+def clip_import_hint(err: ImportError) -> str:
+    """Why ``import clip`` (OpenAI's CLIP, the ``clip`` extra) failed, and the fix, from its ``ImportError``."""
+    missing = getattr(err, "name", None) or ""
+    if missing == "pkg_resources":
+        return (f"`import clip` needs pkg_resources, which setuptools 81+ no longer ships; install "
+                f"setuptools>=80.9,<81 ({_CLIP_EXTRA} pins it)")
+    if missing == "torchvision":
+        return ("`import clip` needs torchvision; install the build that matches your torch, with torch pinned: "
+                "pip install torchvision \"torch==$(python -c 'import torch; print(torch.__version__)')\"")
+    if missing == "clip":
+        return f"OpenAI's CLIP (`import clip`) is not installed; {_CLIP_EXTRA}"
+    return f"`import clip` failed ({err}); reinstall the clip extra: {_CLIP_EXTRA}"
 
 
 def heads_dir_paths(heads_dir: str, option: str = "--heads") -> tuple[Path, Path]:
