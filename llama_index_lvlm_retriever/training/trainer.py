@@ -74,6 +74,7 @@ from llama_index_lvlm_retriever.training.head_data import (
 )
 from llama_index_lvlm_retriever.training.head_init import initial_head
 from llama_index_lvlm_retriever.training.losses import LOSS_KEY, PosteriorKLLoss
+from llama_index_lvlm_retriever.training.reporting import TrainingReporter
 from llama_index_lvlm_retriever.training.rounds import expand_pools
 from llama_index_lvlm_retriever.training.temperature import resolve_gamma
 from llama_index_lvlm_retriever.training.validation import (
@@ -227,6 +228,7 @@ class RetrieverFinetuneEngine:
             raise ValueError("selection_metric='val_loss' needs validation feedback (validation= or a held-out split) "
                              "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
+        self._reporter = TrainingReporter(("none",), None)  # finetune() opens the configured one
         fixed = loss if isinstance(loss, nn.Module) else None
         factory = PosteriorKLLoss if loss is None else loss
         self._gammas: dict[str, float] = {}
@@ -288,12 +290,17 @@ class RetrieverFinetuneEngine:
     def finetune(self) -> None:
         """Train the chosen heads for ``config.rounds`` rounds, keep the best, and apply the adoption rule."""
         self._seed_everything()
-        for round_ in range(1, self._config.rounds + 1):
-            if round_ > 1:
-                self._next_round(round_)
-            phases = [(n,) for n in self._trained] if self._config.schedule == "sequential" else [self._trained]
-            for names in phases:
-                self._train_phase(names, round_)
+        cfg = self._config
+        self._reporter = TrainingReporter(cfg.report_to, cfg.report_dir, run_name="train-retriever")
+        try:
+            for round_ in range(1, cfg.rounds + 1):
+                if round_ > 1:
+                    self._next_round(round_)
+                phases = [(n,) for n in self._trained] if cfg.schedule == "sequential" else [self._trained]
+                for names in phases:
+                    self._train_phase(names, round_)
+        finally:
+            self._reporter.close()
         self._adopt()
         self._finetuned = True
 
@@ -544,6 +551,7 @@ class RetrieverFinetuneEngine:
         if self._baseline is None:
             self._baseline = result  # the initial heads: what the no-regression rule compares against
         self._history.append(record)
+        self._reporter.log({f"{phase}/{k}": v for k, v in record.items()}, step=step)
         logger.info("step %d (%s): %s", step, phase, {k: v for k, v in record.items() if k.startswith("val_")})
         metric = record["val_rag_loglik"] if cfg.selection_metric == "val_rag_loglik" else record.get("val_loss", np.nan)
         return float(metric), result
@@ -566,6 +574,7 @@ class RetrieverFinetuneEngine:
             for key, value in out.items():
                 record[f"{key}/{name}"] = float(torch.as_tensor(value).detach().float().mean())
         self._history.append(record)
+        self._reporter.log({f"{phase}/{k}": v for k, v in record.items()}, step=step)  # phase: steps restart per phase
         logger.debug("step %d (%s): %s", step, phase, record)
 
 
