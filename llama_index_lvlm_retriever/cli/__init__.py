@@ -21,7 +21,7 @@ from llama_index_lvlm_retriever.cli import (
     reader_training,
     retriever_training,
 )
-from llama_index_lvlm_retriever.cli._common import apply_config_defaults
+from llama_index_lvlm_retriever.cli._common import apply_config_defaults, cli_wording, option_names
 from llama_index_lvlm_retriever.cli._logging import configure_logging
 from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter, add_global_options
 from llama_index_lvlm_retriever.errors import LVLMRetrieverError, UsageError
@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, registry = build_parser()
+    command = next((a for a in argv if a in registry), None)
+    # The library's messages name keyword arguments (``pass task=``); the command's flags replace them.
+    flags = option_names(registry[command]) if command is not None else {}
     try:
         command, config = _peek_command_and_config(argv, registry)
         if command is not None and config is not None:
@@ -89,27 +92,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         # Our own usage errors (CLIError, DeviceUnavailableError, bad option values raised by the
         # library) exit 2 like argparse's; argparse's own already exit 2 through SystemExit.
-        return _report(err, argv, code=2)
+        return _report(err, argv, code=2, flags=flags)
     except (LVLMRetrieverError, OSError, ValueError, ImportError) as err:
         # Data errors: a bad or missing file, an unreadable image, a corrupt artifact, an encoder
         # mismatch (LVLMRetrieverError's DataError subclasses; OSError/ValueError/ImportError from
         # code paths that raise the builtins).
-        return _report(err, argv, code=1)
+        return _report(err, argv, code=1, flags=flags)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         # Anything else (a library's own error type we did not translate) still reaches the user
         # as one line naming the error; --debug shows where it came from.
-        return _report(err, argv, code=1, with_type=True)
+        return _report(err, argv, code=1, with_type=True, flags=flags)
 
 
-def _report(err: BaseException, argv: Sequence[str], *, code: int, with_type: bool = False) -> int:
+def _report(
+    err: BaseException, argv: Sequence[str], *, code: int, with_type: bool = False, flags: dict[str, str] | None = None
+) -> int:
     """Print ``err`` as one ``error: ...`` line and return ``code``; with ``--debug`` re-raise it."""
     if "--debug" in argv:
         raise err
     # One line, whatever the message: faiss and safetensors messages span several.
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    text = cli_wording(text, flags or {})
     if with_type:
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
     print(f"error: {text}", file=sys.stderr)

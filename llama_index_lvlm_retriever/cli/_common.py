@@ -144,8 +144,24 @@ def cli_wording(message: str, flags: Mapping[str, str]) -> str:
         The message with every ``name=`` of ``flags`` replaced by its option (other text unchanged).
     """
     for name, option in flags.items():
+        message = re.sub(rf"\b{re.escape(name)}=(?=[^\s),;:.])", option + " ", message)  # "k_text=-1" -> "--k-text -1"
         message = re.sub(rf"\b{re.escape(name)}=", option, message)
     return message
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Destination -> long option string of every option of ``parser`` and its subcommands (``kb add``)."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                names.update({k: v for k, v in option_names(child).items() if k not in names})
+            continue
+        long_options = [o for o in action.option_strings if o.startswith("--")]
+        # "config=" in a library message is a config object, not the CLI's --config file of defaults.
+        if long_options and action.help is not argparse.SUPPRESS and action.dest not in {*names, "config"}:
+            names[action.dest] = long_options[0]
+    return names
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

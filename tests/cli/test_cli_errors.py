@@ -182,3 +182,33 @@ def test_milvus_build_prints_no_grpc_tracebacks(files: Path, tmp_path: Path) -> 
     assert run.returncode == 0, run.stderr
     assert "grpc" not in run.stderr and "Traceback" not in run.stderr
     assert "built 4 items" in run.stdout
+
+
+def test_library_keyword_names_become_the_commands_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    # A library error in Python words ("pass cases=") reaches the user in the command's words.
+    from llama_index_lvlm_retriever import cli
+    from llama_index_lvlm_retriever.cli._common import cli_wording, option_names
+    from llama_index_lvlm_retriever.errors import UsageError
+
+    parser, registry = cli.build_parser()
+    flags = option_names(registry["train-retriever"])
+    assert flags["validation_cases"] == "--validation-cases" and "config" not in flags
+    assert cli_wording("> 1 needs reader= and cases=, or set rounds=1", flags) == (
+        "> 1 needs --reader and --cases, or set --rounds 1"
+    )
+    assert option_names(registry["kb"])["ids"] == "--ids"  # nested subcommands (kb delete) too
+
+    def library_error(args: object) -> int:
+        raise UsageError("pass either config= or keyword settings; set k_text=0 and min_support=0.5")
+
+    registry["diagnose"].set_defaults(handler=library_error)
+    original = cli.build_parser
+    cli.build_parser = lambda: (parser, registry)
+    try:
+        code = cli.main(["diagnose", "--kb", "k", "--image", "i", "--reader", "r"])
+    finally:
+        cli.build_parser = original
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: pass either config= or keyword settings; set --k-text 0 and --min-support 0.5"
+    )
