@@ -126,11 +126,11 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result, **({"viewer": str(viewer)} if viewer else {})}, indent=2))
         return 0
-    print(f"answer: {response.response}")
-    print(f"{keys.ANSWER}: {result[keys.ANSWER]}  {keys.PROBABILITY}: {result[keys.PROBABILITY]:.4f}")
+    print(f"{keys.ANSWER}: {response.response}")  # the answer in words; --json has the label alone
     print(
-        f"{keys.SUPPORT}: {result[keys.SUPPORT]:.2f} of neighbours ({keys.WEIGHTED_SUPPORT} {result[keys.WEIGHTED_SUPPORT]:.2f} "
-        f"of the retrieval weight)  {keys.ABSTAIN}: {result[keys.ABSTAIN]} (min support {args.min_support:.2f})"
+        f"{keys.PROBABILITY}: {result[keys.PROBABILITY]:.4f}  {keys.SUPPORT}: {result[keys.SUPPORT]:.2f} of neighbours "
+        f"({keys.WEIGHTED_SUPPORT} {result[keys.WEIGHTED_SUPPORT]:.2f} of the retrieval weight)  "
+        f"{keys.ABSTAIN}: {result[keys.ABSTAIN]} (min support {args.min_support:.2f})"
     )
     print(
         f"{keys.CONSISTENT} (all neighbours agree): {result[keys.CONSISTENT]}  {keys.AGREEMENT} (majority share): "

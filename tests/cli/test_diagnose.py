@@ -92,7 +92,7 @@ def test_diagnose_text_with_task_file(setup: dict[str, str], capsys: pytest.Capt
     assert out.startswith("answer: ")
     assert "probability:" in out and "support:" in out and "consistent (all neighbours agree):" in out
     assert "evidence:" in out
-    assert "prediction" in out and "fundus crop" in out
+    assert "prediction" in out and "fundus crop" in out and "kb_label" in out
     assert TaskSpec.from_json(setup["task_json"]).name == "custom-breast"
 
 
