@@ -271,9 +271,8 @@ def test_prepare_medmnist_writes_kb_train_and_test_files(tmp_path: Path) -> None
         module.prepare_medmnist(tmp_path / "breastmnist.npz", "chestmnist", tmp_path / "out2")
 
 
-def test_train_retriever_report_to_tensorboard_writes_the_logged_steps(recipe_run: dict[str, Any], tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
-    from tests.training.test_reporting import read_scalars
+def test_train_retriever_report_to_tensorboard_writes_the_logged_steps(recipe_run: dict[str, Any], tmp_path: Path, tensorboard_scalars: Any
+) -> None:
 
     workdir: Path = recipe_run["workdir"]
     out = tmp_path / "heads"
@@ -287,7 +286,7 @@ def test_train_retriever_report_to_tensorboard_writes_the_logged_steps(recipe_ru
     assert json.dumps(config).count('"report_to": ["tensorboard"]') == 1  # the flag reached TrainerConfig
     history = json.loads((out / "training_history.json").read_text())
     logged = [r for r in history if r.get("event") == "train"]
-    scalars = read_scalars(tmp_path / "tb")
+    scalars = tensorboard_scalars(tmp_path / "tb")
     series = scalars[f"train/{logged[0]['phase']}/loss/text"]
     assert [step for step, _ in series] == [r["step"] for r in logged]
     assert [value for _, value in series] == pytest.approx([r["loss/text"] for r in logged], rel=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,21 +15,6 @@ from llama_index_lvlm_retriever.training.reporting import (
     reporting_callbacks,
 )
 from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig
-
-HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
-
-
-def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under ``folder``: tag -> [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(folder.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events.parent))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            scalars[tag] = [(e.step, e.value) for e in accumulator.Scalars(tag)]
-    return scalars
 
 
 @pytest.mark.parametrize(
@@ -64,14 +50,13 @@ def test_a_missing_integration_names_its_package(tmp_path: Path) -> None:
         reporting_callbacks(("mlflow",), tmp_path)
 
 
-@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed (pip install tensorboard)")
-def test_tensorboard_receives_the_logged_numbers(tmp_path: Path) -> None:
+def test_tensorboard_receives_the_logged_numbers(tmp_path: Path, tensorboard_scalars: Any) -> None:
     reporter = TrainingReporter(("tensorboard",), tmp_path / "tb", run_name="unit")
     assert reporter.active
     reporter.log({"text/loss/text": 0.75, "text/lr": 1e-3, "text/phase": "text", "text/event": "train"}, step=1)
     reporter.log({"text/loss/text": 0.5, "text/lr": 1e-3}, step=2)
     reporter.close()
-    scalars = read_scalars(tmp_path / "tb")
+    scalars = tensorboard_scalars(tmp_path / "tb")
     # transformers' TensorBoardCallback files non-eval logs under train/.
     assert scalars["train/text/loss/text"] == [(1, pytest.approx(0.75)), (2, pytest.approx(0.5))]
     assert "train/text/phase" not in scalars  # strings are not numbers
