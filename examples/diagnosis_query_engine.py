@@ -95,12 +95,12 @@ def main(work_dir: Path) -> None:
     logger.info("answer: %s", response.response)
     logger.info(
         "label %s, probability %.3f, support %.2f, abstain %s",
-        meta[keys.LABEL], meta[keys.LABEL_PROBABILITY], meta[keys.SUPPORT], meta[keys.ABSTAIN],
+        meta[keys.ANSWER], meta[keys.PROBABILITY], meta[keys.SUPPORT], meta[keys.ABSTAIN],
     )
-    for neighbour in meta[keys.NEIGHBOUR_PREDICTIONS]:
+    for neighbour in meta[keys.NEIGHBOURS]:
         logger.info(
             "  neighbour %-10s -> grade %s (p=%.2f)",
-            neighbour[keys.NEIGHBOUR_KB_ID], neighbour[keys.NEIGHBOUR_LABEL], neighbour[keys.NEIGHBOUR_PROBABILITY],
+            neighbour[keys.NEIGHBOUR_KB_ID], neighbour[keys.NEIGHBOUR_PREDICTION], neighbour[keys.NEIGHBOUR_PROBABILITY],
         )
     for node in response.source_nodes:
         logger.info("  evidence %-10s score %.3f  %s", node.node.node_id, node.score, node.node.get_content())

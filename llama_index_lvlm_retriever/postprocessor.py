@@ -39,7 +39,7 @@ from llama_index_lvlm_retriever.aggregation import (
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.base import Reader
-from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID, node_head
+from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID, META_LABEL, node_head
 
 logger = logging.getLogger(__name__)
 dispatcher = instrument.get_dispatcher(__name__)
@@ -117,15 +117,16 @@ class LVLMRerankResult:
                 keys.NEIGHBOUR_KB_ID: _node_kb_id(n.node, id_key),
                 keys.NEIGHBOUR_HEAD: node_head(n.node),
                 keys.NEIGHBOUR_RETRIEVAL_SCORE: n.node.metadata.get(retrieval_score_key),
-                keys.NEIGHBOUR_LABEL: n.node.metadata[label_key],
+                keys.NEIGHBOUR_PREDICTION: n.node.metadata[label_key],
                 keys.NEIGHBOUR_PROBABILITY: n.node.metadata[confidence_key],
+                keys.NEIGHBOUR_KB_LABEL: _node_kb_label(n.node),
             }
             for n in self.read_nodes
         ]
         answer = list(self.answer) if isinstance(self.answer, tuple) else self.answer
         return {
-            keys.LABEL: answer,
-            keys.LABEL_PROBABILITY: self.answer_probability,
+            keys.ANSWER: answer,
+            keys.PROBABILITY: self.answer_probability,
             keys.DISTRIBUTION: dict(zip(self.labels, (float(x) for x in self.distribution))),
             keys.CONSISTENT: self.stats.consistent,
             keys.AGREEMENT: float(self.stats.agreement),
@@ -133,7 +134,7 @@ class LVLMRerankResult:
             keys.WEIGHTED_SUPPORT: float(self.weighted_support),
             keys.VOTE_ENTROPY: float(self.stats.vote_entropy),
             keys.N_DISTINCT: int(self.stats.n_distinct),
-            keys.NEIGHBOUR_PREDICTIONS: neighbours,
+            keys.NEIGHBOURS: neighbours,
         }
 
 
@@ -369,6 +370,12 @@ class LVLMRerank(BaseNodePostprocessor):
             weighted_support=weighted_support,
             skipped=skipped,
         )
+
+
+def _node_kb_label(node: BaseNode) -> str | None:
+    """The knowledge-base pair's own label (``None`` where the KB has none)."""
+    label = node.metadata.get(META_LABEL)
+    return None if label is None else str(label)
 
 
 def _node_kb_id(node: BaseNode, id_key: str) -> str:

@@ -76,7 +76,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
 
             engine = LVLMDiagnosisQueryEngine.from_defaults(knowledge_base=kb, reader=reader, top_n=2)
             response = engine.query(QueryBundle("Which DR grade?", image_path="eye.png"))
-            print(response.response, response.metadata["label_probability"], response.metadata["abstain"])
+            print(response.response, response.metadata["probability"], response.metadata["abstain"])
     """
 
     def __init__(
@@ -229,7 +229,7 @@ def _answer_text(result: LVLMRerankResult, metadata: dict[str, Any], abstain: bo
         answer = ", ".join(result.answer) or "none of the labels"
     else:
         answer = result.answer
-    k = len(metadata[keys.NEIGHBOUR_PREDICTIONS])
+    k = len(metadata[keys.NEIGHBOURS])
     agree = round(result.support * k)
     text = (
         f"{answer} (probability {result.answer_probability:.2f}; {agree} of {k} retrieved neighbours lead to it, "

@@ -158,5 +158,5 @@ def test_cli_reopens_a_kb_built_with_clip_embedding(
                  "--k-text", "0", "--json"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["id"] == "k3" and rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert rows[0]["kb_id"] == "k3" and rows[0]["retrieval_score"] == pytest.approx(1.0, abs=1e-4)
     assert fake_clip.loads[-1] == ("ViT-B/32", "cpu")  # reopened through ClipEmbedding, not CLIPEmbedding

@@ -86,20 +86,23 @@ def test_response_metadata_abstain_and_evaluator(images: dict[str, str]) -> None
     meta = response.metadata
     assert set(meta) == set(keys.RESPONSE_KEYS)
     benign = float(W @ [0.9, 0.2, 0.4])  # 0.683675
-    assert meta[keys.LABEL] == "benign" and meta[keys.LABEL_PROBABILITY] == pytest.approx(benign)
+    assert meta[keys.ANSWER] == "benign" and meta[keys.PROBABILITY] == pytest.approx(benign)
     assert meta[keys.DISTRIBUTION] == pytest.approx({"benign": benign, "malignant": 1 - benign})
     assert meta[keys.CONSISTENT] is False and meta[keys.AGREEMENT] == pytest.approx(2 / 3)
     assert meta[keys.VOTE_ENTROPY] == pytest.approx(0.918296, abs=1e-6) and meta[keys.N_DISTINCT] == 2
     # Support of the answer shown (benign): node a alone, 1 of 3, 66.5% of the retrieval weight.
     assert meta[keys.SUPPORT] == pytest.approx(1 / 3) and meta[keys.WEIGHTED_SUPPORT] == pytest.approx(W[0])
     assert meta[keys.ABSTAIN] is True  # default min_support 1.0: abstain unless every neighbour supports it
-    assert meta[keys.NEIGHBOUR_PREDICTIONS] == [
+    assert meta[keys.NEIGHBOURS] == [
         {keys.NEIGHBOUR_KB_ID: "a", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.80),
-         keys.NEIGHBOUR_LABEL: "benign", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.9)},
+         keys.NEIGHBOUR_PREDICTION: "benign", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.9),
+         keys.NEIGHBOUR_KB_LABEL: None},
         {keys.NEIGHBOUR_KB_ID: "b", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.75),
-         keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.8)},
+         keys.NEIGHBOUR_PREDICTION: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.8),
+         keys.NEIGHBOUR_KB_LABEL: None},
         {keys.NEIGHBOUR_KB_ID: "c", keys.NEIGHBOUR_HEAD: None, keys.NEIGHBOUR_RETRIEVAL_SCORE: pytest.approx(0.70),
-         keys.NEIGHBOUR_LABEL: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.6)},
+         keys.NEIGHBOUR_PREDICTION: "malignant", keys.NEIGHBOUR_PROBABILITY: pytest.approx(0.6),
+         keys.NEIGHBOUR_KB_LABEL: None},
     ]
     assert response.response == (
         "Inconclusive: too few retrieved neighbours support the answer; most likely benign "
@@ -178,7 +181,7 @@ def test_tiny_clip_knowledge_base_and_tiny_llava_reader(tmp_path: Path) -> None:
 
     meta = response.metadata
     assert set(meta) == set(keys.RESPONSE_KEYS)
-    assert meta[keys.LABEL] in reader.task.labels
+    assert meta[keys.ANSWER] in reader.task.labels
     assert sum(meta[keys.DISTRIBUTION].values()) == pytest.approx(1.0)
     nodes = response.source_nodes
     assert 2 <= len(nodes) <= 3 and all(n.node.node_id.startswith("kb") for n in nodes)
@@ -187,6 +190,6 @@ def test_tiny_clip_knowledge_base_and_tiny_llava_reader(tmp_path: Path) -> None:
     per_node = np.array([[n.node.metadata[META_LVLM_DISTRIBUTION][lab] for lab in reader.task.labels] for n in nodes])
     retrieval = np.array([n.node.metadata[META_RETRIEVAL_SCORE] for n in nodes])
     fused = aggregate(per_node, retrieval, "weighted", LVLMRerank(reader=reader).temperature)
-    assert meta[keys.LABEL_PROBABILITY] == pytest.approx(float(fused.max()), rel=1e-6)
+    assert meta[keys.PROBABILITY] == pytest.approx(float(fused.max()), rel=1e-6)
     result = ConsistencyEvaluator().evaluate_response(response=response)
     assert result.score == pytest.approx(meta[keys.AGREEMENT]) and result.passing == meta[keys.CONSISTENT]

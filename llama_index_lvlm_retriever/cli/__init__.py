@@ -21,9 +21,9 @@ from llama_index_lvlm_retriever.cli import (
     reader_training,
     retriever_training,
 )
-from llama_index_lvlm_retriever.cli._common import apply_config_defaults
+from llama_index_lvlm_retriever.cli._common import apply_config_defaults, cli_wording, option_names
 from llama_index_lvlm_retriever.cli._logging import configure_logging
-from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter
+from llama_index_lvlm_retriever.cli._options import DefaultsOnceHelpFormatter, add_global_options
 from llama_index_lvlm_retriever.errors import LVLMRetrieverError, UsageError
 from llama_index_lvlm_retriever.version import __version__
 
@@ -41,13 +41,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         formatter_class=DefaultsOnceHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_global_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     registry: dict[str, argparse.ArgumentParser] = {}
     for module in _COMMAND_MODULES:
         registry.update(module.register(subparsers))
+    for subparser in _all_subparsers(parser):
+        # ``lvlm-retriever query --debug`` as well as ``lvlm-retriever --debug query``.
+        add_global_options(subparser, top_level=False)
     return parser, registry
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser below ``parser``, nested ones (``kb add``) included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_all_subparsers(child)]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, registry = build_parser()
+    command = next((a for a in argv if a in registry), None)
+    # The library's messages name keyword arguments (``pass task=``); the command's flags replace them.
+    flags = option_names(registry[command]) if command is not None else {}
     try:
         command, config = _peek_command_and_config(argv, registry)
         if command is not None and config is not None:
@@ -67,34 +82,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             # and options it provides are no longer required.
             apply_config_defaults(registry[command], config)
         args = parser.parse_args(argv)
-        configure_logging(args.verbose)  # log lines go through tqdm.write, so progress bars stay intact
+        if args.quiet and hasattr(args, "no_progress"):
+            args.no_progress = True  # --quiet: warnings, errors and the command's result only
+        # Log lines go through tqdm.write, so progress bars stay intact; loader noise only with --verbose.
+        configure_logging(args.verbose, quiet=args.quiet, progress=not getattr(args, "no_progress", args.quiet))
         # Before the handler loads any model, so a CUDA-less torch names the option, not an assert.
         check_device_available(getattr(args, "device", None), option="--device")
         return int(args.handler(args) or 0)
     except UsageError as err:
         # Our own usage errors (CLIError, DeviceUnavailableError, bad option values raised by the
         # library) exit 2 like argparse's; argparse's own already exit 2 through SystemExit.
-        return _report(err, argv, code=2)
+        return _report(err, argv, code=2, flags=flags)
     except (LVLMRetrieverError, OSError, ValueError, ImportError) as err:
         # Data errors: a bad or missing file, an unreadable image, a corrupt artifact, an encoder
         # mismatch (LVLMRetrieverError's DataError subclasses; OSError/ValueError/ImportError from
         # code paths that raise the builtins).
-        return _report(err, argv, code=1)
+        return _report(err, argv, code=1, flags=flags)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         # Anything else (a library's own error type we did not translate) still reaches the user
         # as one line naming the error; --debug shows where it came from.
-        return _report(err, argv, code=1, with_type=True)
+        return _report(err, argv, code=1, with_type=True, flags=flags)
 
 
-def _report(err: BaseException, argv: Sequence[str], *, code: int, with_type: bool = False) -> int:
+def _report(
+    err: BaseException, argv: Sequence[str], *, code: int, with_type: bool = False, flags: dict[str, str] | None = None
+) -> int:
     """Print ``err`` as one ``error: ...`` line and return ``code``; with ``--debug`` re-raise it."""
     if "--debug" in argv:
         raise err
     # One line, whatever the message: faiss and safetensors messages span several.
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    text = cli_wording(text, flags or {})
     if with_type:
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
     print(f"error: {text}", file=sys.stderr)

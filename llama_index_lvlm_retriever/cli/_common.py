@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,37 @@ def check_output_dir(path: str | Path, option: str, *, replaceable_if: str) -> N
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise CLIError(f"{option} {target}: cannot create it, {parent} is not a writable folder; pass a folder you can write to")
+
+
+def cli_wording(message: str, flags: Mapping[str, str]) -> str:
+    """Rewrite a library message's keyword arguments (``text_column=``) as the CLI flags that set them.
+
+    Args:
+        message: The library's error message.
+        flags: Keyword argument name -> CLI option string, e.g. ``{"text_column": "--text-column"}``.
+
+    Returns:
+        The message with every ``name=`` of ``flags`` replaced by its option (other text unchanged).
+    """
+    for name, option in flags.items():
+        message = re.sub(rf"\b{re.escape(name)}=(?=[^\s),;:.])", option + " ", message)  # "k_text=-1" -> "--k-text -1"
+        message = re.sub(rf"\b{re.escape(name)}=", option, message)
+    return message
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Destination -> long option string of every option of ``parser`` and its subcommands (``kb add``)."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                names.update({k: v for k, v in option_names(child).items() if k not in names})
+            continue
+        long_options = [o for o in action.option_strings if o.startswith("--")]
+        # "config=" in a library message is a config object, not the CLI's --config file of defaults.
+        if long_options and action.help is not argparse.SUPPRESS and action.dest not in {*names, "config"}:
+            names[action.dest] = long_options[0]
+    return names
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

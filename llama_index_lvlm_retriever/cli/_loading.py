@@ -65,13 +65,20 @@ def load_reader(
     """A transformers LVLM reader by hub id or folder (a reader folder may carry its own task).
 
     Raises:
-        CLIError: ``batch_size`` < 1.
+        CLIError: ``batch_size`` < 1, or no ``task`` and ``name_or_dir`` is not a reader folder
+            with a saved task.
     """
-    from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
+    from llama_index_lvlm_retriever.readers.hf_lvlm import READER_CONFIG_NAME, HFLVLMReader
 
     if batch_size < 1:
         raise CLIError(f"--reader-batch-size must be >= 1, got {batch_size}")
     source = Path(name_or_dir).expanduser()
+    if task is None and not (source / READER_CONFIG_NAME).is_file():
+        raise CLIError(
+            f"--task is required: --reader {name_or_dir} has no saved task (no {READER_CONFIG_NAME}; only a folder "
+            "written by train-reader has one); pass --task with a built-in task name (e.g. retinamnist) or a task "
+            "JSON file"
+        )
     name = str(source.resolve()) if source.is_dir() else name_or_dir
     return HFLVLMReader.from_pretrained(name, task, device=device, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
 
@@ -125,8 +132,29 @@ def load_encoder(kb_dir: str, *, embed_model: str | None = None, device: str = "
                 f"{kb_dir} was built with llama_index.embeddings.clip.ClipEmbedding ({model_name}); install the "
                 "clip extra (pip install 'llama-index-lvlm-retriever[clip]' torchvision) to reopen it"
             ) from err
+        try:
+            import clip  # noqa: F401 - ClipEmbedding hides why this failed behind a "pip install git+..." hint
+        except ImportError as err:
+            raise ImportError(f"{kb_dir} was built with ClipEmbedding ({model_name}): {clip_import_hint(err)}") from err
         return ClipEmbedding(model_name=model_name, device=device)
     return CLIPEmbedding.from_pretrained(model_name, device=device, dtype=dtype or recorded_dtype(kb_dir, manifest))
+
+
+_CLIP_EXTRA = "pip install 'llama-index-lvlm-retriever[clip]'"
+
+
+def clip_import_hint(err: ImportError) -> str:
+    """Why ``import clip`` (OpenAI's CLIP, the ``clip`` extra) failed, and the fix, from its ``ImportError``."""
+    missing = getattr(err, "name", None) or ""
+    if missing == "pkg_resources":
+        return (f"`import clip` needs pkg_resources, which setuptools 81+ no longer ships; install "
+                f"setuptools>=80.9,<81 ({_CLIP_EXTRA} pins it)")
+    if missing == "torchvision":
+        return ("`import clip` needs torchvision; install the build that matches your torch, with torch pinned: "
+                "pip install torchvision \"torch==$(python -c 'import torch; print(torch.__version__)')\"")
+    if missing == "clip":
+        return f"OpenAI's CLIP (`import clip`) is not installed; {_CLIP_EXTRA}"
+    return f"`import clip` failed ({err}); reinstall the clip extra: {_CLIP_EXTRA}"
 
 
 def heads_dir_paths(heads_dir: str, option: str = "--heads") -> tuple[Path, Path]:

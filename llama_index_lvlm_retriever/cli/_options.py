@@ -26,6 +26,7 @@ __all__ = [
     "SingleValueAction",
     "add_command_parser",
     "add_deprecated_alias",
+    "add_global_options",
     "translate_config_keys",
 ]
 
@@ -125,6 +126,22 @@ def add_command_parser(subparsers: argparse._SubParsersAction, name: str, **kwar
     parser.register("action", None, SingleValueAction)
     parser.register("action", "store", SingleValueAction)
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """Add ``-v/--verbose``, ``-q/--quiet`` and ``--debug``, accepted before or after the subcommand.
+
+    The top-level parser holds the defaults (``False``); a subcommand's copies default to
+    ``argparse.SUPPRESS``, so they set the value only when given and never reset one given
+    before the subcommand.
+    """
+    default = False if top_level else argparse.SUPPRESS
+    group = parser.add_argument_group("global options") if not top_level else parser
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log debug messages, third-party loader output included")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print warnings, errors and the result only (implies --no-progress)")
+    group.add_argument("--debug", action="store_true", default=default, help="show the full traceback of an error")
 
 
 def add_deprecated_alias(container: Any, old: str, new_action: argparse.Action) -> argparse.Action:

@@ -1,7 +1,7 @@
 """``demo``: the whole method end to end (``make demo``); see :mod:`llama_index_lvlm_retriever.demo`.
 
 Offline by default: real ELPV solar-cell images, a small CLIP and a small LLaVA trained here.
-Real mode: ``--dataset retinamnist --retriever-model <CLIP/SigLIP> --reader-model <LVLM>`` runs the
+Real mode: ``--dataset retinamnist --embed-model <CLIP/SigLIP> --reader <LVLM>`` runs the
 same pipeline with pretrained checkpoints (network for the download, a GPU for speed).
 """
 
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from llama_index_lvlm_retriever.cli._common import CLIError
-from llama_index_lvlm_retriever.cli._options import add_command_parser
+from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
 
 __all__ = ["config_from_args", "register"]
 
@@ -42,10 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
                       default="elpv",
                       help="elpv (offline, from PyPI; the default), fashion-mnist (offline scale variant: Debian's "
                       "dataset-fashion-mnist or --data-root) or a MedMNIST task (real mode; downloads through medmnist)")
-    demo.add_argument("--retriever-model", default=None,
-                      help="real mode: CLIP/SigLIP checkpoint (hub id or folder) instead of training a small CLIP")
-    demo.add_argument("--reader-model", default=None,
-                      help="real mode: image-text-to-text checkpoint, e.g. Qwen/Qwen2-VL-2B-Instruct")
+    embed_model = demo.add_argument(
+        "--embed-model", default=None,
+        help="real mode: CLIP/SigLIP checkpoint (hub id or folder) instead of training a small CLIP")
+    reader = demo.add_argument(
+        "--reader", default=None, help="real mode: image-text-to-text checkpoint, e.g. Qwen/Qwen2-VL-2B-Instruct")
+    # The names the other commands use; the demo's old spellings still work, hidden, with a warning.
+    add_deprecated_alias(demo, "--retriever-model", embed_model)
+    add_deprecated_alias(demo, "--reader-model", reader)
     demo.add_argument("--image-size", type=int, default=None, help="stored image side (default: elpv 48, fashion-mnist 28; real mode 224); a multiple of the small CLIP's patch")
     demo.add_argument("--data-root", default=None,
                       help="fashion-mnist: folder of the idx files (default /usr/share/datasets/fashion-mnist); "
@@ -73,8 +77,8 @@ def config_from_args(args: argparse.Namespace):  # -> DemoConfig (import kept la
     values: dict[str, object] = {
         "output_dir": Path(args.out),
         "fresh": args.fresh,
-        "retriever_model": args.retriever_model,
-        "reader_model": args.reader_model,
+        "retriever_model": args.embed_model,
+        "reader_model": args.reader,
         "device": args.device,
         "show_progress": not args.no_progress,
     }
@@ -82,13 +86,14 @@ def config_from_args(args: argparse.Namespace):  # -> DemoConfig (import kept la
                 "n_bootstrap": args.bootstrap,
                 "limit": args.limit, "data_root": Path(args.data_root) if args.data_root else None,
                 "threads": args.threads, "nuisance_strength": args.nuisance_strength}
-    image_size = args.image_size or (224 if args.reader_model or args.retriever_model else None)
+    image_size = args.image_size or (224 if args.reader or args.embed_model else None)
     optional["image_size"] = image_size
     values.update({key: value for key, value in optional.items() if value is not None})
     try:
         return quick_config(dataset=args.dataset, **values) if args.quick else dataset_config(args.dataset, **values)
     except ValidationError as err:
-        raise CLIError(str(err)) from err
+        # The messages only: pydantic's header and links speak of DemoConfig, not of the flags.
+        raise CLIError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())) from err
 
 
 def _demo(args: argparse.Namespace) -> int:

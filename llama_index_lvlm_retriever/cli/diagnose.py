@@ -25,7 +25,7 @@ from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register"]
+__all__ = ["DIAGNOSE_RESPONSE", "diagnosis_record", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         help="recommend abstaining when the share of neighbours whose own prediction is the answer shown is below this",
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    output.add_argument("--json", action="store_true", help="print a JSON object (a predictions.jsonl row plus 'response'; schema: diagnose.schema.json) instead of text")
     output.add_argument("--viewer", default=None, metavar="FILE", help="also write the evidence viewer (a self-contained HTML page) to FILE")
     output.add_argument(
         "--viewer-images", default="auto", choices=["auto", "embed", "copy"],
@@ -103,8 +103,8 @@ def _diagnose(args: argparse.Namespace) -> int:
             raise CLIError(f"--heads {args.heads} already names both heads; drop --image-head/--text-head, or drop --heads")
         image_head, text_head = heads_dir_paths(args.heads)
     task = load_task(args.task)
-    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
+    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, embed_model=args.embed_model, device=args.device))
     engine = LVLMDiagnosisQueryEngine.from_defaults(
         knowledge_base=kb,
         reader=reader,
@@ -121,73 +121,74 @@ def _diagnose(args: argparse.Namespace) -> int:
         exclude_self=args.exclude_self,
     )
     response = engine.query(QueryBundle(query_str=args.question, image_path=args.image))
-    rerank = engine.rerank
-    evidence = []
-    for n in response.source_nodes:
-        row = node_summary(n)
-        row["rerank_score"] = row.pop("score")
-        row["prediction"] = n.node.metadata[rerank.label_key]
-        row["confidence"] = round(float(n.node.metadata[rerank.confidence_key]), 6)
-        retrieval_score = n.node.metadata[rerank.retrieval_score_key]
-        row["retrieval_score"] = None if retrieval_score is None else round(float(retrieval_score), 6)
-        evidence.append(row)
-    viewer = _write_viewer(args, response, evidence, reader.task.labels) if args.viewer else None
+    result = diagnosis_record(args, response, engine.rerank)
+    viewer = _write_viewer(args, result, reader.task.labels) if args.viewer else None
     if args.json:
-        extra = {"viewer": str(viewer)} if viewer else {}
-        print(json.dumps({"answer": response.response, **response.metadata, "evidence": evidence, **extra}, indent=2))
+        print(json.dumps({**result, **({"viewer": str(viewer)} if viewer else {})}, indent=2))
         return 0
-    meta = response.metadata
-    print(f"answer: {response.response}")
-    print(f"label: {meta[keys.LABEL]}  probability: {meta[keys.LABEL_PROBABILITY]:.4f}")
+    print(f"{keys.ANSWER}: {response.response}")  # the answer in words; --json has the label alone
     print(
-        f"answer support: {meta[keys.SUPPORT]:.2f} of neighbours ({meta[keys.WEIGHTED_SUPPORT]:.2f} of the "
-        f"retrieval weight)  abstain: {meta[keys.ABSTAIN]} (min support {args.min_support:.2f})"
+        f"{keys.PROBABILITY}: {result[keys.PROBABILITY]:.4f}  {keys.SUPPORT}: {result[keys.SUPPORT]:.2f} of neighbours "
+        f"({keys.WEIGHTED_SUPPORT} {result[keys.WEIGHTED_SUPPORT]:.2f} of the retrieval weight)  "
+        f"{keys.ABSTAIN}: {result[keys.ABSTAIN]} (min support {args.min_support:.2f})"
     )
     print(
-        f"consistent (all neighbours agree): {meta[keys.CONSISTENT]}  majority share: {meta[keys.AGREEMENT]:.2f}  "
-        f"vote entropy: {meta[keys.VOTE_ENTROPY]:.3f}  distinct answers: {meta[keys.N_DISTINCT]}"
+        f"{keys.CONSISTENT} (all neighbours agree): {result[keys.CONSISTENT]}  {keys.AGREEMENT} (majority share): "
+        f"{result[keys.AGREEMENT]:.2f}  {keys.VOTE_ENTROPY}: {result[keys.VOTE_ENTROPY]:.3f}  "
+        f"{keys.N_DISTINCT}: {result[keys.N_DISTINCT]}"
     )
     print("evidence:")
-    print(format_table(evidence, ["rank", "id", "head", "retrieval_score", "rerank_score", "prediction", "confidence", "text"]))
+    print(format_table(result[keys.NEIGHBOURS], [
+        "rank", keys.NEIGHBOUR_KB_ID, keys.NEIGHBOUR_KB_LABEL, keys.NEIGHBOUR_HEAD, keys.NEIGHBOUR_RETRIEVAL_SCORE,
+        keys.NEIGHBOUR_RERANK_SCORE, keys.NEIGHBOUR_PREDICTION, keys.NEIGHBOUR_PROBABILITY, keys.NEIGHBOUR_TEXT,
+    ]))
     if viewer:
         print(f"evidence viewer -> {viewer}")
     return 0
 
 
-def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[str, Any]], labels: Any) -> Path:
-    """The evidence viewer of this one case: the row layout ``predict`` writes, without gold."""
-    from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
+DIAGNOSE_RESPONSE = "response"
+"""``diagnose --json`` key of the answer in words (the query engine's ``Response.response``)."""
+
+
+def diagnosis_record(args: argparse.Namespace, response: Any, rerank: Any) -> dict[str, Any]:
+    """The ``diagnose --json`` object: a ``predictions.jsonl`` row (same keys) plus ``response``.
+
+    ``neighbours`` is in the order the evidence is ranked after reading (``rerank_score``), each
+    entry with the neighbour keys of ``predict`` plus ``rerank_score``, ``cosine`` and ``source``.
+    """
     from llama_index_lvlm_retriever.evaluation.predict import (
         ROW_CASE_ID,
-        ROW_CORRECT,
-        ROW_ERROR,
-        ROW_GOLD,
         ROW_IMAGE_PATH,
         ROW_QUESTION,
     )
 
+    neighbours = []
+    for n in response.source_nodes:
+        entry = node_summary(n, score_key=keys.NEIGHBOUR_RERANK_SCORE)
+        retrieval_score = n.node.metadata[rerank.retrieval_score_key]
+        entry[keys.NEIGHBOUR_RETRIEVAL_SCORE] = None if retrieval_score is None else round(float(retrieval_score), 6)
+        entry[keys.NEIGHBOUR_PREDICTION] = n.node.metadata[rerank.label_key]
+        entry[keys.NEIGHBOUR_PROBABILITY] = round(float(n.node.metadata[rerank.confidence_key]), 6)
+        neighbours.append(entry)
     meta = response.metadata
-    row = {
+    return {
         ROW_CASE_ID: Path(args.image).name,
         ROW_IMAGE_PATH: str(Path(args.image).resolve()),
         ROW_QUESTION: args.question,
-        ROW_GOLD: None,
-        ROW_CORRECT: None,
-        ROW_ERROR: None,
-        **{key: meta.get(key) for key in (keys.LABEL, keys.LABEL_PROBABILITY, keys.SUPPORT, keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.ABSTAIN)},
-        keys.NEIGHBOUR_PREDICTIONS: [
-            {
-                keys.NEIGHBOUR_KB_ID: e["id"],
-                keys.NEIGHBOUR_HEAD: e["head"],
-                keys.NEIGHBOUR_RETRIEVAL_SCORE: e["retrieval_score"],
-                keys.NEIGHBOUR_LABEL: e["prediction"],
-                keys.NEIGHBOUR_PROBABILITY: e["confidence"],
-                "image_path": e["image_path"],
-                "text": e["text"],
-            }
-            for e in evidence
-        ],
+        **{key: meta[key] for key in keys.RESPONSE_KEYS if key != keys.NEIGHBOURS},
+        DIAGNOSE_RESPONSE: response.response,
+        keys.NEIGHBOURS: neighbours,
     }
+
+
+def _write_viewer(args: argparse.Namespace, result: dict[str, Any], labels: Any) -> Path:
+    """The evidence viewer of this one case: the row layout ``predict`` writes, without gold."""
+    from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
+    from llama_index_lvlm_retriever.evaluation.predict import ROW_CORRECT, ROW_ERROR, ROW_GOLD
+
+    # diagnose --json is already a predictions.jsonl row; an unlabelled one.
+    row = {**result, ROW_GOLD: None, ROW_CORRECT: None, ROW_ERROR: None}
     return write_evidence_viewer(
         [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=labels, images=args.viewer_images
     )

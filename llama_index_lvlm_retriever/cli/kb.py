@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
     add_retrieval_options,
     check_output_dir,
     check_retrieval_options,
+    cli_wording,
     resolved_config,
     write_json_atomic,
 )
@@ -25,6 +27,7 @@ from llama_index_lvlm_retriever.cli._loading import (
     recorded_dtype,
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
+from llama_index_lvlm_retriever.errors import DataError, InputFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     store.add_argument("--path", default=None, help="qdrant: local-mode folder (embedded); default OUT/qdrant unless --url")
     store.add_argument("--url", default=None, help="qdrant: server or cluster URL, e.g. http://host:6333 (API key from $QDRANT_API_KEY)")
     store.add_argument("--collection", default="lvlm_kb", help="milvus/qdrant: collection name prefix (<name>_image, <name>_text)")
-    build.add_argument("--out", required=True, help="KB directory to write")
+    build.add_argument("--out", required=True, help="KB directory to write (a new or empty folder, or see --overwrite)")
+    build.add_argument("--overwrite", action="store_true", help="replace the knowledge base already in --out (its `kb add` pairs are lost)")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_option(build)
     build.set_defaults(handler=_build_kb)
@@ -93,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     query.add_argument("--device", default="cpu", help="torch device")
     query_dtype = query.add_argument("--encoder-dtype", default=None, choices=["float32", "float16", "bfloat16"], help="encoder dtype (default: the one the KB was built with, from its build_config.json)")
     add_deprecated_alias(query, "--dtype", query_dtype)
-    query.add_argument("--json", action="store_true", help="print a JSON list of {id, source, head, score, text, image_path}, highest score first, instead of a table")
+    query.add_argument("--json", action="store_true", help="print a JSON list of neighbours {kb_id, kb_label, source, head, retrieval_score, cosine, text, image_path} "
+                       "(schema: query.schema.json), highest score first, instead of a table")
     add_config_option(query)
     query.set_defaults(handler=_query)
 
@@ -146,11 +151,24 @@ def load_kb_items(path: str, *, image_dir: str | None, image_column: str, text_c
         return load_kb_jsonl(path)
     if suffix in {".csv", ".npz"} and image_dir is None:
         raise CLIError(f"--items {path}: a {suffix} file needs --image-dir")
-    if suffix == ".csv":
-        return load_kb_csv(path, image_dir, image_column=image_column, text_column=text_column, label_column=label_column)
-    if suffix == ".npz":
-        return load_medmnist_npz(path, split=split, image_dir=image_dir)
+    try:
+        if suffix == ".csv":
+            return load_kb_csv(path, image_dir, image_column=image_column, text_column=text_column, label_column=label_column)
+        if suffix == ".npz":
+            return load_medmnist_npz(path, split=split, image_dir=image_dir)
+    except InputFormatError as err:
+        # The loaders speak Python (``text_column=``); the fix on the command line is a flag.
+        raise InputFormatError(cli_wording(str(err), _LOADER_FLAGS)) from err
     raise CLIError(f"--items {path}: unknown format {suffix!r}; use .jsonl, .csv or .npz")
+
+
+# The loaders' keyword arguments and the build-kb / kb add flags that set them.
+_LOADER_FLAGS = {
+    "image_column": "--image-column",
+    "text_column": "--text-column",
+    "label_column": "--label-column",
+    "split": "--split",
+}
 
 
 def _build_kb(args: argparse.Namespace) -> int:
@@ -161,6 +179,12 @@ def _build_kb(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     # Before reading items or loading the encoder: a bad --out should fail now, not after embedding.
+    if (Path(args.out) / MANIFEST_FILE).is_file() and not args.overwrite:
+        # A rebuild would drop what `kb add` put there since; replacing a KB is a decision, not a default.
+        raise CLIError(
+            f"--out {args.out}: already holds a knowledge base; pass --overwrite to replace it, a new folder to "
+            "keep it, or `lvlm-retriever kb add` to extend it"
+        )
     check_output_dir(args.out, "--out", replaceable_if=MANIFEST_FILE)
     backend = backend_config(args)
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
@@ -228,6 +252,15 @@ def _kb_add(args: argparse.Namespace) -> int:
         raise CLIError("--skip-bad does not apply with --upsert (a replaced pair must be readable); drop one")
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
     kb, build_config = _open_for_update(args)
+    if not args.upsert:
+        present = [item.id for item in items if item.id in kb]
+        if present:
+            kb.close()
+            # A data error (exit 1), as ``kb delete`` of an id the KB lacks: the file and the KB disagree.
+            raise DataError(
+                f"--items {args.items}: {len(present)} id(s) already in the KB {args.kb} (first: {present[0]!r}); "
+                "pass --upsert to replace those pairs, or give them new ids. Nothing was added."
+            )
     if args.upsert:
         written = kb.upsert(items, batch_size=args.batch_size, show_progress=not args.no_progress)
     else:
@@ -245,7 +278,8 @@ def _kb_delete(args: argparse.Namespace) -> int:
         deleted = kb.delete(args.ids)
     except KeyError as err:
         kb.close()
-        raise CLIError(f"{err.args[0]}; nothing was deleted") from err
+        # A data error (exit 1), as ``kb add`` of an id the KB already has.
+        raise DataError(f"--ids: {err.args[0]}; nothing was deleted") from err
     _save_update(kb, args, build_config)
     print(f"deleted {len(deleted)} items ({len(kb)} left, {kb.backend.describe()}) -> {args.kb}")
     return 0
@@ -284,7 +318,8 @@ def _query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_table(rows, ["rank", "id", "head", "score", "source", "text"]))
+        print(format_table(rows, ["rank", keys.NEIGHBOUR_KB_ID, keys.NEIGHBOUR_HEAD, keys.NEIGHBOUR_RETRIEVAL_SCORE,
+                                  keys.NEIGHBOUR_KB_LABEL, keys.NEIGHBOUR_TEXT]))
     return 0
 
 
@@ -298,30 +333,39 @@ def warn_unused_question(question: str, question_weight: float) -> None:
         )
 
 
-def node_summary(node_with_score: Any) -> dict[str, Any]:
-    """The JSON row the CLI prints for one retrieved node.
+def node_summary(node_with_score: Any, *, score_key: str = keys.NEIGHBOUR_RETRIEVAL_SCORE) -> dict[str, Any]:
+    """The JSON row the CLI prints for one retrieved node, in the neighbour vocabulary of ``metadata_keys``.
 
-    ``head`` lists the heads that found it (the one whose fused score it carries first), ``score`` is
-    the fused retrieval score and ``cosine`` the raw cosine per head.
+    ``head`` lists the heads that found it (the one whose fused score it carries first); the node's
+    score goes under ``score_key`` (``retrieval_score`` for a retrieval, ``rerank_score`` after
+    reading) and ``cosine`` holds the raw cosine per head.
     """
-    from llama_index_lvlm_retriever.retriever import META_HEADS, META_KB_ID, META_SOURCE, SCORE_KEYS
+    from llama_index_lvlm_retriever.retriever import (
+        META_HEADS,
+        META_KB_ID,
+        META_LABEL,
+        META_SOURCE,
+        SCORE_KEYS,
+    )
 
     node = node_with_score.node
     meta = node.metadata
+    label = meta.get(META_LABEL)
     return {
-        "id": meta.get(META_KB_ID, node.node_id),
-        "source": meta.get(META_SOURCE, ""),
-        "head": "+".join(meta.get(META_HEADS, [])),
-        "score": round(float(node_with_score.score or 0.0), 6),
-        "cosine": {head: round(float(meta[key]), 6) for head, key in SCORE_KEYS.items() if key in meta},
-        "text": node.get_content(),
-        "image_path": getattr(node, "image_path", None),
+        keys.NEIGHBOUR_KB_ID: meta.get(META_KB_ID, node.node_id),
+        keys.NEIGHBOUR_KB_LABEL: None if label is None else str(label),
+        keys.NEIGHBOUR_SOURCE: meta.get(META_SOURCE, ""),
+        keys.NEIGHBOUR_HEAD: "+".join(meta.get(META_HEADS, [])),
+        score_key: round(float(node_with_score.score or 0.0), 6),
+        keys.NEIGHBOUR_COSINE: {head: round(float(meta[key]), 6) for head, key in SCORE_KEYS.items() if key in meta},
+        keys.NEIGHBOUR_TEXT: node.get_content(),
+        keys.NEIGHBOUR_IMAGE_PATH: getattr(node, "image_path", None),
     }
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str], *, width: int = 60) -> str:
     """A plain fixed-width text table; long cells are cut with an ellipsis."""
-    cells = [[str(i + 1) if c == "rank" else _cut(str(r.get(c, "")), width) for c in columns] for i, r in enumerate(rows)]
+    cells = [[str(i + 1) if c == "rank" else _cut("" if r.get(c) is None else str(r[c]), width) for c in columns] for i, r in enumerate(rows)]
     widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

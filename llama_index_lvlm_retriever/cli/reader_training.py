@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     reader_dtype = runtime.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
     add_deprecated_alias(runtime, "--dtype", reader_dtype)
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    runtime.add_argument(
+        "--report-to", nargs="+", default=["none"], choices=["none", "tensorboard", "mlflow", "wandb"], metavar="NAME",
+        help="send training metrics to these transformers integrations: tensorboard, mlflow, wandb (each needs its "
+        "package; MLflow logs to ./mlruns unless MLFLOW_TRACKING_URI is set, W&B offline needs WANDB_MODE=offline); "
+        "default none",
+    )
+    runtime.add_argument("--report-dir", default=None, metavar="DIR",
+                         help="folder of TensorBoard's event files (default: runs/<command>-<date-time>)")
     runtime.add_argument("--checkpoint-dir", default=None,
                          help="epoch checkpoints (model, optimiser, scheduler, RNG); default: <out>.checkpoints, "
                          "removed after a successful save")
@@ -122,6 +130,8 @@ def sft_config_from_args(args: argparse.Namespace) -> ReaderSFTConfig:
             max_image_side=args.max_image_side,
             seed=args.seed,
             show_progress=not args.no_progress,
+            report_to=tuple(args.report_to),
+            report_dir=args.report_dir,
         )
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e['input']!r})" for e in err.errors())

@@ -147,6 +147,14 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     runtime = train.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="torch device for training")
     runtime.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    runtime.add_argument(
+        "--report-to", nargs="+", default=["none"], choices=["none", "tensorboard", "mlflow", "wandb"], metavar="NAME",
+        help="send training metrics to these transformers integrations: tensorboard, mlflow, wandb (each needs its "
+        "package; MLflow logs to ./mlruns unless MLFLOW_TRACKING_URI is set, W&B offline needs WANDB_MODE=offline); "
+        "default none",
+    )
+    runtime.add_argument("--report-dir", default=None, metavar="DIR",
+                         help="folder of TensorBoard's event files (default: runs/<command>-<date-time>)")
     train.add_argument("--out", required=True, help="heads folder to write (image_head/, text_head/, records)")
     add_config_option(train)
     train.set_defaults(handler=_train_retriever)
@@ -275,6 +283,8 @@ def _train_retriever(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         show_progress=not args.no_progress,
+        report_to=tuple(args.report_to),
+        report_dir=args.report_dir,
     )
     recorded_image, recorded_text = collected_heads(args.feedback)
     image_head = args.image_head or recorded_image

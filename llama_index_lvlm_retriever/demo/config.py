@@ -177,8 +177,8 @@ class DemoConfig(BaseModel):
             raise ValueError("k_image and k_text are both 0: nothing would be read")
         if self.dataset not in MINIATURE_DATASETS and (self.retriever_model is None or self.reader_model is None):
             raise ValueError(
-                f"--dataset {self.dataset} is the real mode: also pass --retriever-model (a CLIP/SigLIP "
-                "checkpoint) and --reader-model (e.g. Qwen/Qwen2-VL-2B-Instruct); the small stand-in models "
+                f"--dataset {self.dataset} is the real mode: also pass --embed-model (a CLIP/SigLIP "
+                "checkpoint) and --reader (e.g. Qwen/Qwen2-VL-2B-Instruct); the small stand-in models "
                 "are trained only on the offline miniature data (elpv, fashion-mnist)"
             )
         return self

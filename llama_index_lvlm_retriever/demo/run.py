@@ -379,7 +379,7 @@ def _example_query(run: SeedRun, config: DemoConfig, echo: Echo) -> None:
     echo(f"\nexample query through LVLMDiagnosisQueryEngine (seed {run.seed}, test case {case.id}, "
          f"gold grade {case.labels[0]}):")
     echo(f"  answer: {response.response}")
-    echo(f"  label {meta.get(keys.LABEL)}, probability {meta.get(keys.LABEL_PROBABILITY, float('nan')):.3f}, "
+    echo(f"  label {meta.get(keys.ANSWER)}, probability {meta.get(keys.PROBABILITY, float('nan')):.3f}, "
          f"answer support {meta.get(keys.SUPPORT, float('nan')):.2f}, abstain {meta.get(keys.ABSTAIN)} (min support 0.5)")
     for node in response.source_nodes:
         echo(f"  evidence {node.node.node_id:<14} score {node.score:.3f}  {node.node.get_content()[:90]}")

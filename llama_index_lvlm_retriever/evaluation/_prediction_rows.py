@@ -25,19 +25,19 @@ from llama_index_lvlm_retriever.aggregation import (
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.retriever import META_KB_ID, META_LABEL, node_head
 
-# Row keys besides the answer keys of metadata_keys (LABEL, LABEL_PROBABILITY, SUPPORT, ...).
-ROW_CASE_ID = "case_id"
-ROW_IMAGE_PATH = "image_path"
-ROW_QUESTION = "question"
-ROW_GOLD = "gold"
+# Row keys besides the answer keys (the names live in metadata_keys, one vocabulary for every output).
+ROW_CASE_ID = keys.CASE_ID
+ROW_IMAGE_PATH = keys.IMAGE_PATH
+ROW_QUESTION = keys.QUESTION
+ROW_GOLD = keys.GOLD
 """Gold label names (a list), ``None`` for an unlabelled case."""
-ROW_CORRECT = "correct"
+ROW_CORRECT = keys.CORRECT
 """Whether the answer equals the gold label (set); ``None`` without gold or without an answer."""
-ROW_ERROR = "error"
+ROW_ERROR = keys.ERROR
 """Why a case has no answer (unreadable image, nothing retrieved); ``None`` otherwise."""
-NEIGHBOUR_IMAGE_PATH = "image_path"
-NEIGHBOUR_TEXT = "text"
-NEIGHBOUR_KB_LABEL = "kb_label"
+NEIGHBOUR_IMAGE_PATH = keys.NEIGHBOUR_IMAGE_PATH
+NEIGHBOUR_TEXT = keys.NEIGHBOUR_TEXT
+NEIGHBOUR_KB_LABEL = keys.NEIGHBOUR_KB_LABEL
 _DIGITS = 6  # rounding of probabilities and scores in the rows: far below any decision threshold
 
 
@@ -89,7 +89,7 @@ def case_row(
                 keys.NEIGHBOUR_KB_ID: item.id,
                 keys.NEIGHBOUR_HEAD: node_head(node.node),
                 keys.NEIGHBOUR_RETRIEVAL_SCORE: None if node.score is None else round(float(node.score), _DIGITS),
-                keys.NEIGHBOUR_LABEL: prediction,
+                keys.NEIGHBOUR_PREDICTION: prediction,
                 keys.NEIGHBOUR_PROBABILITY: round(confidence, _DIGITS),
                 NEIGHBOUR_IMAGE_PATH: item.image_path or None,
                 NEIGHBOUR_TEXT: item.text,
@@ -98,26 +98,28 @@ def case_row(
         )
     return {
         **_case_fields(case),
-        keys.LABEL: answer,
-        keys.LABEL_PROBABILITY: round(probability, _DIGITS),
+        keys.ANSWER: answer,
+        keys.PROBABILITY: round(probability, _DIGITS),
         keys.DISTRIBUTION: {label: round(float(x), _DIGITS) for label, x in zip(labels, distribution)},
         keys.SUPPORT: round(support, _DIGITS),
         keys.WEIGHTED_SUPPORT: round(weighted, _DIGITS),
         keys.CONSISTENT: bool(stats.consistent),
         keys.AGREEMENT: round(float(stats.agreement), _DIGITS),
+        keys.VOTE_ENTROPY: round(float(stats.vote_entropy), _DIGITS),
         keys.N_DISTINCT: int(stats.n_distinct),
         keys.ABSTAIN: bool(support < float(settings["min_support"]) - 1e-12),  # 1e-12: float round-off of k-fractions
         ROW_CORRECT: _correct(answer, case.labels),
         ROW_ERROR: None,
-        keys.NEIGHBOUR_PREDICTIONS: neighbours,
+        keys.NEIGHBOURS: neighbours,
     }
 
 
 def error_row(case: Case, error: str) -> dict[str, Any]:
-    empty: dict[str, Any] = {key: None for key in (keys.LABEL, keys.LABEL_PROBABILITY, keys.DISTRIBUTION, keys.SUPPORT,
-                                                    keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.AGREEMENT, keys.N_DISTINCT)}
+    empty: dict[str, Any] = {key: None for key in (keys.ANSWER, keys.PROBABILITY, keys.DISTRIBUTION, keys.SUPPORT,
+                                                    keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.AGREEMENT,
+                                                    keys.VOTE_ENTROPY, keys.N_DISTINCT)}
     return {**_case_fields(case), **empty, keys.ABSTAIN: True, ROW_CORRECT: None, ROW_ERROR: error,
-            keys.NEIGHBOUR_PREDICTIONS: []}
+            keys.NEIGHBOURS: []}
 
 
 def _case_fields(case: Case) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from llama_index_lvlm_retriever import metadata_keys as keys
 
 __all__ = ["ConsistencyEvaluator"]
 
-_REQUIRED = (keys.LABEL, keys.CONSISTENT, keys.AGREEMENT, keys.NEIGHBOUR_PREDICTIONS)
+_REQUIRED = (keys.ANSWER, keys.CONSISTENT, keys.AGREEMENT, keys.NEIGHBOURS)
 
 
 class ConsistencyEvaluator(BaseEvaluator):
@@ -117,7 +117,7 @@ class ConsistencyEvaluator(BaseEvaluator):
                     "(LVLMRerank writes these keys)"
                 ),
             )
-        neighbours = list(metadata[keys.NEIGHBOUR_PREDICTIONS])
+        neighbours = list(metadata[keys.NEIGHBOURS])
         agreement = float(metadata[keys.AGREEMENT])
         consistent = bool(metadata[keys.CONSISTENT])
         # agreement is a ratio of small integers; the epsilon only absorbs float round-off
@@ -198,19 +198,19 @@ class ConsistencyEvaluator(BaseEvaluator):
 
 
 def _feedback(metadata: Mapping[str, Any], neighbours: list[Mapping[str, Any]], agreement: float) -> str:
-    answer = _label_text(metadata[keys.LABEL])
+    answer = _label_text(metadata[keys.ANSWER])
     k = len(neighbours)
     abstain = " The engine abstained." if metadata.get(keys.ABSTAIN) else ""
     if k == 0:
         return f"No neighbour predictions were recorded for the answer {answer}.{abstain}"
-    dissent = [n for n in neighbours if _label_text(n.get(keys.NEIGHBOUR_LABEL)) != answer]
+    dissent = [n for n in neighbours if _label_text(n.get(keys.NEIGHBOUR_PREDICTION)) != answer]
     if not dissent:
         return f"All {k} neighbours led to {answer} (agreement {agreement:.2f}).{abstain}"
     parts = []
     for n in dissent:
         probability = n.get(keys.NEIGHBOUR_PROBABILITY)
         p = "" if probability is None else f" (p={float(probability):.2f})"
-        parts.append(f"{n.get(keys.NEIGHBOUR_KB_ID, '?')} -> {_label_text(n.get(keys.NEIGHBOUR_LABEL))}{p}")
+        parts.append(f"{n.get(keys.NEIGHBOUR_KB_ID, '?')} -> {_label_text(n.get(keys.NEIGHBOUR_PREDICTION))}{p}")
     return (
         f"{k - len(dissent)} of {k} neighbours led to {answer} (agreement {agreement:.2f}); "
         f"disagreeing: {', '.join(parts)}.{abstain}"

@@ -61,9 +61,9 @@ def write_evidence_viewer(
     """Write the evidence viewer for prediction rows (as :func:`~.predict.predict` returns them).
 
     Each row needs ``case_id`` and ``image_path``; the page shows whatever else it has:
-    ``label`` (answer), ``label_probability``, ``answer_support``, ``answer_support_weighted``,
-    ``consistent``, ``abstain``, ``gold``, ``correct``, ``error`` and ``neighbour_predictions``
-    (each with ``kb_id``, ``head``, ``retrieval_score``, ``label``, ``probability``,
+    ``answer``, ``probability``, ``support``, ``weighted_support``,
+    ``consistent``, ``abstain``, ``gold``, ``correct``, ``error`` and ``neighbours``
+    (each with ``kb_id``, ``head``, ``retrieval_score``, ``prediction``, ``probability``,
     ``image_path``, ``text``). ``evaluate`` and ``diagnose`` results fit once mapped to these keys.
 
     Args:

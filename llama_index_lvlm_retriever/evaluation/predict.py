@@ -146,12 +146,13 @@ def predict(
         show_progress: Show a progress bar over cases.
 
     Returns:
-        One dict per case, in case order: ``case_id``, ``image_path``, ``question``, ``gold``,
-        ``label`` (the answer; a list for multi-label tasks), ``label_probability``,
-        ``distribution``, ``answer_support``, ``answer_support_weighted``, ``consistent``,
-        ``agreement``, ``n_distinct``, ``abstain``, ``correct``, ``error`` and
-        ``neighbour_predictions`` (per neighbour: ``kb_id``, ``head``, ``retrieval_score``,
-        ``label`` (its own prediction), ``probability``, ``image_path``, ``text``, ``kb_label``).
+        One dict per case, in case order (keys of :mod:`~llama_index_lvlm_retriever.metadata_keys`,
+        schema ``predictions.schema.json``): ``case_id``, ``image_path``, ``question``, ``gold``,
+        ``answer`` (a list for multi-label tasks), ``probability``, ``distribution``, ``support``,
+        ``weighted_support``, ``consistent``, ``agreement``, ``vote_entropy``, ``n_distinct``,
+        ``abstain``, ``correct``, ``error`` and ``neighbours`` (per neighbour: ``kb_id``, ``head``,
+        ``retrieval_score``, ``prediction`` (the reader's answer given it alone), ``probability``,
+        ``image_path``, ``text``, ``kb_label``).
 
     Raises:
         ValueError: No cases, duplicate case ids, a reader for another task, bad settings, an
@@ -165,7 +166,7 @@ def predict(
             from llama_index_lvlm_retriever.data.folders import cases_from_folder
             rows = predict(cases_from_folder("new_studies/"), retriever, reader, out_dir="preds/",
                            min_support=0.75, show_progress=True)
-            [(r["case_id"], r["label"], r["abstain"]) for r in rows]
+            [(r["case_id"], r["answer"], r["abstain"]) for r in rows]
     """
     task = reader.task if task is None else task
     labels = tuple(str(label) for label in task.labels)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -26,6 +27,25 @@ from llama_index_lvlm_retriever.aggregation import (
 )
 
 __all__ = ["CasePrediction", "CaseResult", "score_case"]
+
+# Evaluation-row keys besides those of metadata_keys: per-neighbour columns (one entry per
+# neighbour, named ``neighbour_<neighbour key>s``) and the per-case extras of an evaluation.
+NEIGHBOUR_KB_IDS = f"neighbour_{keys.NEIGHBOUR_KB_ID}s"
+NEIGHBOUR_KB_LABELS = f"neighbour_{keys.NEIGHBOUR_KB_LABEL}s"
+NEIGHBOUR_RETRIEVAL_SCORES = f"neighbour_{keys.NEIGHBOUR_RETRIEVAL_SCORE}s"
+NEIGHBOUR_PREDICTIONS = f"neighbour_{keys.NEIGHBOUR_PREDICTION}s"
+NEIGHBOUR_HEADS = f"neighbour_{keys.NEIGHBOUR_HEAD}s"
+NEIGHBOUR_DISTRIBUTIONS = "neighbour_distributions"
+NEIGHBOUR_CORRECT = "neighbour_correct"
+MAJORITY = "majority"
+HEAD_CORRECT = "head_correct"
+# Row keys of report.json files written before the vocabulary was unified -> today's keys.
+_OLD_ROW_KEYS = {
+    "prediction": keys.ANSWER,
+    "neighbour_ids": NEIGHBOUR_KB_IDS,
+    "neighbour_labels": NEIGHBOUR_KB_LABELS,
+    "retrieval_scores": NEIGHBOUR_RETRIEVAL_SCORES,
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,59 +145,66 @@ class CaseResult:
         return len(self.neighbour_distributions)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
+        """JSON-ready dict (tuples become lists), in the output vocabulary of ``metadata_keys``.
+
+        The case-level keys are those of a ``predictions.jsonl`` row (``answer``, ``probability``,
+        ``support``, ...; ``answer`` is always a list here and ``distribution`` a list in the
+        report's label order); the neighbours are columns ``neighbour_<key>s`` (``neighbour_kb_ids``,
+        ``neighbour_kb_labels``, ``neighbour_predictions``, ...), one entry per neighbour.
+        """
         return {
-            "case_id": self.case_id,
-            "gold": list(self.gold),
-            "prediction": list(self.prediction),
-            "correct": self.correct,
-            "probability": self.probability,
-            "distribution": list(self.distribution),
-            "neighbour_ids": list(self.neighbour_ids),
-            "neighbour_labels": list(self.neighbour_labels),
-            "retrieval_scores": None if self.retrieval_scores is None else list(self.retrieval_scores),
-            "neighbour_distributions": [list(row) for row in self.neighbour_distributions],
-            "neighbour_predictions": [list(p) for p in self.neighbour_predictions],
-            "neighbour_correct": list(self.neighbour_correct),
-            "consistent": self.consistent,
-            "agreement": self.agreement,
-            "vote_entropy": self.vote_entropy,
-            "n_distinct": self.n_distinct,
-            "majority": list(self.majority),
-            "neighbour_heads": list(self.neighbour_heads),
-            "support": self.support,
-            "weighted_support": self.weighted_support,
-            "head_correct": dict(self.head_correct),
+            keys.CASE_ID: self.case_id,
+            keys.GOLD: list(self.gold),
+            keys.ANSWER: list(self.prediction),
+            keys.CORRECT: self.correct,
+            keys.PROBABILITY: self.probability,
+            keys.DISTRIBUTION: list(self.distribution),
+            NEIGHBOUR_KB_IDS: list(self.neighbour_ids),
+            NEIGHBOUR_KB_LABELS: list(self.neighbour_labels),
+            NEIGHBOUR_RETRIEVAL_SCORES: None if self.retrieval_scores is None else list(self.retrieval_scores),
+            NEIGHBOUR_DISTRIBUTIONS: [list(row) for row in self.neighbour_distributions],
+            NEIGHBOUR_PREDICTIONS: [list(p) for p in self.neighbour_predictions],
+            NEIGHBOUR_CORRECT: list(self.neighbour_correct),
+            keys.CONSISTENT: self.consistent,
+            keys.AGREEMENT: self.agreement,
+            keys.VOTE_ENTROPY: self.vote_entropy,
+            keys.N_DISTINCT: self.n_distinct,
+            MAJORITY: list(self.majority),
+            NEIGHBOUR_HEADS: list(self.neighbour_heads),
+            keys.SUPPORT: self.support,
+            keys.WEIGHTED_SUPPORT: self.weighted_support,
+            HEAD_CORRECT: dict(self.head_correct),
         }
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> CaseResult:
-        """Inverse of :meth:`to_dict`."""
-        scores = record["retrieval_scores"]
+        """Inverse of :meth:`to_dict`; also reads rows written before the vocabulary was unified."""
+        record = {_OLD_ROW_KEYS.get(key, key): value for key, value in record.items()}
+        scores = record[NEIGHBOUR_RETRIEVAL_SCORES]
         return cls(
-            case_id=str(record["case_id"]),
-            gold=tuple(record["gold"]),
-            prediction=tuple(record["prediction"]),
-            correct=bool(record["correct"]),
-            probability=float(record["probability"]),
-            distribution=tuple(float(x) for x in record["distribution"]),
-            neighbour_ids=tuple(record["neighbour_ids"]),
-            neighbour_labels=tuple(record["neighbour_labels"]),
+            case_id=str(record[keys.CASE_ID]),
+            gold=tuple(record[keys.GOLD]),
+            prediction=tuple(record[keys.ANSWER]),
+            correct=bool(record[keys.CORRECT]),
+            probability=float(record[keys.PROBABILITY]),
+            distribution=tuple(float(x) for x in record[keys.DISTRIBUTION]),
+            neighbour_ids=tuple(record[NEIGHBOUR_KB_IDS]),
+            neighbour_labels=tuple(record[NEIGHBOUR_KB_LABELS]),
             retrieval_scores=None if scores is None else tuple(float(x) for x in scores),
             neighbour_distributions=tuple(
-                tuple(float(x) for x in row) for row in record["neighbour_distributions"]
+                tuple(float(x) for x in row) for row in record[NEIGHBOUR_DISTRIBUTIONS]
             ),
-            neighbour_predictions=tuple(tuple(p) for p in record["neighbour_predictions"]),
-            neighbour_correct=tuple(bool(x) for x in record["neighbour_correct"]),
-            consistent=bool(record["consistent"]),
-            agreement=float(record["agreement"]),
-            vote_entropy=float(record["vote_entropy"]),
-            n_distinct=int(record["n_distinct"]),
-            majority=tuple(record["majority"]),
-            neighbour_heads=tuple(record.get("neighbour_heads", ())),
-            support=float(record.get("support", 1.0)),
-            weighted_support=float(record.get("weighted_support", 1.0)),
-            head_correct={str(h): bool(v) for h, v in (record.get("head_correct") or {}).items()},
+            neighbour_predictions=tuple(tuple(p) for p in record[NEIGHBOUR_PREDICTIONS]),
+            neighbour_correct=tuple(bool(x) for x in record[NEIGHBOUR_CORRECT]),
+            consistent=bool(record[keys.CONSISTENT]),
+            agreement=float(record[keys.AGREEMENT]),
+            vote_entropy=float(record[keys.VOTE_ENTROPY]),
+            n_distinct=int(record[keys.N_DISTINCT]),
+            majority=tuple(record[MAJORITY]),
+            neighbour_heads=tuple(record.get(NEIGHBOUR_HEADS, ())),
+            support=float(record.get(keys.SUPPORT, 1.0)),
+            weighted_support=float(record.get(keys.WEIGHTED_SUPPORT, 1.0)),
+            head_correct={str(h): bool(v) for h, v in (record.get(HEAD_CORRECT) or {}).items()},
         )
 
 

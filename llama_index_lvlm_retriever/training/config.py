@@ -17,6 +17,8 @@ from llama_index.core.bridge.pydantic import (
     model_validator,
 )
 
+from llama_index_lvlm_retriever.training.reporting import ReportTarget, check_report_to
+
 FeedbackHead = Literal["image", "text"]
 TrainMode = Literal["adapter", "encoder"]
 TrainHead = Literal["text", "image", "both"]
@@ -252,6 +254,20 @@ class TrainerConfig(BaseModel):
     device: str = Field(default="cpu", description="Torch device for training ('cpu', 'cuda', 'cuda:1', ...).")
     log_every: int = Field(default=10, gt=0, description="Record loss parts in the history every this many steps.")
     show_progress: bool = Field(default=True, description="Show a tqdm progress bar.")
+    report_to: tuple[ReportTarget, ...] = Field(
+        default=("none",),
+        description="Send the logged loss parts and validation metrics (every log_every steps) to these "
+        "transformers integrations (tensorboard, mlflow, wandb); 'none' = nothing is reported.",
+    )
+    report_dir: str | None = Field(
+        default=None,
+        description="Folder of TensorBoard's event files; None = runs/<run name>-<date-time> in the working directory.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _check_report_to(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_report_to(value)
 
     @field_validator("encoder_lora_target_modules")
     @classmethod

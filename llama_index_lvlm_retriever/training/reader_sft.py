@@ -41,6 +41,7 @@ from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder
+from llama_index_lvlm_retriever.training.reporting import reporting_callbacks
 from llama_index_lvlm_retriever.training.sft_batches import IGNORE_INDEX, SFTCollator, SFTDataset
 from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig, SFTMode
 from llama_index_lvlm_retriever.training.sft_data import SFTSample
@@ -226,6 +227,8 @@ class ReaderSFTEngine:
                 data_collator=_TrainingCollator(self._collate),
                 train_dataset=self._train_data,
                 eval_dataset=self._validation_data if self.validation_samples else None,
+                # report_to stays "none" in the arguments: these are the same integrations, pointed at report_dir.
+                callbacks=reporting_callbacks(cfg.report_to, cfg.report_dir, run_name="train-reader"),
             )
             trainer.remove_callback(PrinterCallback)  # the per-epoch records are logged below
             last = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llama_index_lvlm_retriever.training.reporting import ReportTarget, check_report_to
 
 SFTMode = Literal["full", "lora"]
 
@@ -57,6 +59,20 @@ class ReaderSFTConfig(BaseModel):
         default=1024, ge=0, description="Keep encoded samples (pixels, token ids) up to this size for later epochs."
     )
     show_progress: bool = Field(default=True, description="Show a tqdm bar.")
+    report_to: tuple[ReportTarget, ...] = Field(
+        default=("none",),
+        description="Send the per-epoch losses to these transformers integrations (tensorboard, mlflow, wandb); "
+        "'none' = nothing is reported.",
+    )
+    report_dir: str | None = Field(
+        default=None,
+        description="Folder of TensorBoard's event files; None = runs/<run name>-<date-time> in the working directory.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _check_report_to(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_report_to(value)
 
 
 __all__ = ["ReaderSFTConfig", "SFTMode"]

@@ -1,42 +1,32 @@
 """RetrieverFinetuneEngine: train the retriever's query heads from cached reader feedback.
 
 Stage 2 of arXiv 2508.17394 with the reader frozen. In ``"adapter"`` mode a residual
-:class:`~llama_index_lvlm_retriever.heads.QueryHead` sits on the *frozen* query embedding; the
-retrieval score of a cached candidate ``c`` is ``s(c) = cos(head(e), key_c)`` where ``key_c`` is the
-candidate's stored knowledge-base vector (image vectors for the image head, caption vectors for the
-text head). Training reads the feedback cache and those KB vectors and never re-embeds the KB.
+:class:`~llama_index_lvlm_retriever.heads.QueryHead` sits on the *frozen* query embedding and scores
+a cached candidate by ``cos(head(e), key_c)``, ``key_c`` its stored KB vector (the KB is never
+re-embedded); in ``"encoder"`` mode each head is an
+:class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead` (a trainable copy of the image tower,
+blended with the frozen embedding; needs ``cases=`` for the query images).
 
-Each step samples a batch of cases, scores their candidates with the current head, and minimises a
-loss module (default, per head: the one ``TrainerConfig.loss`` names, see :func:`config_loss`).
-Before training, :func:`~llama_index_lvlm_retriever.training.target_diagnostics.diagnose_target`
-measures per head whether the loss's optimum can change the frozen top-k at all (the paper's
-posterior with a prior as sharp as the cosine gaps cannot) and warns when it cannot. ``gamma`` is resolved per head from the spread of
-the frozen candidate scores (``TrainerConfig.gamma="auto"``, see
-:mod:`~llama_index_lvlm_retriever.training.temperature`); a warning says when ``P_retr`` is ~uniform.
+Each step samples a batch of cases, scores their candidates and minimises the loss
+``TrainerConfig.loss`` names (:func:`config_loss`), with ``gamma`` resolved per head
+(:mod:`~llama_index_lvlm_retriever.training.temperature`). Before training,
+:func:`~llama_index_lvlm_retriever.training.target_diagnostics.diagnose_target` measures whether each
+head's target can change the frozen top-k at all, and warns when it cannot.
 
-**Candidate refresh.** With ``n_train_candidates = n`` smaller than the cached pool ``N``, the
-training softmax runs over the top ``n`` of the pool under the *current* head, re-drawn every
-``refresh_every`` steps. Candidates outside the pool are never seen; **feedback rounds**
-(``rounds > 1``, needs the reader) add what the trained heads retrieve to the pool between rounds.
+**Candidate refresh.** With ``n_train_candidates = n`` below the pool size, the softmax runs over the
+pool's top ``n`` under the *current* head, re-drawn every ``refresh_every`` steps; **feedback
+rounds** (``rounds > 1``, needs the reader) add what the trained heads retrieve to the pool.
 
-**Model selection.** Every ``eval_every`` steps (and at step 0) the engine validates. With the
-reader (``reader=``) it validates on *real retrieval*
-(:class:`~llama_index_lvlm_retriever.training.validation.RetrievalValidator`: whole-KB search, top-k
-per head, reader scores through the cache, fusion as at inference); without it, it re-ranks the
-validation cases' cached pools (a fallback that cannot see pairs outside the pool). The best
-checkpoint is kept, and at the end the **no-regression rule** adopts it only when it beats the
-initial heads (paired bootstrap lower bound > 0 on the log-likelihood, accuracy not lower);
-otherwise the initial heads are kept and the log, the history and ``trainer_config.json`` say so.
+**Model selection.** Every ``eval_every`` steps (and at step 0) the engine validates: on *real
+retrieval* with the reader
+(:class:`~llama_index_lvlm_retriever.training.validation.RetrievalValidator`), else on the cached
+pools. The best checkpoint on one part of the validation cases is kept; the **no-regression rule**
+then adopts it only when it beats the initial heads on the other part (``adoption_holdout``;
+paired bootstrap lower bound > 0 on the log-likelihood, accuracy not lower), else the initial heads
+are kept and the log, the history and ``trainer_config.json`` say so.
 
-**Regularisation toward the start (L2-SP).** The loss gains ``weight_decay * ||w - w0||^2`` over the
-trainable weights, ``w0`` their values when the engine was built (the frozen tower copy, the
-identity adapter), so decay never pulls a head toward zero; AdamW's decoupled decay is 0.
-
-**Encoder mode** (``TrainerConfig(mode="encoder")``, the paper's head): each trained head is an
-:class:`~llama_index_lvlm_retriever.heads.EncoderQueryHead`, a trainable copy of the KB's image
-tower whose output is blended with the cached frozen embedding. It reads the query *images*, so the
-engine needs ``cases=``; their processed images are held in memory (about 600 MB per 1,000 cases at
-224 px) and each step runs the tower.
+**L2-SP.** The loss gains ``weight_decay * ||w - w0||^2`` toward the initial weights (the frozen
+tower copy, the identity adapter), never toward zero; AdamW's own decay is 0.
 """
 
 from __future__ import annotations
@@ -75,13 +65,9 @@ from llama_index_lvlm_retriever.training.head_data import (
     query_pixels,
 )
 from llama_index_lvlm_retriever.training.head_init import initial_head
-from llama_index_lvlm_retriever.training.losses import (
-    LOSS_KEY,
-    EMDRLoss,
-    LSRLoss,
-    PosteriorKLLoss,
-    ReaderRankLoss,
-)
+from llama_index_lvlm_retriever.training.loss_config import config_loss
+from llama_index_lvlm_retriever.training.losses import LOSS_KEY
+from llama_index_lvlm_retriever.training.reporting import TrainingReporter
 from llama_index_lvlm_retriever.training.rounds import expand_pools
 from llama_index_lvlm_retriever.training.target_diagnostics import (
     TargetDiagnostics,
@@ -95,6 +81,7 @@ from llama_index_lvlm_retriever.training.validation import (
     build_validator,
     no_regression_decision,
     pool_rag_loglik,
+    split_for_adoption,
 )
 from llama_index_lvlm_retriever.version import package_versions
 
@@ -239,6 +226,7 @@ class RetrieverFinetuneEngine:
             raise ValueError("selection_metric='val_loss' needs validation feedback (validation= or a held-out split) "
                              "for the cached pools; use selection_metric='val_rag_loglik' with validation_cases=")
         self._history: list[dict[str, Any]] = []
+        self._reporter = TrainingReporter(("none",), None)  # finetune() opens the configured one
         fixed = loss if isinstance(loss, nn.Module) else None
         factory = (lambda gamma: config_loss(cfg, gamma)) if loss is None else loss
         self._gammas: dict[str, float] = {}
@@ -313,12 +301,17 @@ class RetrieverFinetuneEngine:
     def finetune(self) -> None:
         """Train the chosen heads for ``config.rounds`` rounds, keep the best, and apply the adoption rule."""
         self._seed_everything()
-        for round_ in range(1, self._config.rounds + 1):
-            if round_ > 1:
-                self._next_round(round_)
-            phases = [(n,) for n in self._trained] if self._config.schedule == "sequential" else [self._trained]
-            for names in phases:
-                self._train_phase(names, round_)
+        cfg = self._config
+        self._reporter = TrainingReporter(cfg.report_to, cfg.report_dir, run_name="train-retriever")
+        try:
+            for round_ in range(1, cfg.rounds + 1):
+                if round_ > 1:
+                    self._next_round(round_)
+                phases = [(n,) for n in self._trained] if cfg.schedule == "sequential" else [self._trained]
+                for names in phases:
+                    self._train_phase(names, round_)
+        finally:
+            self._reporter.close()
         self._adopt()
         self._finetuned = True
 
@@ -419,7 +412,7 @@ class RetrieverFinetuneEngine:
             self._decision = None
             return
         holdout = self._split(len(final.loglik))[1]
-        self._decision = no_regression_decision(_subset(self._baseline, holdout), _subset(final, holdout),
+        self._decision = no_regression_decision(self._baseline.subset(holdout), final.subset(holdout),
                                                 confidence=cfg.adoption_confidence,
                                                 n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
         adopted = self._decision.adopted or cfg.adoption == "best"
@@ -574,6 +567,7 @@ class RetrieverFinetuneEngine:
         if self._baseline is None:
             self._baseline = result  # the initial heads: what the no-regression rule compares against
         self._history.append(record)
+        self._reporter.log({f"{phase}/{k}": v for k, v in record.items()}, step=step)
         logger.info("step %d (%s): %s", step, phase, {k: v for k, v in record.items() if k.startswith("val_")})
         # Checkpoints are chosen on the selection part only; the adoption rule reads the held-out part.
         metric = (record["val_rag_loglik_selection"] if cfg.selection_metric == "val_rag_loglik"
@@ -583,13 +577,7 @@ class RetrieverFinetuneEngine:
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation rows for checkpoint selection and for the adoption rule (``adoption_holdout``)."""
         if self._holdout is None or self._holdout[0] != n:
-            n_hold = int(round(n * self._config.adoption_holdout))
-            if n_hold < 1 or n_hold >= n:
-                everything = np.arange(n)
-                self._holdout = (n, everything, everything)
-            else:
-                perm = np.random.default_rng([self._config.seed, 7]).permutation(n)
-                self._holdout = (n, np.sort(perm[n_hold:]), np.sort(perm[:n_hold]))
+            self._holdout = (n, *split_for_adoption(n, self._config.adoption_holdout, self._config.seed))
         return self._holdout[1], self._holdout[2]
 
     def _better(self, metric: float, best: float) -> bool:
@@ -610,32 +598,8 @@ class RetrieverFinetuneEngine:
             for key, value in out.items():
                 record[f"{key}/{name}"] = float(torch.as_tensor(value).detach().float().mean())
         self._history.append(record)
+        self._reporter.log({f"{phase}/{k}": v for k, v in record.items()}, step=step)  # phase: steps restart per phase
         logger.debug("step %d (%s): %s", step, phase, record)
-
-
-def config_loss(config: TrainerConfig, gamma: float) -> nn.Module:
-    """The loss ``TrainerConfig.loss`` names, with the head's resolved ``gamma`` and the config's settings.
-
-    Example:
-        >>> config_loss(TrainerConfig(loss="posterior", prior_gamma=1.0), 0.01)
-        PosteriorKLLoss(gamma=0.01, only_inconsistent=False, reduction='batchmean', prior_gamma=1.0)
-    """
-    common: dict[str, Any] = {"only_inconsistent": config.only_inconsistent,
-                              "inconsistent_weight": config.inconsistent_weight}
-    if config.loss == "posterior":
-        return PosteriorKLLoss(gamma, prior_gamma=config.prior_gamma, **common)
-    if config.loss == "lsr":
-        return LSRLoss(gamma, beta=config.beta, **common)
-    if config.loss == "rank":
-        return ReaderRankLoss(gamma, min_gap=config.rank_min_gap, **common)
-    return EMDRLoss(gamma, **common)
-
-
-def _subset(result: ValidationResult, rows: np.ndarray) -> ValidationResult:
-    """The validation outcomes of ``rows`` only (same order)."""
-    return ValidationResult(loglik=np.asarray(result.loglik)[rows],
-                            correct=None if result.correct is None else np.asarray(result.correct)[rows],
-                            outside_pool=result.outside_pool, pairs_scored=result.pairs_scored)
 
 
 __all__ = ["RetrieverFinetuneEngine", "TrainerConfig", "config_loss"]

@@ -75,6 +75,12 @@ class ValidationResult:
     outside_pool: dict[str, float | None] = field(default_factory=dict)
     pairs_scored: int = 0
 
+    def subset(self, rows: np.ndarray) -> ValidationResult:
+        """The outcomes of ``rows`` only, in that order (e.g. the half kept for the adoption rule)."""
+        return ValidationResult(loglik=np.asarray(self.loglik)[rows],
+                                correct=None if self.correct is None else np.asarray(self.correct)[rows],
+                                outside_pool=self.outside_pool, pairs_scored=self.pairs_scored)
+
     def summary(self) -> dict[str, Any]:
         """Flat JSON-ready metrics: ``val_rag_loglik``, ``val_rag_accuracy``, ``val_outside_pool/<head>``."""
         out: dict[str, Any] = {"val_rag_loglik": float(np.mean(self.loglik))}
@@ -312,6 +318,26 @@ class AdoptionDecision:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
 
 
+def split_for_adoption(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint validation rows ``(selection, adoption)``: a seeded ``holdout`` share decides adoption only.
+
+    Choosing the best checkpoint and then testing it on the same cases overstates its gain (the
+    winner's curse); deciding on cases the selection never saw does not. With ``holdout = 0`` (or
+    too few cases for two non-empty parts) both get every row.
+
+    Example:
+        >>> selection, adoption = split_for_adoption(10, 0.5, seed=0)
+        >>> len(selection), len(adoption), sorted({*selection, *adoption}) == list(range(10))
+        (5, 5, True)
+    """
+    n_hold = int(round(n * holdout))
+    if n_hold < 1 or n_hold >= n:
+        everything = np.arange(n)
+        return everything, everything
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
 _MIN_GAIN = 1e-6  # nats per case; far below any gain worth adopting, far above float round-off
 
 
@@ -382,4 +408,5 @@ __all__ = [
     "ValidationResult",
     "no_regression_decision",
     "pool_rag_loglik",
+    "split_for_adoption",
 ]

@@ -17,6 +17,7 @@ from llama_index_lvlm_retriever.cli._common import CLIError
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.schemas import load_schema
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 
@@ -27,9 +28,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     retina = skdata.retina()
     crops = {"r0": retina[100:260, 100:260], "r1": retina[500:660, 400:560], "r2": retina[300:460, 600:760]}
     items = []
-    for item_id, pixels in crops.items():
+    for (item_id, pixels), label in zip(crops.items(), ("benign", "malignant", "benign")):
         Image.fromarray(pixels).save(root / f"{item_id}.png")
-        items.append(KBItem(id=item_id, image_path=str(root / f"{item_id}.png"), text=f"fundus crop {item_id}"))
+        items.append(KBItem(id=item_id, image_path=str(root / f"{item_id}.png"), text=f"fundus crop {item_id}", label=label))
     Image.fromarray(retina[200:360, 250:410]).save(root / "query.png")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -64,19 +65,21 @@ def test_diagnose_json(setup: dict[str, str], capsys: pytest.CaptureFixture[str]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out[keys.LABEL] in get_task("breastmnist").labels
+    assert out[keys.ANSWER] in get_task("breastmnist").labels
     assert sum(out[keys.DISTRIBUTION].values()) == pytest.approx(1.0)
-    assert out[keys.LABEL_PROBABILITY] == pytest.approx(max(out[keys.DISTRIBUTION].values()))
-    evidence = out["evidence"]
-    assert 1 <= len(evidence) <= 2 and {row["id"] for row in evidence} <= {"r0", "r1", "r2"}
-    assert [row["id"] for row in evidence] == [p[keys.NEIGHBOUR_KB_ID] for p in out[keys.NEIGHBOUR_PREDICTIONS]]
+    assert out[keys.PROBABILITY] == pytest.approx(max(out[keys.DISTRIBUTION].values()))
+    evidence = out[keys.NEIGHBOURS]
+    assert 1 <= len(evidence) <= 2 and {row[keys.NEIGHBOUR_KB_ID] for row in evidence} <= {"r0", "r1", "r2"}
     assert [row["rerank_score"] for row in evidence] == sorted((row["rerank_score"] for row in evidence), reverse=True)
-    # Each evidence item names its head; abstention follows the answer's support, not the majority's share.
-    assert {row["head"] for row in evidence} <= {"image", "text", "image+text"}
-    assert all(p[keys.NEIGHBOUR_HEAD] in {"image", "text"} for p in out[keys.NEIGHBOUR_PREDICTIONS])
+    # Each neighbour names its head(s) and its own KB label; abstention follows the answer's support.
+    assert {row[keys.NEIGHBOUR_HEAD] for row in evidence} <= {"image", "text", "image+text"}
+    assert all(row[keys.NEIGHBOUR_KB_LABEL] in get_task("breastmnist").labels for row in evidence)
+    assert all(row[keys.NEIGHBOUR_PREDICTION] in get_task("breastmnist").labels for row in evidence)
     assert 0.0 <= out[keys.SUPPORT] <= 1.0 and 0.0 <= out[keys.WEIGHTED_SUPPORT] <= 1.0
     assert out[keys.ABSTAIN] == (out[keys.SUPPORT] < 0.5)
-    assert out["answer"].startswith(out[keys.LABEL]) or out["answer"].startswith("Inconclusive")
+    assert out["response"].startswith(out[keys.ANSWER]) or out["response"].startswith("Inconclusive")
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the test extra) checks the output schema")
+    jsonschema.validate(out, load_schema("diagnose"))
 
 
 def test_diagnose_text_with_task_file(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,9 +90,9 @@ def test_diagnose_text_with_task_file(setup: dict[str, str], capsys: pytest.Capt
     assert code == 0
     out = capsys.readouterr().out
     assert out.startswith("answer: ")
-    assert "probability:" in out and "answer support:" in out and "consistent (all neighbours agree):" in out
+    assert "probability:" in out and "support:" in out and "consistent (all neighbours agree):" in out
     assert "evidence:" in out
-    assert "prediction" in out and "fundus crop" in out
+    assert "prediction" in out and "fundus crop" in out and "kb_label" in out
     assert TaskSpec.from_json(setup["task_json"]).name == "custom-breast"
 
 
@@ -115,7 +118,7 @@ def test_diagnose_reads_the_task_from_a_reader_folder(setup: dict[str, str], tmp
     folder = HFLVLMReader.from_pretrained(setup["reader"], get_task("breastmnist")).save_pretrained(tmp_path / "reader")
     code = _run(["diagnose", "--kb", setup["kb"], "--reader", str(folder), "--image", setup["image"], "--json"])
     assert code == 0
-    assert json.loads(capsys.readouterr().out)[keys.LABEL] in get_task("breastmnist").labels
+    assert json.loads(capsys.readouterr().out)[keys.ANSWER] in get_task("breastmnist").labels
 
 
 def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,8 +133,8 @@ def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Pa
     page = viewer.read_text(encoding="utf-8")
     assert page.count('<article class="case"') == 1 and '<h2 title="query.png">' in page
     # The query and each neighbour are embedded images, each neighbour with the reader's prediction.
-    assert page.count('class="neighbour"') == len(out["evidence"]) >= 1
-    assert page.count("src=\"data:image/png;base64,") == 1 + len(out["evidence"])
-    for row in out["evidence"]:
-        assert "<b>#" in page and row["id"] in page and f"predicts <b>{row['prediction']}</b>" in page
-    assert f"answer: <b>{out[keys.LABEL]}</b>" in page
+    assert page.count('class="neighbour"') == len(out[keys.NEIGHBOURS]) >= 1
+    assert page.count("src=\"data:image/png;base64,") == 1 + len(out[keys.NEIGHBOURS])
+    for row in out[keys.NEIGHBOURS]:
+        assert "<b>#" in page and row["kb_id"] in page and f"predicts <b>{row['prediction']}</b>" in page
+    assert f"answer: <b>{out[keys.ANSWER]}</b>" in page

@@ -15,6 +15,7 @@ from skimage import data as skdata
 from llama_index_lvlm_retriever.cli import main
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead, QueryHeadConfig
+from llama_index_lvlm_retriever.schemas import load_schema
 from llama_index_lvlm_retriever.testing import build_tiny_clip
 
 IDS = ["retina-a", "retina-b", "ihc-a", "ihc-b", "ct-small"]
@@ -79,11 +80,15 @@ def test_build_kb_writes_all_items_and_build_config(kb_dir: Path, clip_dir: Path
 def test_query_json_sorted_and_self_first(kb_dir: Path, kb_jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = kb_jsonl.parent / "ihc-b.png"
     rows = _query_json(capsys, "--kb", str(kb_dir), "--image", str(image), "--k-image", "3", "--k-text", "3", "--head-fusion", "none")
-    scores = [r["score"] for r in rows]
+    scores = [r["retrieval_score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
-    assert rows[0]["id"] == "ihc-b"
-    assert rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert set(rows[0]) == {"id", "source", "head", "score", "cosine", "text", "image_path"}
+    assert rows[0]["kb_id"] == "ihc-b"
+    assert rows[0]["retrieval_score"] == pytest.approx(1.0, abs=1e-4)
+    # The neighbour vocabulary of predict and diagnose (metadata_keys), with the pair's own label.
+    assert set(rows[0]) == {"kb_id", "kb_label", "source", "head", "retrieval_score", "cosine", "text", "image_path"}
+    assert rows[0]["kb_label"] is None  # these pairs have no label
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the test extra) checks the output schema")
+    jsonschema.validate(rows, load_schema("query"))
     assert rows[0]["cosine"]["image"] == pytest.approx(1.0, abs=1e-4)  # the raw cosine per head that found it
     assert (rows[0]["text"], rows[0]["source"]) == ("crop ihc-b", "skimage")
     assert Path(rows[0]["image_path"]).name == "ihc-b.png"
@@ -95,20 +100,20 @@ def test_query_exclude_self_scores_are_image_cosines(
     image = str(kb_jsonl.parent / "ihc-b.png")
     rows = _query_json(capsys, "--kb", str(kb_dir), "--image", image, "--k-image", "4", "--k-text", "4", "--exclude-self", "--head-fusion", "none")
     image_rows = [r for r in rows if "image" in r["head"].split("+")]
-    assert "ihc-b" not in [r["id"] for r in rows]
+    assert "ihc-b" not in [r["kb_id"] for r in rows]
     assert len(image_rows) == 4  # the four other pairs
     # Each image-head hit scores at least its image cosine, computed here independently
     # (a pair also found by the text head keeps its better score).
     embed = CLIPEmbedding.from_pretrained(clip_dir)
-    paths = {r["id"]: r["image_path"] for r in image_rows}
+    paths = {r["kb_id"]: r["image_path"] for r in image_rows}
     vectors = embed.embed_images([image, *paths.values()])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     cosines = dict(zip(paths, (vectors[1:] @ vectors[0]).tolist()))
     for r in image_rows:
-        assert r["score"] >= cosines[r["id"]] - 1e-4
+        assert r["retrieval_score"] >= cosines[r["kb_id"]] - 1e-4
     image_only = [r for r in image_rows if r["head"] == "image"]
     for r in image_only:
-        assert r["score"] == pytest.approx(cosines[r["id"]], abs=1e-4)
+        assert r["retrieval_score"] == pytest.approx(cosines[r["kb_id"]], abs=1e-4)
 
 
 def test_query_dicom_image_and_text_table(kb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,7 +121,7 @@ def test_query_dicom_image_and_text_table(kb_dir: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["query", "--kb", str(kb_dir), "--image", ct, "--k-image", "1", "--k-text", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "id", "head", "score", "source", "text"]
+    assert lines[0].split() == ["rank", "kb_id", "head", "retrieval_score", "kb_label", "text"]
     assert lines[2].split()[:2] == ["1", "ct-small"]
 
 
@@ -147,10 +152,10 @@ def test_query_uses_recorded_dtype(
     image = str(kb_jsonl.parent / "ihc-a.png")
     capsys.readouterr()
     assert main(["query", "--kb", str(fake), "--image", image, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["id"] == "ihc-a"
+    assert json.loads(capsys.readouterr().out)[0]["kb_id"] == "ihc-a"
     # --encoder-dtype overrides the recorded one.
     rows = _query_json(capsys, "--kb", str(fake), "--image", image, "--encoder-dtype", "float32")
-    assert rows[0]["id"] == "ihc-a"
+    assert rows[0]["kb_id"] == "ihc-a"
 
 
 def test_truncated_file_fails_naming_it_or_is_skipped(
@@ -276,8 +281,8 @@ def test_query_heads_folder_with_encoder_head(
     query = ["--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "ihc-a.png"), "--k-image", "3", "--k-text", "3"]
     with_heads = _query_json(capsys, *query, "--heads", str(heads))
     standard = _query_json(capsys, *query)
-    assert [r["id"] for r in with_heads] == [r["id"] for r in standard]
-    assert [r["score"] for r in with_heads] == pytest.approx([r["score"] for r in standard], abs=1e-4)
+    assert [r["kb_id"] for r in with_heads] == [r["kb_id"] for r in standard]
+    assert [r["retrieval_score"] for r in with_heads] == pytest.approx([r["retrieval_score"] for r in standard], abs=1e-4)
 
 
 def test_query_heads_folder_errors(
@@ -316,18 +321,18 @@ def test_build_on_a_backend_then_query_add_delete(
         assert manifest["backend"]["uri"] == "kb.db"  # relative: the folder can move
     image = kb_jsonl.parent / "ihc-b.png"
     rows = _query_json(capsys, "--kb", str(out), "--image", str(image), "--k-image", "2", "--k-text", "0")
-    assert [r["id"] for r in rows][0] == "ihc-b"
+    assert [r["kb_id"] for r in rows][0] == "ihc-b"
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"id": "retina-c", "image_path": str(kb_jsonl.parent / "retina-a.png"), "text": "again"}) + "\n")
     assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--no-progress"]) == 0
     assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--no-progress"]) == 1  # the id exists
-    assert "already in the knowledge base" in capsys.readouterr().err
+    assert "1 id(s) already in the KB" in capsys.readouterr().err
     assert main(["kb", "add", "--kb", str(out), "--items", str(more), "--upsert", "--no-progress"]) == 0
-    assert main(["kb", "delete", "--kb", str(out), "--ids", "ihc-b", "nope"]) == 2
+    assert main(["kb", "delete", "--kb", str(out), "--ids", "ihc-b", "nope"]) == 1  # a data error, as the add above
     assert "no knowledge-base item with id 'nope'" in capsys.readouterr().err
     assert main(["kb", "delete", "--kb", str(out), "--ids", "ihc-b"]) == 0
     rows = _query_json(capsys, "--kb", str(out), "--image", str(image), "--k-image", "5", "--k-text", "0")
-    assert "ihc-b" not in [r["id"] for r in rows] and "retina-c" in [r["id"] for r in rows]
+    assert "ihc-b" not in [r["kb_id"] for r in rows] and "retina-c" in [r["kb_id"] for r in rows]
     assert (out / "build_config.json").is_file()  # kept across the updates' rewrites
     capsys.readouterr()
     assert main(["info", "--kb", str(out)]) == 0

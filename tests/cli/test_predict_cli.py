@@ -97,7 +97,7 @@ def test_predict_dicom_directory(setup: dict[str, Path], tmp_path: Path) -> None
     assert main([*_base(setup, out), "--dicom-dir", str(folder), "--viewer-images", "copy"]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(row["case_id"] for row in rows) == sorted([*DICOM_FILES, "IM0001"])
-    assert all(row["error"] is None and row["label"] in ("malignant", "benign") for row in rows)
+    assert all(row["error"] is None and row["answer"] in ("malignant", "benign") for row in rows)
     page = (out / "evidence.html").read_text()
     assert page.count('<article class="case"') == len(rows) and "data:image" not in page
     assert len(list((out / "evidence_files").glob("*.png"))) >= len(rows)
@@ -108,7 +108,7 @@ def test_predict_case_file_with_gold(setup: dict[str, Path], tmp_path: Path) -> 
     assert main([*_base(setup, out), "--cases", str(setup["cases"])]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [row["case_id"] for row in rows] == ["c0", "c1", "c2"]
-    assert all(row["correct"] == (row["label"] == row["gold"][0]) for row in rows)
+    assert all(row["correct"] == (row["answer"] == row["gold"][0]) for row in rows)
 
 
 def test_predict_bad_inputs(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,7 +80,7 @@ def test_offline_recipe_collects_trains_and_queries_with_the_trained_heads(recip
     rows = json.loads(recipe_run["outputs"]["query"])
     assert 2 <= len(rows) <= 4  # top_k=2 per head, merged
     kb_ids = {json.loads(line)["id"] for line in (workdir / "data" / "kb.jsonl").read_text().splitlines()}
-    assert all(row["id"] in kb_ids and math.isfinite(row["score"]) for row in rows)
+    assert all(row["kb_id"] in kb_ids and math.isfinite(row["retrieval_score"]) for row in rows)
 
 
 def test_train_retriever_continues_from_the_heads_the_feedback_was_collected_with(
@@ -138,8 +138,8 @@ def test_train_retriever_encoder_mode_trains_tower_copies_that_query_loads(
     assert main([*query, "--heads", str(out)]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert len(trained) == len(plain) >= 3
-    assert [round(r["score"], 5) for r in trained if r["head"] == "image"] != [
-        round(r["score"], 5) for r in plain if r["head"] == "image"]
+    assert [round(r["retrieval_score"], 5) for r in trained if r["head"] == "image"] != [
+        round(r["retrieval_score"], 5) for r in plain if r["head"] == "image"]
 
     lora = tmp_path / "lora-heads"
     assert main([*common, "--encoder-lora-r", "2", "--out", str(lora)]) == 0
@@ -269,3 +269,24 @@ def test_prepare_medmnist_writes_kb_train_and_test_files(tmp_path: Path) -> None
     assert [c["answers"] for c in train] == ["malignant", "benign", "malignant"] and len(test) == 2
     with pytest.raises(ValueError, match="'chestmnist' is multi-label"):
         module.prepare_medmnist(tmp_path / "breastmnist.npz", "chestmnist", tmp_path / "out2")
+
+
+def test_train_retriever_report_to_tensorboard_writes_the_logged_steps(recipe_run: dict[str, Any], tmp_path: Path, tensorboard_scalars: Any
+) -> None:
+
+    workdir: Path = recipe_run["workdir"]
+    out = tmp_path / "heads"
+    args = _parse([
+        "train-retriever", "--kb", str(workdir / "kb"), "--feedback", str(workdir / "feedback"), "--out", str(out),
+        "--head", "text", "--steps", "4", "--validation-fraction", "0", "--no-progress",
+        "--report-to", "tensorboard", "--report-dir", str(tmp_path / "tb"),
+    ])
+    assert args.handler(args) == 0
+    config = json.loads((out / "trainer_config.json").read_text())
+    assert json.dumps(config).count('"report_to": ["tensorboard"]') == 1  # the flag reached TrainerConfig
+    history = json.loads((out / "training_history.json").read_text())
+    logged = [r for r in history if r.get("event") == "train"]
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    series = scalars[f"train/{logged[0]['phase']}/loss/text"]
+    assert [step for step, _ in series] == [r["step"] for r in logged]
+    assert [value for _, value in series] == pytest.approx([r["loss/text"] for r in logged], rel=1e-5)

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,3 +141,24 @@ def test_bad_options_name_the_fix(inputs: dict[str, Path], tmp_path: Path) -> No
         _run([*_base(inputs, tmp_path / "x"), "--epochs", "0"])
     with pytest.raises(CLIError, match="--kb .*missing: folder not found"):
         _run([*_base(inputs, tmp_path / "x")[:1], "--kb", str(tmp_path / "missing"), *_base(inputs, tmp_path / "x")[3:]])
+
+
+def test_report_to_reaches_the_config(inputs: dict[str, Path], tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    reader_training.register(parser.add_subparsers(dest="command"))
+    base = _base(inputs, tmp_path / "reader")
+    assert reader_training.sft_config_from_args(parser.parse_args(base)).report_to == ("none",)
+    args = parser.parse_args([*base, "--report-to", "tensorboard", "--report-dir", str(tmp_path / "tb")])
+    config = reader_training.sft_config_from_args(args)
+    assert (config.report_to, config.report_dir) == (("tensorboard",), str(tmp_path / "tb"))
+    with pytest.raises(CLIError, match="report_to"):
+        reader_training.sft_config_from_args(parser.parse_args([*base, "--report-to", "none", "mlflow"]))
+
+
+def test_tensorboard_gets_the_epoch_losses(inputs: dict[str, Path], tmp_path: Path, tensorboard_scalars: Any) -> None:
+    base = _base(inputs, tmp_path / "reader")
+    assert _run([*base, "--mode", "lora", "--lora-r", "2", "--epochs", "2", "--batch-size", "4", "--lr", "5e-3",
+                 "--report-to", "tensorboard", "--report-dir", str(tmp_path / "tb")]) == 0
+    history = json.loads((tmp_path / "reader" / reader_training.TRAIN_READER_CONFIG_FILE).read_text())["history"]
+    losses = tensorboard_scalars(tmp_path / "tb")["train/loss"]
+    assert [value for _, value in losses] == pytest.approx([record["loss"] for record in history], rel=1e-5)

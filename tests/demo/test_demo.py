@@ -143,8 +143,8 @@ def _args(*argv: str) -> Any:
 
 def test_real_mode_flags_reach_the_config(tmp_path: Path) -> None:
     config = config_from_args(_args(
-        "--dataset", "retinamnist", "--retriever-model", "openai/clip-vit-base-patch32",
-        "--reader-model", "Qwen/Qwen2-VL-2B-Instruct", "--device", "cuda", "--seed", "3", "4",
+        "--dataset", "retinamnist", "--embed-model", "openai/clip-vit-base-patch32",
+        "--reader", "Qwen/Qwen2-VL-2B-Instruct", "--device", "cuda", "--seed", "3", "4",
         "--out", str(tmp_path), "--data-root", str(tmp_path / "mm"),
     ))
     assert (config.dataset, config.retriever_model, config.reader_model) == (
@@ -157,7 +157,10 @@ def test_real_mode_flags_reach_the_config(tmp_path: Path) -> None:
     assert (fashion.image_size, fashion.clip.patch_size, fashion.limit) == (28, 4, 14_000)
     assert (fashion.k_image, fashion.k_text) == (2, 2)
     assert config_from_args(_args()).seeds == (0, 1, 2)
-    with pytest.raises(CLIError, match="also pass --retriever-model"):
+    # The demo's old spellings still work (hidden from --help, with a warning).
+    old = config_from_args(_args("--retriever-model", "a/clip", "--reader-model", "b/lvlm", "--dataset", "retinamnist"))
+    assert (old.retriever_model, old.reader_model) == ("a/clip", "b/lvlm")
+    with pytest.raises(CLIError, match="also pass --embed-model"):
         config_from_args(_args("--dataset", "dermamnist"))
     with pytest.raises(CLIError, match="multiple of clip.patch_size"):
         config_from_args(_args("--image-size", "50"))
@@ -178,7 +181,7 @@ def test_real_mode_runs_end_to_end_on_checkpoints_and_a_medmnist_file(tmp_path: 
     clip = build_tiny_clip(tmp_path / "clip")
     llava = build_tiny_llava(tmp_path / "llava")
     out = tmp_path / "out"
-    code = main(["demo", "--dataset", "breastmnist", "--retriever-model", str(clip), "--reader-model", str(llava),
+    code = main(["demo", "--dataset", "breastmnist", "--embed-model", str(clip), "--reader", str(llava),
                  "--data-root", str(root), "--image-size", "28", "--seed", "0", "--bootstrap", "50",
                  "--out", str(out), "--no-progress"])
     assert code == 0

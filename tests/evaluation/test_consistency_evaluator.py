@@ -20,15 +20,15 @@ def metadata(votes: list[tuple[str, str, float]], label: str, abstain: bool = Fa
     k = len(votes)
     counts = {v: sum(1 for _, lab, _ in votes if lab == v) for _, v, _ in votes}
     return {
-        keys.LABEL: label,
-        keys.LABEL_PROBABILITY: 0.7,
+        keys.ANSWER: label,
+        keys.PROBABILITY: 0.7,
         keys.DISTRIBUTION: {"grade 1": 0.3, "grade 2": 0.7},
         keys.CONSISTENT: len(counts) == 1,
         keys.AGREEMENT: max(counts.values()) / k,
         keys.VOTE_ENTROPY: 0.0,
         keys.N_DISTINCT: len(counts),
-        keys.NEIGHBOUR_PREDICTIONS: [
-            {keys.NEIGHBOUR_KB_ID: kb, keys.NEIGHBOUR_LABEL: lab, keys.NEIGHBOUR_PROBABILITY: p} for kb, lab, p in votes
+        keys.NEIGHBOURS: [
+            {keys.NEIGHBOUR_KB_ID: kb, keys.NEIGHBOUR_PREDICTION: lab, keys.NEIGHBOUR_PROBABILITY: p} for kb, lab, p in votes
         ],
         keys.ABSTAIN: abstain,
     }
@@ -61,10 +61,10 @@ def test_unanimous_and_threshold() -> None:
 
 def test_multi_label_and_abstain_feedback() -> None:
     meta = metadata([("kb1", "x", 0.9)], "x", abstain=True)
-    meta[keys.LABEL] = ["y", "x"]
-    meta[keys.NEIGHBOUR_PREDICTIONS] = [
-        {keys.NEIGHBOUR_KB_ID: "kb1", keys.NEIGHBOUR_LABEL: ["x", "y"], keys.NEIGHBOUR_PROBABILITY: 0.5},
-        {keys.NEIGHBOUR_KB_ID: "kb2", keys.NEIGHBOUR_LABEL: ["x"], keys.NEIGHBOUR_PROBABILITY: 0.4},
+    meta[keys.ANSWER] = ["y", "x"]
+    meta[keys.NEIGHBOURS] = [
+        {keys.NEIGHBOUR_KB_ID: "kb1", keys.NEIGHBOUR_PREDICTION: ["x", "y"], keys.NEIGHBOUR_PROBABILITY: 0.5},
+        {keys.NEIGHBOUR_KB_ID: "kb2", keys.NEIGHBOUR_PREDICTION: ["x"], keys.NEIGHBOUR_PROBABILITY: 0.4},
     ]
     meta[keys.AGREEMENT], meta[keys.CONSISTENT] = 0.5, False
     result = ConsistencyEvaluator().evaluate_response(response=Response("x, y", metadata=meta))
@@ -78,9 +78,9 @@ def test_foreign_responses_are_invalid_not_errors() -> None:
     evaluator = ConsistencyEvaluator()
     plain = evaluator.evaluate_response(response=Response("grade 2"))
     assert plain.invalid_result and "carries no metadata" in plain.invalid_reason
-    partial = evaluator.evaluate_response(response=Response("grade 2", metadata={keys.LABEL: "grade 2"}))
+    partial = evaluator.evaluate_response(response=Response("grade 2", metadata={keys.ANSWER: "grade 2"}))
     assert partial.invalid_result
-    assert "lacks ['consistent', 'agreement', 'neighbour_predictions']" in partial.invalid_reason
+    assert "lacks ['consistent', 'agreement', 'neighbours']" in partial.invalid_reason
     with pytest.raises(ValueError, match="needs the per-neighbour answers in the response metadata"):
         evaluator.evaluate(query="q", response="grade 2")
     with pytest.raises(ValueError, match=r"min_agreement must be in \(0, 1\] or None, got 0"):

@@ -35,28 +35,28 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
 
     def neighbours(*predictions: str) -> list[dict[str, Any]]:
         return [
-            {"kb_id": f"kb{j}", "head": ("image", "text")[j % 2], "retrieval_score": 0.9 - 0.1 * j, "label": p,
+            {"kb_id": f"kb{j}", "head": ("image", "text")[j % 2], "retrieval_score": 0.9 - 0.1 * j, "prediction": p,
              "probability": 0.8, "image_path": kb[j % 2], "text": f"caption <{j}> & more"}
             for j, p in enumerate(predictions)
         ]
 
-    base = {"question": "", "answer_support_weighted": 0.5, "error": None}
+    base = {"question": "", "weighted_support": 0.5, "error": None}
     return [
-        {**base, "case_id": "c0", "image_path": _image(folder / "q0.png", 0), "label": "yes", "label_probability": 0.9,
-         "answer_support": 1.0, "consistent": True, "abstain": False, "gold": ["yes"], "correct": True,
-         "neighbour_predictions": neighbours("yes", "yes")},
-        {**base, "case_id": "c1", "image_path": _image(folder / "q1.png", 1), "label": "no", "label_probability": 0.6,
-         "answer_support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": False,
-         "neighbour_predictions": neighbours("no", "yes")},
-        {**base, "case_id": "c2", "image_path": _image(folder / "q2.png", 2), "label": "yes", "label_probability": 0.7,
-         "answer_support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": True,
-         "neighbour_predictions": neighbours("yes", "no")},
-        {**base, "case_id": "c3 <unlabelled>", "image_path": _image(folder / "q3.png", 3), "label": "no",
-         "label_probability": 0.95, "answer_support": 1.0, "consistent": True, "abstain": False, "gold": None,
-         "correct": None, "neighbour_predictions": neighbours("no", "no")},
-        {**base, "case_id": "c4", "image_path": str(folder / "missing.png"), "label": None, "label_probability": None,
-         "answer_support": None, "answer_support_weighted": None, "consistent": None, "abstain": True, "gold": None,
-         "correct": None, "error": "unreadable image: missing.png", "neighbour_predictions": []},
+        {**base, "case_id": "c0", "image_path": _image(folder / "q0.png", 0), "answer": "yes", "probability": 0.9,
+         "support": 1.0, "consistent": True, "abstain": False, "gold": ["yes"], "correct": True,
+         "neighbours": neighbours("yes", "yes")},
+        {**base, "case_id": "c1", "image_path": _image(folder / "q1.png", 1), "answer": "no", "probability": 0.6,
+         "support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": False,
+         "neighbours": neighbours("no", "yes")},
+        {**base, "case_id": "c2", "image_path": _image(folder / "q2.png", 2), "answer": "yes", "probability": 0.7,
+         "support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": True,
+         "neighbours": neighbours("yes", "no")},
+        {**base, "case_id": "c3 <unlabelled>", "image_path": _image(folder / "q3.png", 3), "answer": "no",
+         "probability": 0.95, "support": 1.0, "consistent": True, "abstain": False, "gold": None,
+         "correct": None, "neighbours": neighbours("no", "no")},
+        {**base, "case_id": "c4", "image_path": str(folder / "missing.png"), "answer": None, "probability": None,
+         "support": None, "weighted_support": None, "consistent": None, "abstain": True, "gold": None,
+         "correct": None, "error": "unreadable image: missing.png", "neighbours": []},
     ]
 
 

@@ -34,6 +34,7 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.schemas import load_schema
 from llama_index_lvlm_retriever.tasks import get_task
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava
 
@@ -105,16 +106,16 @@ def test_predict_writes_one_row_per_image(models: dict[str, Any], tmp_path: Path
     assert [row["case_id"] for row in rows] == [f"img{i:02d}.png" for i in range(N_IMAGES)]
     labels = get_task("breastmnist").labels
     for row in rows:
-        assert row[keys.LABEL] in labels and row[ROW_ERROR] is None and row[ROW_CORRECT] is None
-        assert row[keys.LABEL_PROBABILITY] == pytest.approx(max(row[keys.DISTRIBUTION].values()), abs=1e-6)
-        neighbours = row[keys.NEIGHBOUR_PREDICTIONS]
+        assert row[keys.ANSWER] in labels and row[ROW_ERROR] is None and row[ROW_CORRECT] is None
+        assert row[keys.PROBABILITY] == pytest.approx(max(row[keys.DISTRIBUTION].values()), abs=1e-6)
+        neighbours = row[keys.NEIGHBOURS]
         assert 2 <= len(neighbours) <= 4
-        assert all(n[keys.NEIGHBOUR_HEAD] in {"image", "text"} and n[keys.NEIGHBOUR_LABEL] in labels for n in neighbours)
+        assert all(n[keys.NEIGHBOUR_HEAD] in {"image", "text"} and n[keys.NEIGHBOUR_PREDICTION] in labels for n in neighbours)
         # support = share of neighbours whose own prediction is the answer; abstain below 0.75
-        share = sum(n[keys.NEIGHBOUR_LABEL] == row[keys.LABEL] for n in neighbours) / len(neighbours)
+        share = sum(n[keys.NEIGHBOUR_PREDICTION] == row[keys.ANSWER] for n in neighbours) / len(neighbours)
         assert row[keys.SUPPORT] == pytest.approx(share)
         assert row[keys.ABSTAIN] == (share < 0.75)
-        assert row[keys.CONSISTENT] == (len({n[keys.NEIGHBOUR_LABEL] for n in neighbours}) == 1)
+        assert row[keys.CONSISTENT] == (len({n[keys.NEIGHBOUR_PREDICTION] for n in neighbours}) == 1)
     # The files: JSONL and CSV with one line per image, the viewer with one card per image.
     assert [json.loads(line)["case_id"] for line in (tmp_path / PREDICTIONS_JSONL).read_text().splitlines()] == [
         row["case_id"] for row in rows
@@ -122,8 +123,17 @@ def test_predict_writes_one_row_per_image(models: dict[str, Any], tmp_path: Path
     with (tmp_path / PREDICTIONS_CSV).open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == N_IMAGES
-    assert table[0]["answer"] == rows[0][keys.LABEL] and table[0]["neighbour1_id"] == rows[0][keys.NEIGHBOUR_PREDICTIONS][0]["kb_id"]
-    assert {"probability", "support", "weighted_support", "consistent", "abstain", "neighbour2_head", "neighbour2_prediction"} <= set(table[0])
+    assert table[0]["answer"] == rows[0][keys.ANSWER] and table[0]["neighbour1_kb_id"] == rows[0][keys.NEIGHBOURS][0]["kb_id"]
+    # One vocabulary: the CSV's columns are the JSONL's keys (neighbours flattened as neighbour<j>_<key>).
+    case_keys = [key for key in rows[0] if key not in (keys.NEIGHBOURS, keys.DISTRIBUTION)]
+    assert list(table[0])[: len(case_keys)] == case_keys
+    first = rows[0][keys.NEIGHBOURS][0]
+    assert {f"neighbour1_{key}" for key in first if key not in ("text", "image_path")} <= set(table[0])
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the test extra) checks the output schemas")
+    for line in (tmp_path / PREDICTIONS_JSONL).read_text().splitlines():
+        jsonschema.validate(json.loads(line), load_schema("predictions"))
+    for csv_row in table:
+        jsonschema.validate(csv_row, load_schema("predictions_csv"))
     page = (tmp_path / EVIDENCE_HTML).read_text()
     assert page.count('<article class="case"') == N_IMAGES and "http://" not in page and "https://" not in page
     run = json.loads((tmp_path / RUN_FILE).read_text())
@@ -142,12 +152,12 @@ def test_predict_matches_the_query_engine(models: dict[str, Any]) -> None:
     row = predict([case], LVLMAwareRetriever(models["kb"]), models["reader"], min_support=0.5)[0]
     engine = LVLMDiagnosisQueryEngine.from_defaults(knowledge_base=models["kb"], reader=models["reader"], min_support=0.5)
     meta = engine.query(QueryBundle(query_str="", image_path=case.image_path)).metadata
-    assert row[keys.LABEL] == meta[keys.LABEL]
-    assert row[keys.LABEL_PROBABILITY] == pytest.approx(meta[keys.LABEL_PROBABILITY], abs=1e-5)
+    assert row[keys.ANSWER] == meta[keys.ANSWER]
+    assert row[keys.PROBABILITY] == pytest.approx(meta[keys.PROBABILITY], abs=1e-5)
     assert row[keys.SUPPORT] == pytest.approx(meta[keys.SUPPORT])
     assert row[keys.WEIGHTED_SUPPORT] == pytest.approx(meta[keys.WEIGHTED_SUPPORT], abs=1e-5)
     assert row[keys.ABSTAIN] == meta[keys.ABSTAIN]
-    assert {n["kb_id"] for n in row[keys.NEIGHBOUR_PREDICTIONS]} == {n[keys.NEIGHBOUR_KB_ID] for n in meta[keys.NEIGHBOUR_PREDICTIONS]}
+    assert {n["kb_id"] for n in row[keys.NEIGHBOURS]} == {n[keys.NEIGHBOUR_KB_ID] for n in meta[keys.NEIGHBOURS]}
 
 
 def test_predict_resumes_after_a_kill(models: dict[str, Any], tmp_path: Path) -> None:
@@ -196,9 +206,9 @@ def test_predict_gold_and_unreadable_images(models: dict[str, Any], tmp_path: Pa
         Case(id="broken", image_path=str(broken)),
     ]
     rows = predict(cases, LVLMAwareRetriever(models["kb"]), models["reader"], out_dir=tmp_path / "out")
-    assert [row[ROW_CORRECT] for row in rows[:2]] == [rows[0][keys.LABEL] == "malignant", rows[1][keys.LABEL] == "benign"]
+    assert [row[ROW_CORRECT] for row in rows[:2]] == [rows[0][keys.ANSWER] == "malignant", rows[1][keys.ANSWER] == "benign"]
     assert rows[2][ROW_ERROR].startswith("unreadable image") and rows[2][keys.ABSTAIN] is True
-    assert rows[2][keys.LABEL] is None and rows[2][keys.NEIGHBOUR_PREDICTIONS] == []
+    assert rows[2][keys.ANSWER] is None and rows[2][keys.NEIGHBOURS] == []
     summary = json.loads((tmp_path / "out" / RUN_FILE).read_text())["summary"]
     assert summary["n_errors"] == 1 and summary["n_with_gold"] == 2
     assert summary["accuracy"] == pytest.approx(sum(row[ROW_CORRECT] for row in rows[:2]) / 2)

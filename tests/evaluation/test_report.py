@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from llama_index_lvlm_retriever.evaluation.predictions import evaluate_predictions
+from llama_index_lvlm_retriever.evaluation.records import CaseResult
 from llama_index_lvlm_retriever.evaluation.report import (
     ConsistencyReport,
     metric_prefix,
     write_report,
 )
+from llama_index_lvlm_retriever.schemas import load_schema
 
 
 @pytest.fixture
@@ -63,8 +65,23 @@ def test_json_round_trip(report, tmp_path: Path) -> None:
     record = json.loads(path.read_text())  # strict JSON: NaN was written as null
     assert record["metrics"]["aware"]["accuracy_inconsistent"]["value"] is None
     assert len(record["rows"]["rag"]) == 6
-    assert record["rows"]["rag"][1]["neighbour_ids"] == ["c2-n0", "c2-n1"]
+    assert record["rows"]["rag"][1]["neighbour_kb_ids"] == ["c2-n0", "c2-n1"]
     assert not list(path.parent.glob(".*tmp"))  # no temp file left behind
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the test extra) checks the output schema")
+    for rows in record["rows"].values():
+        for row in rows:
+            jsonschema.validate(row, load_schema("evaluation_row"))
+
+
+def test_rows_written_before_the_vocabulary_was_unified_still_load(report) -> None:
+    # report.json files of earlier versions name the answer "prediction" and the neighbours' ids,
+    # KB labels and scores "neighbour_ids", "neighbour_labels", "retrieval_scores".
+    row = report.rows["rag"][1]
+    renames = {"answer": "prediction", "neighbour_kb_ids": "neighbour_ids", "neighbour_kb_labels": "neighbour_labels",
+               "neighbour_retrieval_scores": "retrieval_scores"}
+    old = {renames.get(key, key): value for key, value in row.to_dict().items()}
+    assert "prediction" in old and "answer" not in old
+    assert CaseResult.from_dict(old) == row
 
 
 def test_from_json_errors(tmp_path: Path, report) -> None:

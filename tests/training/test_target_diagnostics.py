@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from llama_index_lvlm_retriever.training.config import TrainerConfig
+from llama_index_lvlm_retriever.training.loss_config import config_loss
 from llama_index_lvlm_retriever.training.losses import (
     EMDRLoss,
     LSRLoss,
@@ -24,7 +25,6 @@ from llama_index_lvlm_retriever.training.target_diagnostics import (
     diagnose_target,
 )
 from llama_index_lvlm_retriever.training.temperature import auto_gamma
-from llama_index_lvlm_retriever.training.trainer import config_loss
 
 FROZEN = torch.tensor([[0.900, 0.898, 0.896, 0.894, 0.892, 0.890]], dtype=torch.float64)
 READER = torch.tensor([[-0.7, -0.7, -0.6, -0.6, -0.7, -0.7]], dtype=torch.float64)

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from llama_index_lvlm_retriever.training.losses import LOSS_KEY, N_CASES_KEY, LSRLoss, ReaderRankLoss
+from llama_index_lvlm_retriever.training.losses import (
+    LOSS_KEY,
+    N_CASES_KEY,
+    LSRLoss,
+    ReaderRankLoss,
+)
 
 
 def _softplus(x: float) -> float:
