@@ -22,6 +22,7 @@ The hierarchy, and the exit code the ``lvlm-retriever`` command gives for each::
         |   +-- MissingStoreFileError           ... a file the manifest names is gone (also FileNotFoundError)
         +-- EncoderMismatchError                a KB loaded with another embedding model
         +-- KBMismatchError                     query heads used on a KB sharing < 50% of their training items
+        +-- EmbeddingError                      the embedding model returned NaN/inf or mismatched embeddings
         +-- QueryError                          a query the retriever cannot search (NaN, empty)
     +-- StoreLockedError(BlockingIOError)       exit 1: another process is writing that folder
 
@@ -114,6 +115,11 @@ class KBMismatchError(DataError):
     """
 
 
+class EmbeddingError(DataError):
+    """The embedding model returned unusable embeddings (NaN or infinite values, or image and text
+    embeddings of different sizes); the message names the item. Check the input and the model's dtype."""
+
+
 class QueryError(DataError):
     """A query cannot be searched (e.g. its embedding has NaN or infinite values)."""
 
@@ -139,6 +145,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DataError",
     "DeviceUnavailableError",
+    "EmbeddingError",
     "EncoderMismatchError",
     "FeedbackCacheError",
     "HeadFormatError",

@@ -36,6 +36,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
+from llama_index_lvlm_retriever._io import naming_path
 from llama_index_lvlm_retriever._locking import LOCK_FILE, folder_lock
 from llama_index_lvlm_retriever._versioned import (
     VersionedWriter,
@@ -96,7 +97,8 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
             "(or its first write was interrupted); rebuild it with KnowledgeBase.persist."
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with naming_path("cannot read", path):
+            manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise KBFormatError(f"{path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -238,11 +240,19 @@ def write_knowledge_base(
     with folder_lock(target):
         writer = VersionedWriter(target, MANIFEST_FILE, owns=is_data_file)
         try:
-            _write_bytes(writer.path("items", ITEMS_FILE), payload)
-            write_vectors(writer.path("vectors", VECTORS_FILE), image_vectors, text_vectors)
-            _write_bytes(writer.path("hashes", HASHES_FILE), json_record(list(image_hashes)))
+            path = writer.path("items", ITEMS_FILE)
+            with naming_path("cannot write", path):
+                _write_bytes(path, payload)
+            path = writer.path("vectors", VECTORS_FILE)
+            with naming_path("cannot write", path):
+                write_vectors(path, image_vectors, text_vectors)
+            path = writer.path("hashes", HASHES_FILE)
+            with naming_path("cannot write", path):
+                _write_bytes(path, json_record(list(image_hashes)))
             for name, write in write_indexes.items():
-                write(writer.path(name, INDEX_FILES[name]))
+                path = writer.path(name, INDEX_FILES[name])
+                with naming_path("cannot write", path):
+                    write(path)
             record = writer.commit(manifest, json_record)
         except BaseException:
             writer.abort()
@@ -322,4 +332,22 @@ def read_knowledge_base(
             f"{persist_dir}: manifest says {manifest.get('count')} items but the files hold {len(items)} items and "
             f"{image.shape[0]}/{text.shape[0]} image/text vectors; the directory is inconsistent, rebuild it"
         )
+    _check_finite(file_path(persist_dir, manifest, "vectors"), items, {"image": image, "text": text})
     return items, image, text, [str(h) for h in hashes]
+
+
+def _check_finite(path: Path, items: Sequence[KBItem], vectors: Mapping[str, np.ndarray]) -> None:
+    """Refuse NaN/inf vectors even in a file that matches its checksum (written corrupt, or resealed).
+
+    faiss compares NaN to nothing: such a row would never be found, and a NaN in a flat index can
+    poison every distance computed against it.
+    """
+    for name, matrix in vectors.items():
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))  # (n_bad,) row indices
+        if bad.size:
+            first = int(bad[0])
+            raise KBFormatError(
+                f"{path}: the {name} vector of item {items[first].id!r} (row {first}) has NaN or infinite values "
+                f"({bad.size} of {len(items)} rows), although the file matches its recorded checksum; rebuild the "
+                "knowledge base (build-kb), or re-add those items"
+            )

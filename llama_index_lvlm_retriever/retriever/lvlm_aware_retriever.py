@@ -27,6 +27,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import FilterCondition, MetadataFilters
 
 from llama_index_lvlm_retriever.data.images import ImageInput
+from llama_index_lvlm_retriever.errors import UsageError
 from llama_index_lvlm_retriever.heads import QueryHead, check_head_fits, load_head
 from llama_index_lvlm_retriever.heads.kb_match import check_head_kb
 from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
@@ -108,8 +109,8 @@ class LVLMAwareRetriever(BaseRetriever):
     ``head.encode(embeddings, pixel_values=...)``. :meth:`search_heads` needs ``images=`` for it.
 
     Raises:
-        UsageError: A setting is out of range (one line naming it; a ``ValueError``).
-        ValueError: A head's dimensions do not fit the knowledge base.
+        UsageError: A setting is out of range, or a head's dimensions do not fit the knowledge
+            base (one line naming it; a ``ValueError``).
         KBMismatchError: A head was trained on a knowledge base sharing under half its items with
             this one, and ``allow_other_kb`` is False.
         TypeError: A head is not a :class:`~llama_index_lvlm_retriever.heads.QueryHead` or an
@@ -459,13 +460,13 @@ class LVLMAwareRetriever(BaseRetriever):
     ) -> np.ndarray:
         if head is None:
             if queries.shape[1] != self._kb.dim:
-                raise ValueError(
+                raise UsageError(
                     f"query embeddings are {queries.shape[1]}-d but the knowledge base is "
                     f"{self._kb.dim}-d; embed queries with the encoder that built it"
                 )
             return unit_rows(queries)
         if queries.shape[1] != head.dim:
-            raise ValueError(
+            raise UsageError(
                 f"query embeddings are {queries.shape[1]}-d but the {name} head expects {head.dim}-d; "
                 "the head was trained for another encoder"
             )

@@ -38,6 +38,7 @@ from PIL import Image
 from llama_index_lvlm_retriever import _io
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import DataError, UsageError
 from llama_index_lvlm_retriever.kb import (
     EncoderMismatchError,
     IndexConfig,
@@ -259,10 +260,10 @@ def test_hash_exclusion_removes_every_pixel_duplicate(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda kb, q: kb.search(q, "audio", 1), ValueError, r"modality must be one of \['image', 'text'\], got 'audio'"),
-        (lambda kb, q: kb.search(q, "image", -1), ValueError, "k must be a non-negative int, got -1"),
-        (lambda kb, q: kb.search(q[0], "image", 1), ValueError, r"queries must have shape \(n, dim\), got \(12,\)"),
-        (lambda kb, q: kb.search(q[:, :5], "image", 1), ValueError, "queries are 5-d but the knowledge base is 12-d"),
+        (lambda kb, q: kb.search(q, "audio", 1), UsageError, r"modality must be one of \['image', 'text'\], got 'audio'"),
+        (lambda kb, q: kb.search(q, "image", -1), UsageError, "^k must be a non-negative int, got -1"),
+        (lambda kb, q: kb.search(q[0], "image", 1), UsageError, r"queries must have shape \(n, dim\), got \(12,\)"),
+        (lambda kb, q: kb.search(q[:, :5], "image", 1), UsageError, "queries are 5-d but the knowledge base is 12-d"),
         (lambda kb, q: kb.search(q, "image", 1, exclude_ids=[{"a"}, {"b"}]), ValueError, "exclude_ids has 2 entries for 1 queries"),
         (lambda kb, q: kb.search(q, "image", 1, exclude_hashes=["abc"]), ValueError, r"exclude_hashes\[0\] is the string 'abc'"),
         (lambda kb, q: kb.get("pink"), KeyError, "no knowledge-base item with id 'pink'"),
@@ -478,11 +479,11 @@ def test_persist_refuses_a_folder_that_is_not_a_knowledge_base(kb: KnowledgeBase
 
 # ---------------------------------------------------------------------------- bad input
 def test_empty_knowledge_base(folder: Path) -> None:
-    with pytest.raises(ValueError, match="knowledge base is empty: build\\(\\) got no items"):
+    with pytest.raises(UsageError, match="^knowledge base is empty: build\\(\\) got no items; pass at least one KBItem"):
         KnowledgeBase.build([], QuadrantEmbedding())
     empty = KnowledgeBase(QuadrantEmbedding())
     assert len(empty) == 0 and empty.add([], show_progress=False) == []
-    with pytest.raises(ValueError, match="knowledge base is empty; add items before searching"):
+    with pytest.raises(UsageError, match="knowledge base is empty; add items before searching"):
         empty.search(np.ones((1, DIM), np.float32), "image", 1)
     with pytest.raises(ValueError, match="knowledge base is empty; nothing to persist"):
         empty.persist(folder / "empty-kb")
@@ -524,7 +525,7 @@ def test_skip_bad_skips_and_reports(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert "missing.png" in kb.skipped[0][1] and "skipping knowledge-base item 'cut'" in caplog.text
     assert kb.add([KBItem(id="ok2", image_path=items[0].image_path, text="w1")], show_progress=False) == ["ok2"]
     assert kb.skipped == []  # reports the last call only
-    with pytest.raises(ValueError, match="knowledge base is empty: all 3 items were skipped as unreadable \\(first: 'gone'"):
+    with pytest.raises(DataError, match="knowledge base is empty: all 3 items were skipped as unreadable \\(first: 'gone'"):
         KnowledgeBase.build(items[1:], QuadrantEmbedding(), show_progress=False, skip_bad=True)
 
 
