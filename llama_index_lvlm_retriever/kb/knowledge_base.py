@@ -171,7 +171,13 @@ class KnowledgeBase(LiveUpdatesMixin):
         self._skipped: list[tuple[str, str]] = []
 
     def _reindex(self) -> None:
-        """Rebuild the id / hash lookups after the rows changed."""
+        """Rebuild the id / hash lookups after the rows changed, and share the vectors with flat indexes."""
+        for name, index in self._indexes.items():
+            # A flat faiss index holds the same vectors (same rows, same values): keep its array, not
+            # a second copy, so each vector is in memory once.
+            matrix = getattr(index, "matrix", None)
+            if isinstance(matrix, np.ndarray) and matrix.shape == self._vectors[name].shape:
+                self._vectors[name] = matrix
         self._positions = {item.id: i for i, item in enumerate(self._items)}
         self._hash_positions: dict[str, list[int]] = {}
         for i, h in enumerate(self._hashes):

@@ -391,9 +391,9 @@ def test_missing_directory_manifest_or_files(kb: KnowledgeBase, tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="knowledge-base directory not found: .*nowhere"):
         KnowledgeBase.from_persist_dir(tmp_path / "nowhere", QuadrantEmbedding())
     kb.persist(tmp_path / "kb")
-    text_file = KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["text"]["name"]
-    (tmp_path / "kb" / text_file).unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(f"is missing ['{text_file}']")):
+    vectors_file = KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["vectors"]["name"]
+    (tmp_path / "kb" / vectors_file).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"is missing ['{vectors_file}']")):
         KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
     (tmp_path / "kb" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
@@ -422,7 +422,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_persist_leaves_nothing_half_written(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hnsw = IndexConfig(kind="hnsw", hnsw_m=4)  # an index with files of its own (a flat one has none)
+    kb = KnowledgeBase.build(_items(folder), QuadrantEmbedding(), index_config=hnsw, show_progress=False)
     real_write = FaissIndex.write
     calls: list[Path] = []
 
@@ -440,13 +442,50 @@ def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, fold
     monkeypatch.setattr(FaissIndex, "write", real_write)
     kb.persist(tmp_path / "kb")
     before = _snapshot(tmp_path / "kb")
-    bigger = KnowledgeBase.build(_items(folder)[:3], QuadrantEmbedding(), show_progress=False)
+    bigger = KnowledgeBase.build(_items(folder)[:3], QuadrantEmbedding(), index_config=hnsw, show_progress=False)
     calls.clear()
     monkeypatch.setattr(FaissIndex, "write", write_then_crash)
     with pytest.raises(OSError, match="disk full"):
         bigger.persist(tmp_path / "kb")
     assert _snapshot(tmp_path / "kb") == before
     assert sorted(os.listdir(tmp_path)) == ["kb", "new"]
+
+
+def test_a_flat_kb_holds_each_vector_once(kb: KnowledgeBase, folder: Path, tmp_path: Path) -> None:
+    # In memory: the knowledge base's matrices are the flat indexes' own (no second copy).
+    for name in ("image", "text"):
+        assert np.shares_memory(kb.image_vectors if name == "image" else kb.text_vectors, kb._indexes[name].matrix)
+    # On disk: the vectors file only; the flat index is rebuilt from it, sharing its bytes.
+    kb.persist(tmp_path / "kb")
+    assert set(KnowledgeBase.read_manifest(tmp_path / "kb")["files"]) == {"items", "vectors", "hashes"}
+    assert not list((tmp_path / "kb").glob("*.faiss"))
+    loaded = KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
+    assert np.shares_memory(loaded.image_vectors, loaded._indexes["image"].matrix)
+    image_q, _ = _query(kb.embed_model, folder)
+    assert _ranking(loaded.search(image_q, "image", 5)[0]) == _ranking(kb.search(image_q, "image", 5)[0])
+    # Changes keep one copy too, and search what they changed.
+    loaded.delete(["red"])
+    assert np.shares_memory(loaded.image_vectors, loaded._indexes["image"].matrix) and len(loaded) == 4
+    assert "red" not in [h.item.id for h in loaded.search(image_q, "image", 5)[0]]
+
+
+def test_a_flat_kb_of_an_older_version_with_index_files_still_loads(kb: KnowledgeBase, folder: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    kb.persist(tmp_path / "kb")
+    manifest_path = tmp_path / "kb" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in ("image", "text"):  # what versions before "one copy of the vectors" wrote
+        path = tmp_path / "kb" / f"{name}.0123456789ab.faiss"
+        kb._indexes[name].write(path)
+        manifest["files"][name] = {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                   "size": path.stat().st_size}
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
+    image_q, _ = _query(kb.embed_model, folder)
+    assert _ranking(loaded.search(image_q, "image", 5)[0]) == _ranking(kb.search(image_q, "image", 5)[0])
+    loaded.persist(tmp_path / "kb")  # the next write drops the old index files
+    assert not list((tmp_path / "kb").glob("*.faiss"))
 
 
 def test_failed_commit_keeps_the_old_version(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

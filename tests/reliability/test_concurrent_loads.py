@@ -66,5 +66,5 @@ def test_loads_during_repersists_never_mix_or_fail(clip_dir: Path, images: list[
     assert counts["a"] > 0 and counts["b"] > 0, counts  # both versions were really seen: the race happened
     assert sorted(p.name for p in (tmp_path / "kb").iterdir())[-1] == "vectors." + (
         KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["vectors"]["name"].split(".")[1]
-    ) + ".safetensors"  # old versions' files are gone: 5 data files + the manifest
-    assert len(list((tmp_path / "kb").iterdir())) == 6
+    ) + ".safetensors"  # old versions' files are gone: 3 data files (a flat index has none) + the manifest
+    assert len(list((tmp_path / "kb").iterdir())) == 4

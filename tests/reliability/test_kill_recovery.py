@@ -125,7 +125,7 @@ def test_kill_build_kb(embed: CLIPEmbedding, images: list[Path], versions: dict[
     assert sum(seen.get(v, 0) for v in _tiny.VERSIONS) == KILLS, seen  # every kill left a or b, loadable
     _tiny.build("b", embed, images).persist(kb_dir)  # the rerun
     assert check() == "b"
-    assert len(os.listdir(kb_dir)) == 6 and os.listdir(tmp_path) == ["kb"]  # leftovers cleaned
+    assert len(os.listdir(kb_dir)) == 4 and os.listdir(tmp_path) == ["kb"]  # leftovers cleaned: 3 data files + manifest
 
 
 def test_kill_persist(embed: CLIPEmbedding, versions: dict[str, KnowledgeBase], tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_kill_persist(embed: CLIPEmbedding, versions: dict[str, KnowledgeBase], 
     seen = _run_kills(write, _kb_check(kb_dir, embed, versions), seed=2)
     assert sum(seen.get(v, 0) for v in _tiny.VERSIONS) == KILLS, seen
     versions["b"].persist(kb_dir)
-    assert _kb_check(kb_dir, embed, versions)() == "b" and len(os.listdir(kb_dir)) == 6
+    assert _kb_check(kb_dir, embed, versions)() == "b" and len(os.listdir(kb_dir)) == 4
 
 
 def test_kill_collect_feedback(tmp_path: Path) -> None:
