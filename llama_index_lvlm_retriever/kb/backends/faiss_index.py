@@ -14,7 +14,8 @@ vectors (:meth:`FaissIndex.from_vectors`). IVF and HNSW keep their faiss index (
 inverted lists hold the vectors).
 
 Metadata filters are a pre-filter by row set: the filter is evaluated over the pairs' fields in
-Python and handed to faiss as an ``IDSelectorBitmap``, so the search only scores allowed rows and a
+Python and handed to faiss as an ``IDSelectorBitmap`` (IVF/HNSW) or used to pick the allowed rows
+of the matrix (flat; a temporary copy of those rows), so the search only scores allowed rows and a
 flat index's top-k is still exact (an over-fetch-then-filter scheme could miss hits when the
 filter is selective).
 """
