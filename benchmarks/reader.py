@@ -12,9 +12,15 @@ For ``--cases`` query cases with ``--k`` retrieved candidates each and a 5-label
 * **HFLVLMReader, full teacher forcing**: the same batching with one sequence per label.
 
 Prints cases/second and speed-ups as a Markdown table, plus the largest difference between the
-loop's and the reader's log-likelihoods (they compute the same numbers). Run::
+loop's and the reader's log-likelihoods (they compute the same numbers).
 
-    python benchmarks/reader.py                    # ~30 s on one CPU core
+Then, for tiny LLaVA and tiny Qwen2-VL, the reader's overhead over the model itself:
+``reader_over_bare_forward`` is the reader's fast-path ``score`` time divided by the time of the
+bare forward passes (``model(**batch)``) on the same batches, prepared beforehand by the processor.
+Everything else the reader does (prompt rendering, image processing, tokenization, padding) is in
+the numerator. Run::
+
+    python benchmarks/reader.py                    # ~40 s on one CPU core
     python benchmarks/reader.py --device cuda --hidden 512 --layers 4 --cases 64
 """
 
@@ -34,9 +40,14 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.readers._hf_batch import last_positions
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.tasks import get_task
-from llama_index_lvlm_retriever.testing import build_tiny_llava
+from llama_index_lvlm_retriever.testing import (
+    TinyQwen2VLProcessor,
+    build_tiny_llava,
+    build_tiny_qwen2_vl,
+)
 
 TASK = get_task("retinamnist")
 
@@ -47,6 +58,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--cases", type=int, default=16, help="query cases (default: 16)")
     data.add_argument("--k", type=int, default=8, help="candidates per case (default: 8)")
     data.add_argument("--max-new-tokens", type=int, default=8, help="naive loop generation length (default: 8)")
+    data.add_argument("--overhead-only", action="store_true", help="only the reader_over_bare_forward lines")
+    data.add_argument("--no-reuse", action="store_true", help="reader with reuse_prompt_work=False (all work per row)")
     model = parser.add_argument_group("model")
     model.add_argument("--hidden", type=int, default=64, help="language-model width (default: 64)")
     model.add_argument("--layers", type=int, default=2, help="layers per tower (default: 2)")
@@ -121,6 +134,61 @@ def forward_per_label_loop(model: Any, processor: Any, cases: list[Case], candid
     return out
 
 
+def bare_forward_batches(
+    processor: Any, cases: list[Case], candidates: list[list[KBItem]], batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """The reader's fast-path batches, built beforehand: ``batch_size`` right-padded prompts each."""
+    prompts = [_prompt(processor, case, item) for case, row in zip(cases, candidates) for item in row]
+    batches = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        batch = processor(text=[t for t, _ in chunk], images=[i for _, i in chunk], padding=True,
+                          padding_side="right", return_tensors="pt")
+        batches.append({key: value for key, value in batch.items() if isinstance(value, torch.Tensor)})
+    return batches
+
+
+def bare_forward(model: Any, batches: list[dict[str, torch.Tensor]]) -> None:
+    """The forward passes alone, reading the logits at each row's last prompt token as the reader does."""
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {k: v.to(model.device) for k, v in batch.items()}
+            model(**inputs, logits_to_keep=last_positions(batch["attention_mask"]).to(model.device), use_cache=False)
+
+
+def reader_overhead(args: argparse.Namespace, family: str, tmp: Path) -> dict[str, float]:
+    """Seconds of the reader's fast path and of the bare forwards on the same batches, one family."""
+    if family == "llava":
+        folder = build_tiny_llava(tmp / family, hidden=args.hidden, layers=args.layers, image_size=args.image_size)
+        processor = AutoProcessor.from_pretrained(folder)
+    else:
+        folder = build_tiny_qwen2_vl(tmp / family, hidden=args.hidden, layers=args.layers, image_size=args.image_size)
+        processor = TinyQwen2VLProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).to(args.device).eval()
+    cases, candidates = _workload(tmp, args.cases, args.k)
+    reader = HFLVLMReader(model, processor, TASK, batch_size=args.batch_size, reuse_prompt_work=not args.no_reuse)
+    assert reader.uses_fast_path
+    batches = bare_forward_batches(processor, cases, candidates, args.batch_size)
+    # Alternated, best of 2 x repeats each, in process CPU time: on a shared machine wall time
+    # measures the neighbours too (with one torch thread, CPU time is the work done).
+    reader_s, bare_s = _best_alternating(
+        [lambda: reader.score(cases, candidates), lambda: bare_forward(model, batches)], 2 * args.repeats
+    )
+    return {"reader_s": reader_s, "bare_forward_s": bare_s, "reader_over_bare_forward": reader_s / bare_s}
+
+
+def _best_alternating(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.process_time()
+            fn()
+            best[i] = min(best[i], time.process_time() - start)
+    return best
+
+
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     result = fn()  # warm-up (and the value returned)
     times = []
@@ -134,6 +202,19 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.overhead_only:
+        _compare_methods(args)
+    print(f"\nReader overhead, {args.cases} cases x k={args.k}, batch_size={args.batch_size}, {args.device}, "
+          f"{args.threads} thread(s), CPU time, best of {2 * args.repeats} alternating runs:")
+    for family in ("llava", "qwen2_vl"):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = reader_overhead(args, family, Path(tmp))
+        print(f"  tiny {family}: reader {result['reader_s'] * 1e3:.1f} ms, bare forward "
+              f"{result['bare_forward_s'] * 1e3:.1f} ms, reader_over_bare_forward={result['reader_over_bare_forward']:.2f}")
+    return 0
+
+
+def _compare_methods(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_llava(Path(tmp) / "llava", hidden=args.hidden, layers=args.layers, image_size=args.image_size)
         cases, candidates = _workload(Path(tmp), args.cases, args.k)

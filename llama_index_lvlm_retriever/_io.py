@@ -4,15 +4,23 @@ A file is written to a temp name in its target folder, fsynced, then ``os.replac
 so a crash leaves either the old file or the new one, never half of one. ``mkstemp``/``mkdtemp``
 create 0600/0700 entries whatever the umask; :func:`honour_umask` gives them the mode a plain
 ``open``/``mkdir`` would have, so colleagues on shared storage can read what we write.
+
+:func:`naming_path` makes every ``OSError`` of a read or write say what was done to which file:
+``write()`` reports ``[Errno 28] No space left on device`` without a file name, and a user of a
+KB, image or feedback store must see which one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from llama_index_lvlm_retriever.errors import LVLMRetrieverError
 
 _UMASK_LINE = "Umask:"
 
@@ -42,9 +50,48 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     return tmp
 
 
+def named_os_error(err: OSError, action: str, path: str | Path) -> OSError:
+    """A copy of ``err`` (same type and errno) whose message says ``action`` and names ``path``.
+
+    Example:
+        >>> str(named_os_error(OSError(28, "No space left on device"), "cannot write", "/kb/vectors.safetensors"))
+        "[Errno 28] cannot write /kb/vectors.safetensors: No space left on device: '/kb/vectors.safetensors'"
+    """
+    reason = err.strerror or str(err)
+    try:
+        named = type(err)(err.errno, f"{action} {path}: {reason}", str(path))
+    except TypeError:  # an OSError subclass with another constructor
+        named = OSError(err.errno, f"{action} {path}: {reason}", str(path))
+    return named
+
+
+@contextlib.contextmanager
+def naming_path(action: str, path: str | Path) -> Iterator[None]:
+    """Re-raise any ``OSError`` inside as :func:`named_os_error` (``action`` + ``path``), same type.
+
+    Our own errors that are also ``OSError`` (a locked store, a missing store file) already name
+    their folder and pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, LVLMRetrieverError):
+            raise
+        raise named_os_error(err, action, path) from err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (creating the parent folder); returns the path."""
+    """Write ``data`` to ``path`` atomically (creating the parent folder); returns the path.
+
+    Raises:
+        OSError: The write failed (disk full, no permission, name too long): the message names ``path``.
+    """
     path = Path(path)
+    with naming_path("cannot write", path):
+        return _atomic_write_bytes(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask
+from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask, naming_path
 from llama_index_lvlm_retriever._locking import LOCK_FILE
 from llama_index_lvlm_retriever.errors import (
     ArtifactError,
@@ -116,10 +116,11 @@ class VersionedWriter:
         files = {}
         for key, name in self._staged.items():
             path = self.folder / name
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())  # libraries (faiss, safetensors) do not sync what they write
-            honour_umask(path)  # safetensors' save_file creates 0600 files whatever the umask
-            files[key] = {"name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
+            with naming_path("cannot write", path):  # fsync reports a full disk or an I/O error late
+                with path.open("rb") as fh:
+                    os.fsync(fh.fileno())  # libraries (faiss, safetensors) do not sync what they write
+                honour_umask(path)  # safetensors' save_file creates 0600 files whatever the umask
+                files[key] = {"name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
         record = {**manifest, FILES_KEY: files}
         atomic_write_bytes(self.folder / self.manifest_name, encode(record))
         fsync_dir(self.folder)
@@ -171,7 +172,8 @@ def read_checked(folder: Path, manifest: Mapping[str, Any], key: str, default: s
     """
     name, expected = file_entry(manifest, key, default)
     path = folder / name
-    data = path.read_bytes()
+    with naming_path("cannot read", path):  # keeps the type: a vanished file is still FileNotFoundError
+        data = path.read_bytes()
     if expected is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != expected:

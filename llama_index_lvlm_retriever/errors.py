@@ -21,6 +21,8 @@ The hierarchy, and the exit code the ``lvlm-retriever`` command gives for each::
         |   +-- ChecksumMismatchError           ... a stored file whose SHA-256 differs from its manifest's
         |   +-- MissingStoreFileError           ... a file the manifest names is gone (also FileNotFoundError)
         +-- EncoderMismatchError                a KB loaded with another embedding model
+        +-- KBMismatchError                     query heads used on a KB sharing < 50% of their training items
+        +-- EmbeddingError                      the embedding model returned NaN/inf or mismatched embeddings
         +-- QueryError                          a query the retriever cannot search (NaN, empty)
     +-- StoreLockedError(BlockingIOError)       exit 1: another process is writing that folder
 
@@ -106,8 +108,36 @@ class EncoderMismatchError(DataError):
     """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
 
 
+class KBMismatchError(DataError):
+    """Query heads were trained on a knowledge base that shares under half its items with the one given.
+
+    Retrain the heads on this knowledge base, or pass ``allow_other_kb=True`` (``--allow-other-kb``).
+    """
+
+
+class EmbeddingError(DataError):
+    """The embedding model returned unusable embeddings (NaN or infinite values, or image and text
+    embeddings of different sizes); the message names the item. Check the input and the model's dtype."""
+
+
 class QueryError(DataError):
     """A query cannot be searched (e.g. its embedding has NaN or infinite values)."""
+
+
+def describe_validation_error(err: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field: reason (got value)`` per error, ``"; "``-joined.
+
+    Duck-typed (``err.errors()``), so this module still imports nothing.
+    """
+    parts = []
+    for error in err.errors(include_url=False):
+        where = ".".join(str(part) for part in error.get("loc", ())) or "value"
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("type") == "value_error":  # our own validators' messages name the field and the fix
+            parts.append(message)
+        else:
+            parts.append(f"{where}: {message} (got {error.get('input')!r})")
+    return "; ".join(parts)
 
 
 __all__ = [
@@ -115,15 +145,18 @@ __all__ = [
     "ChecksumMismatchError",
     "DataError",
     "DeviceUnavailableError",
+    "EmbeddingError",
     "EncoderMismatchError",
     "FeedbackCacheError",
     "HeadFormatError",
     "ImageLoadError",
     "InputFormatError",
     "KBFormatError",
+    "KBMismatchError",
     "LVLMRetrieverError",
     "MissingStoreFileError",
     "QueryError",
     "StoreLockedError",
     "UsageError",
+    "describe_validation_error",
 ]

@@ -118,6 +118,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
         min_support: float = 1.0,
         callback_manager: CallbackManager | None = None,
         exclude_self: bool = False,
+        allow_other_kb: bool = False,
     ) -> LVLMDiagnosisQueryEngine:
         """Build the engine from a knowledge base (or a ready retriever) and a reader.
 
@@ -141,6 +142,8 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             callback_manager: LlamaIndex callback manager.
             exclude_self: The built retriever drops KB pairs whose decoded image is the query
                 image (a query taken from the KB does not retrieve itself).
+            allow_other_kb: The built retriever uses heads even on a knowledge base sharing under
+                half of their training items (see :class:`LVLMAwareRetriever`).
 
         Returns:
             The engine.
@@ -156,7 +159,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
             retriever = LVLMAwareRetriever(
                 knowledge_base, image_head, text_head, k_image=k_image, k_text=k_text,
                 question_weight=question_weight, head_fusion=head_fusion, callback_manager=callback_manager,
-                exclude_self=exclude_self,
+                exclude_self=exclude_self, allow_other_kb=allow_other_kb,
             )
         elif image_head is not None or text_head is not None:
             raise ValueError("image_head/text_head only apply with knowledge_base=; put them in your retriever")

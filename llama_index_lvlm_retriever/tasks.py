@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llama_index_lvlm_retriever._io import atomic_write_text
-from llama_index_lvlm_retriever.errors import InputFormatError
+from llama_index_lvlm_retriever.errors import InputFormatError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,11 @@ class TaskSpec(BaseModel):
         description: Free text for humans (where the task comes from).
 
     Raises:
-        ValueError: Empty or duplicated labels or verbalizers, a verbalizer count that differs from
-            the label count, a single-label task with fewer than two labels, or a question without
-            the placeholder its mode needs. The message names the task and the offending entry.
+        UsageError: Empty or duplicated labels or verbalizers, a verbalizer count that differs from
+            the label count, a single-label task with fewer than two labels, a question without
+            the placeholder its mode needs, or a missing/unknown/mistyped field. One line naming the
+            task and each offending entry (a ``ValueError``; :meth:`from_dict` and
+            :meth:`from_json` raise ``InputFormatError`` naming the file instead).
 
     Example:
         >>> task = TaskSpec(name="demo", labels=("benign", "malignant"),
@@ -130,6 +132,12 @@ class TaskSpec(BaseModel):
     yes_verbalizer: str = Field(default="yes", description="Multi-label answer for 'present'.")
     no_verbalizer: str = Field(default="no", description="Multi-label answer for 'absent'.")
     description: str = Field(default="", description="Free text for humans.")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:  # pydantic's multi-line dump -> one documented line
+            raise UsageError(f"{_INVALID}{_describe_errors(err)}") from None
 
     @model_validator(mode="after")
     def _validate(self) -> TaskSpec:
@@ -270,9 +278,9 @@ class TaskSpec(BaseModel):
                 task.json: missing field 'name' (required: name, labels)``).
         """
         try:
-            return cls.model_validate(record)
-        except ValidationError as err:
-            raise InputFormatError(f"invalid task in {source}: {_describe_errors(err)}") from None
+            return cls(**record)  # through __init__: one UsageError line, re-raised naming the source
+        except UsageError as err:
+            raise InputFormatError(f"invalid task in {source}: {str(err).removeprefix(_INVALID)}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> TaskSpec:
@@ -310,6 +318,9 @@ class TaskSpec(BaseModel):
         return cls.from_dict(record, source=str(file))
 
 
+
+
+_INVALID = "invalid TaskSpec: "
 
 
 def _describe_errors(err: ValidationError) -> str:

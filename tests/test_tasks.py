@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from llama_index_lvlm_retriever.errors import UsageError
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task, list_tasks
 
 
@@ -108,8 +109,25 @@ def test_json_round_trip_keeps_every_field(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_tasks_raise_clear_errors(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message) as info:  # documented type, one line, no pydantic dump
         TaskSpec(name="bad", **kwargs)
+    assert str(info.value).startswith("invalid TaskSpec: ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "", "labels": ("a", "b")}, r"^invalid TaskSpec: field 'name': String should have at least 1 character \(got ''\)$"),
+        ({"name": "t", "labels": "ab"}, r"field 'labels': Input should be a valid tuple \(got 'ab'\)$"),
+        ({"name": "t", "labels": ("a", "b"), "multi_label": "perhaps"}, r"field 'multi_label': Input should be a valid boolean"),
+        ({"labels": ("a", "b")}, r"missing field 'name' \(required: name, labels\)$"),
+        ({"name": "t", "labels": ("a", "b"), "colour": 1}, r"unknown field 'colour' \(known fields: name, labels,"),
+    ],
+)
+def test_bad_task_values_raise_one_line_usage_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        TaskSpec(**kwargs)
+    assert "\n" not in str(info.value) and "[type=" not in str(info.value)
 
 
 def test_from_json_errors_name_the_file(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def apply_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> 
 
 
 def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2, exclude_self: bool = False) -> None:
-    """Add ``--k-image``, ``--k-text``, ``--head-fusion`` and ``--exclude-self/--no-exclude-self``.
+    """Add ``--k-image``, ``--k-text``, ``--head-fusion``, ``--exclude-self/--no-exclude-self`` and ``--allow-other-kb``.
 
     The same names on every retrieving command. ``exclude_self`` is the command's default: on for
     commands that run labelled cases which may be in the KB (evaluate, training), off for queries.
@@ -77,6 +77,17 @@ def add_retrieval_options(group: Any, *, k_image: int = 2, k_text: int = 2, excl
         default=exclude_self,
         help="skip KB pairs whose image is the query image (same id or same decoded pixels), so a query taken "
         "from the KB does not retrieve itself",
+    )
+    add_allow_other_kb_option(group)
+
+
+def add_allow_other_kb_option(group: Any) -> None:
+    """Add ``--allow-other-kb`` (``LVLMAwareRetrieverConfig.allow_other_kb``) to a command that loads heads."""
+    group.add_argument(
+        "--allow-other-kb",
+        action="store_true",
+        help="use trained heads even on a KB sharing under half of the items they were trained on (otherwise "
+        "refused; any difference is warned about and recorded in the provenance)",
     )
 
 

@@ -185,8 +185,11 @@ def load_retriever(
     k_image: int = 2,
     k_text: int = 2,
     head_fusion: str = "max",
+    allow_other_kb: bool = False,
 ) -> LVLMAwareRetriever:
     """An ``LVLMAwareRetriever`` over a persisted KB with optional trained heads (``None`` = identity).
+
+    ``allow_other_kb`` uses heads trained on a KB sharing under half of its items (``--allow-other-kb``).
 
     Raises:
         CLIError: A head folder is given but does not exist.
@@ -198,5 +201,5 @@ def load_retriever(
             raise CLIError(f"{option} {path}: folder not found; pass a folder written by QueryHead.save_pretrained")
     return LVLMAwareRetriever.from_persist_dir(
         kb_dir, embed_model, image_head_dir=image_head, text_head_dir=text_head, k_image=k_image, k_text=k_text,
-        head_fusion=head_fusion,
+        head_fusion=head_fusion, allow_other_kb=allow_other_kb,
     )

@@ -113,6 +113,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         k_image=args.k_image,
         k_text=args.k_text,
         head_fusion=args.head_fusion,
+        allow_other_kb=args.allow_other_kb,
         question_weight=args.question_weight,
         aggregation=args.aggregation,
         rerank_method=args.rerank,

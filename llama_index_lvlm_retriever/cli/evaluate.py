@@ -133,7 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     systems = {
         name: load_retriever(
             args.kb, encoder, image_head=image, text_head=text, k_image=args.k_image, k_text=args.k_text,
-            head_fusion=args.head_fusion,
+            head_fusion=args.head_fusion, allow_other_kb=args.allow_other_kb,
         )
         for name, (image, text) in heads.items()
     }
@@ -162,7 +162,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             "encoder": describe_model(encoder),
             "reader": describe_model(reader),
             "systems": {
-                name: {"image_head": describe_head(r.image_head, heads[name][0]), "text_head": describe_head(r.text_head, heads[name][1])}
+                name: {"image_head": describe_head(r.image_head, heads[name][0]), "text_head": describe_head(r.text_head, heads[name][1]),
+                       **({"head_kb_events": r.head_kb_events} if r.head_kb_events else {})}
                 for name, r in systems.items()
             },
         },

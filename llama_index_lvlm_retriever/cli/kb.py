@@ -312,6 +312,7 @@ def _query(args: argparse.Namespace) -> int:
         head_fusion=args.head_fusion,
         question_weight=args.question_weight,
         exclude_self=args.exclude_self,
+        allow_other_kb=args.allow_other_kb,
     )
     nodes = retriever.retrieve(QueryBundle(query_str=args.question, image_path=args.image))
     rows = [node_summary(n) for n in nodes]

@@ -126,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.kb, embed_model=args.embed_model, device=args.device)
     retriever = load_retriever(
         args.kb, encoder, image_head=image_head, text_head=text_head, k_image=args.k_image, k_text=args.k_text,
-        head_fusion=args.head_fusion,
+        head_fusion=args.head_fusion, allow_other_kb=args.allow_other_kb,
     )
     rows = predict(
         cases,

@@ -152,7 +152,7 @@ def _train_reader(args: argparse.Namespace) -> int:
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
-        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,
+        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion, allow_other_kb=args.allow_other_kb,
     )
     heads = tuple(h for h, k in (("image", args.k_image), ("text", args.k_text)) if k > 0)
     samples = build_sft_samples(cases, retriever, reader.task, heads=heads)

@@ -11,6 +11,7 @@ from typing import Any
 
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
+    add_allow_other_kb_option,
     add_config_option,
     add_retrieval_options,
     check_retrieval_options,
@@ -89,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--feedback", required=True, help="feedback cache folder written by collect-feedback")
     data.add_argument("--image-head", default=None, help="image head the feedback was collected with (default: the one in the cache's collect_config.json, else identity)")
     data.add_argument("--text-head", default=None, help="text head the feedback was collected with (default: as --image-head)")
+    add_allow_other_kb_option(data)
     objective = train.add_argument_group("objective")
     objective.add_argument("--loss", default="lsr", choices=list(LOSSES),
                            help="training loss (default lsr: REPLUG's target, chosen on validation; see README)")
@@ -179,7 +181,7 @@ def _collect_feedback(args: argparse.Namespace) -> int:
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device=args.device), image_head=args.image_head, text_head=args.text_head,
-        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion,
+        k_image=args.k_image, k_text=args.k_text, head_fusion=args.head_fusion, allow_other_kb=args.allow_other_kb,
     )
     cache = collect_feedback(cases, retriever, reader, args.out, config, show_progress=not args.no_progress)
     record = resolved_config(args)
@@ -295,7 +297,7 @@ def _train_retriever(args: argparse.Namespace) -> int:
     retriever = load_retriever(
         args.kb, load_encoder(args.kb, device="cpu"), image_head=image_head, text_head=text_head,
         k_image=int(collected.get("k_image", 2)), k_text=int(collected.get("k_text", 2)),
-        head_fusion=str(collected.get("head_fusion", "max")),
+        head_fusion=str(collected.get("head_fusion", "max")), allow_other_kb=args.allow_other_kb,
     )
     cases = load_cases(args.cases) if args.cases else None
     reader = None

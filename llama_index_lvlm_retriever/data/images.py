@@ -3,11 +3,17 @@
 All model code goes through :func:`load_image`, so one place decides how a 16-bit, float or DICOM
 image is windowed to 8 bits, how a greyscale image becomes RGB, and what error a broken file
 gives. :func:`image_content_hash` identifies an image by its pixels *before* windowing.
+
+An image file is size-checked (``os.stat``) before it is read: files over
+:data:`MAX_IMAGE_FILE_BYTES` (512 MiB) raise :class:`ImageLoadError` naming the file instead of
+filling memory, and any ``OSError`` of the read (no permission, I/O error) becomes an
+``ImageLoadError`` naming the file (callers add the item or case).
 """
 
 from __future__ import annotations
 
 import io
+import stat
 import struct
 from pathlib import Path
 
@@ -24,6 +30,10 @@ from llama_index_lvlm_retriever.data._pixels import (
 from llama_index_lvlm_retriever.errors import ImageLoadError
 
 ImageInput = str | Path | bytes | io.BytesIO | Image.Image
+
+MAX_IMAGE_FILE_BYTES = 512 * 1024 * 1024
+"""Largest image file read (512 MiB; a 16-bit 8k x 8k TIFF is 128 MiB). Pass ``max_file_bytes=`` to
+:func:`load_image`, or raise this module attribute, to read larger trusted files."""
 
 DEFAULT_WINDOW_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 """Default low/high percentiles of the window for images with more than 8 bits and no stored one."""
@@ -120,15 +130,38 @@ def _decode_pil(img: Image.Image, percentiles: tuple[float, float]) -> DecodedPi
     return DecodedPixels(img.convert("RGB"))
 
 
-def _decode(image: ImageInput, name: str | None, percentiles: tuple[float, float]) -> DecodedPixels:
+def _read_file(path: Path, label: str, max_bytes: int) -> bytes:
+    """The bytes of an image file, size-checked first; every failure an ImageLoadError naming it."""
+    where = label if label == str(path) else f"{label} ({path})"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as err:  # no permission on a parent folder, a name too long, an I/O error
+        raise ImageLoadError(f"cannot read image file {where}: {err}") from err
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(f"image file not found: {label}. Check the path (relative paths are resolved against the file that lists them).")
+    if info.st_size > max_bytes:
+        raise ImageLoadError(
+            f"image file {where} is {info.st_size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit "
+            "(MAX_IMAGE_FILE_BYTES); downscale it, skip it (build-kb --skip-bad), or for a trusted file pass "
+            "load_image(..., max_file_bytes=) / raise llama_index_lvlm_retriever.data.images.MAX_IMAGE_FILE_BYTES"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ImageLoadError(f"cannot read image file {where}: {err}") from err
+
+
+def _decode(
+    image: ImageInput, name: str | None, percentiles: tuple[float, float], max_bytes: int | None = None
+) -> DecodedPixels:
     if isinstance(image, Image.Image):
         return _decode_pil(image, percentiles)
     if isinstance(image, (str, Path)):
         path = Path(image)
         label = name or str(path)
-        if not path.is_file():
-            raise ImageLoadError(f"image file not found: {label}. Check the path (relative paths are resolved against the file that lists them).")
-        data = path.read_bytes()
+        data = _read_file(path, label, MAX_IMAGE_FILE_BYTES if max_bytes is None else max_bytes)
         is_dicom = path.suffix.lower() in _DICOM_SUFFIXES or _is_dicom_bytes(data)
     elif isinstance(image, (bytes, bytearray, io.BytesIO)):
         data = image.getvalue() if isinstance(image, io.BytesIO) else bytes(image)
@@ -174,6 +207,7 @@ def load_image(
     *,
     name: str | None = None,
     window_percentiles: tuple[float, float] = DEFAULT_WINDOW_PERCENTILES,
+    max_file_bytes: int | None = None,
 ) -> Image.Image:
     """Decode any supported image input into an 8-bit RGB ``PIL.Image``.
 
@@ -196,13 +230,16 @@ def load_image(
         name: How to call the image in error messages (defaults to the path).
         window_percentiles: ``(low, high)`` percentiles of the window for images with more than
             8 bits and no stored window; ``0 <= low < high <= 100``.
+        max_file_bytes: Largest image file read (checked with ``os.stat`` before reading);
+            ``None`` = :data:`MAX_IMAGE_FILE_BYTES` (512 MiB).
 
     Returns:
         A fully loaded RGB image. A windowed image remembers the hash of its source pixels in its
         ``info``, so :func:`image_content_hash` of it (unchanged) equals that of the file.
 
     Raises:
-        ImageLoadError: The file is missing, truncated, not an image, too large for Pillow's
+        ImageLoadError: The file is missing, unreadable (the ``OSError`` is in the message),
+            larger than ``max_file_bytes``, truncated, not an image, too large for Pillow's
             decompression-bomb limit, or a DICOM whose display attributes are invalid; the message
             names it.
         ValueError: ``window_percentiles`` is out of range.
@@ -215,7 +252,7 @@ def load_image(
         >>> img.mode, img.getpixel((0, 0)), img.getpixel((63, 63))
         ('RGB', (0, 0, 0), (255, 255, 255))
     """
-    return _tagged(_decode(image, name, check_window_percentiles(window_percentiles)))
+    return _tagged(_decode(image, name, check_window_percentiles(window_percentiles), max_file_bytes))
 
 
 def image_content_hash(image: ImageInput) -> str:

@@ -251,6 +251,9 @@ def _describe_models(retriever: Any, reader: Any) -> dict[str, Any]:
     if hasattr(retriever, "image_head") or hasattr(retriever, "text_head"):
         out["image_head"] = describe_head(getattr(retriever, "image_head", None))
         out["text_head"] = describe_head(getattr(retriever, "text_head", None))
+    events = getattr(retriever, "head_kb_events", None)
+    if events:  # heads used on a KB other than their training one (warned at construction)
+        out["head_kb_events"] = dict(events)
     return out
 
 

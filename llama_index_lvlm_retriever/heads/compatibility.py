@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llama_index_lvlm_retriever.errors import UsageError
 from llama_index_lvlm_retriever.heads.encoder_head import EncoderQueryHead
 from llama_index_lvlm_retriever.heads.query_head import QueryHead
 from llama_index_lvlm_retriever.kb import EncoderMismatchError, KnowledgeBase
@@ -22,7 +23,7 @@ def check_head_fits(
     Raises:
         EncoderMismatchError: The head was trained for a knowledge base of another encoder.
         TypeError: Not a query head.
-        ValueError: The head's output dimension is not ``kb_dim``.
+        UsageError: The head's output dimension is not ``kb_dim`` (a ``ValueError``).
     """
     if head is None:
         return None
@@ -49,7 +50,7 @@ def check_head_fits(
             f"e.g. EncoderQueryHead); got {type(head).__name__}"
         )
     if head.out_dim != kb_dim:
-        raise ValueError(
+        raise UsageError(
             f"{name} produces {head.out_dim}-d query vectors but the knowledge base indexes are "
             f"{kb_dim}-d; use a head trained for this knowledge base (config out_dim={kb_dim})"
         )

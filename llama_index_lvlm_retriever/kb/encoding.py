@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -185,16 +186,17 @@ def embed_items(
 
 def _check_batch(items: Sequence[KBItem], image: np.ndarray, text: np.ndarray) -> None:
     if image.shape[1] != text.shape[1]:
-        raise ValueError(
+        raise EmbeddingError(
             f"the embedding model returns {image.shape[1]}-d image embeddings but {text.shape[1]}-d "
             "text embeddings; a knowledge base needs one shared space (a CLIP-family dual encoder)"
         )
     for name, vectors in (("image", image), ("text", text)):
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if bad.size:
-            raise ValueError(
+            raise EmbeddingError(
                 f"the embedding model returned non-finite {name} embeddings for item "
-                f"{items[int(bad[0])].id!r}; check the input and the model's dtype"
+                f"{items[int(bad[0])].id!r} ({bad.size} of {len(items)} in its batch); check the input and the "
+                "model's dtype (float16 overflows: try float32)"
             )
 
 

@@ -25,6 +25,7 @@ from llama_index_lvlm_retriever.data.images import (
     image_content_hash,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import DataError, UsageError
 from llama_index_lvlm_retriever.kb import checks, persistence
 from llama_index_lvlm_retriever.kb import encoding as enc
 from llama_index_lvlm_retriever.kb import filters as kb_filters
@@ -170,7 +171,13 @@ class KnowledgeBase(LiveUpdatesMixin):
         self._skipped: list[tuple[str, str]] = []
 
     def _reindex(self) -> None:
-        """Rebuild the id / hash lookups after the rows changed."""
+        """Rebuild the id / hash lookups after the rows changed, and share the vectors with flat indexes."""
+        for name, index in self._indexes.items():
+            # A flat faiss index holds the same vectors (same rows, same values): keep its array, not
+            # a second copy, so each vector is in memory once.
+            matrix = getattr(index, "matrix", None)
+            if isinstance(matrix, np.ndarray) and matrix.shape == self._vectors[name].shape:
+                self._vectors[name] = matrix
         self._positions = {item.id: i for i, item in enumerate(self._items)}
         self._hash_positions: dict[str, list[int]] = {}
         for i, h in enumerate(self._hashes):
@@ -222,8 +229,11 @@ class KnowledgeBase(LiveUpdatesMixin):
             The knowledge base.
 
         Raises:
-            ValueError: No items (or all skipped), repeated ids, or image and text embeddings of
-                different dimensions.
+            UsageError: No items were given.
+            DataError: All items were skipped as unreadable.
+            ValueError: Repeated ids.
+            EmbeddingError: The model returned NaN/infinite embeddings, or image and text
+                embeddings of different dimensions (names the item).
             ImageLoadError: An image cannot be read (``skip_bad=False``); names the item and file.
 
         Example:
@@ -234,12 +244,12 @@ class KnowledgeBase(LiveUpdatesMixin):
         """
         items = list(items)
         if not items:
-            raise ValueError("knowledge base is empty: build() got no items; check the loader's input file")
+            raise UsageError("knowledge base is empty: build() got no items; pass at least one KBItem (check the loader's input file)")
         kb = cls(embed_model, index_config=index_config, backend=backend)
         kb.add(items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad)
         if len(kb) == 0:
             first_id, first_reason = kb.skipped[0]
-            raise ValueError(
+            raise DataError(
                 f"knowledge base is empty: all {len(items)} items were skipped as unreadable "
                 f"(first: {first_id!r}: {first_reason})"
             )
@@ -353,9 +363,10 @@ class KnowledgeBase(LiveUpdatesMixin):
             ``n`` lists of at most ``k`` hits, best first (ties: lower position first).
 
         Raises:
-            ValueError: Empty knowledge base, bad modality/k/shape, exclusion or filter lists whose
-                length is not ``n``, or a filter on an unknown field / with an unsupported
-                operator or value (named).
+            UsageError: Empty knowledge base, bad modality, ``k`` not a non-negative int, queries
+                not ``(n, dim)`` of this knowledge base's ``dim`` (a ``ValueError``).
+            ValueError: Exclusion or filter lists whose length is not ``n``, or a filter on an
+                unknown field / with an unsupported operator or value (named).
 
         Example:
             >>> from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
@@ -363,21 +374,21 @@ class KnowledgeBase(LiveUpdatesMixin):
             >>> hits = kb.search(query_vectors, "text", 2, exclude_ids=[{"case-17"}], filters=ct_only)  # doctest: +SKIP
         """
         if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+            raise UsageError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k must be a non-negative int, got {k!r}")
+            raise UsageError(f"k must be a non-negative int, got {k!r}")
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2:
-            raise ValueError(f"queries must have shape (n, dim), got {queries.shape}")
+            raise UsageError(f"queries must have shape (n, dim), got {queries.shape}")
         n = queries.shape[0]
         ids = checks.per_query("exclude_ids", exclude_ids, n)
         hashes = checks.per_query("exclude_hashes", exclude_hashes, n)
         per_query_filters = kb_filters.per_query_filters(filters, n)
         if not self._items:
-            raise ValueError("knowledge base is empty; add items before searching")
+            raise UsageError("knowledge base is empty; add items before searching")
         self._check_filters(per_query_filters)
         if queries.shape[1] != self.dim:
-            raise ValueError(
+            raise UsageError(
                 f"queries are {queries.shape[1]}-d but the knowledge base is {self.dim}-d; "
                 "embed queries with the encoder that built it"
             )

@@ -71,7 +71,11 @@ def persist_knowledge_base(
     hashes: Sequence[str],
     indexes: Mapping[str, VectorBackend],
 ) -> None:
-    """Write a new version of a KB folder (faiss index files too, for the faiss backend) and commit it."""
+    """Write a new version of a KB folder and commit it.
+
+    The faiss backend also writes its IVF/HNSW index files; a flat index has none (it is rebuilt
+    from the stored vectors on load, so each vector is on disk once).
+    """
     is_faiss = isinstance(backend, FaissBackendConfig)
     manifest = store.make_manifest(
         encoder=encoder,
@@ -89,7 +93,8 @@ def persist_knowledge_base(
         "image_hashes": hashes,
     }
     if is_faiss:
-        store.write_knowledge_base(persist_dir, **data, write_indexes={name: indexes[name].write for name in MODALITIES})
+        writers = {} if index_config.kind == "flat" else {name: indexes[name].write for name in MODALITIES}
+        store.write_knowledge_base(persist_dir, **data, write_indexes=writers)
         return
     local = backend.uri if backend.name == "milvus" else backend.path
     local_store = Path(local) if local is not None and backend.is_local else None
@@ -128,8 +133,14 @@ def _load_once(
     config = index_config_from(manifest.get("index") or {}, persist_dir)
     items, image, text, hashes = store.read_knowledge_base(persist_dir, manifest)
     kb_uid = str(manifest.get("kb_uid") or uuid.uuid4().hex)
-    if isinstance(backend, FaissBackendConfig):
+    if isinstance(backend, FaissBackendConfig) and config.kind == "flat":
+        # Rebuilt from the stored vectors, sharing them (a flat index file of an older version is not read).
+        vectors = {"image": image, "text": text}
         indexes: dict[str, VectorBackend] = {
+            name: FaissIndex.from_vectors(config, vectors[name], items, hashes) for name in MODALITIES
+        }
+    elif isinstance(backend, FaissBackendConfig):
+        indexes = {
             name: FaissIndex.from_bytes(
                 store.read_file(persist_dir, manifest, name), store.file_path(persist_dir, manifest, name), config, items, hashes
             )

@@ -8,8 +8,11 @@ A KB directory holds::
     items.<gen>.jsonl            one KBItem per line (KBItem.to_dict), row order = vector order
     vectors.<gen>.safetensors    tensors "image" and "text", (n, dim) float32, L2-normalised
     image_hashes.<gen>.json      content hash of every image, row order
-    image.<gen>.faiss            faiss index over the image vectors   (faiss backend only)
-    text.<gen>.faiss             faiss index over the text vectors    (faiss backend only)
+    image.<gen>.faiss            faiss index over the image vectors   (faiss backend, IVF/HNSW only)
+    text.<gen>.faiss             faiss index over the text vectors    (faiss backend, IVF/HNSW only)
+
+A flat index has no file: it is rebuilt from (and shares) the vectors on load, so each vector is
+stored once; a flat KB written by an earlier version with index files still loads (they are not read).
 
 ``<gen>`` is a fresh tag per write. Every backend is written the same way, in place (see
 :mod:`~llama_index_lvlm_retriever._versioned`): the new files under new names, then the manifest
@@ -28,6 +31,7 @@ import io
 import json
 import logging
 import shutil
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
+from llama_index_lvlm_retriever._io import naming_path
 from llama_index_lvlm_retriever._locking import LOCK_FILE, folder_lock
 from llama_index_lvlm_retriever._versioned import (
     VersionedWriter,
@@ -96,7 +101,8 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
             "(or its first write was interrupted); rebuild it with KnowledgeBase.persist."
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with naming_path("cannot read", path):
+            manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise KBFormatError(f"{path} is not valid UTF-8 JSON ({err}); rebuild the knowledge base") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -161,7 +167,14 @@ def write_vectors(path: Path, image: np.ndarray, text: np.ndarray) -> None:
 
 
 def parse_vectors(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(image, text)`` vectors written by :func:`write_vectors`."""
+    """Read ``(image, text)`` vectors written by :func:`write_vectors`.
+
+    float32 tensors come back as read-only views into ``data`` (no copy: a reload holds each vector
+    once, not the file's bytes plus a parsed copy); anything else goes through safetensors.
+    """
+    views = _float32_views(data)
+    if views is not None and {IMAGE_TENSOR, TEXT_TENSOR} <= set(views):
+        return views[IMAGE_TENSOR], views[TEXT_TENSOR]
     try:
         tensors = load_safetensors(data)
     except Exception as err:  # safetensors raises its own SafetensorError (not exported) on bad bytes
@@ -170,6 +183,31 @@ def parse_vectors(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise KBFormatError(f"{path} lacks tensors {sorted(missing)}; rebuild the knowledge base")
     return tensors[IMAGE_TENSOR], tensors[TEXT_TENSOR]
+
+
+def _float32_views(data: bytes) -> dict[str, np.ndarray] | None:
+    """The 2-d F32 tensors of a safetensors file as views into its bytes; ``None`` if any check fails.
+
+    The format: an 8-byte little-endian header length, a JSON header of ``name -> {dtype, shape,
+    data_offsets}``, then the data. Anything unexpected returns ``None`` and the caller falls back
+    to safetensors itself (which then reports what is wrong).
+    """
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        start = 8 + length
+        out = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = (int(v) for v in entry["data_offsets"])
+            shape = [int(v) for v in entry["shape"]]
+            if entry["dtype"] != "F32" or len(shape) != 2 or end - begin != 4 * shape[0] * shape[1] or start + end > len(data):
+                return None
+            out[name] = np.frombuffer(data, dtype="<f4", count=shape[0] * shape[1], offset=start + begin).reshape(shape)
+        return out
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def make_manifest(
@@ -238,11 +276,19 @@ def write_knowledge_base(
     with folder_lock(target):
         writer = VersionedWriter(target, MANIFEST_FILE, owns=is_data_file)
         try:
-            _write_bytes(writer.path("items", ITEMS_FILE), payload)
-            write_vectors(writer.path("vectors", VECTORS_FILE), image_vectors, text_vectors)
-            _write_bytes(writer.path("hashes", HASHES_FILE), json_record(list(image_hashes)))
+            path = writer.path("items", ITEMS_FILE)
+            with naming_path("cannot write", path):
+                _write_bytes(path, payload)
+            path = writer.path("vectors", VECTORS_FILE)
+            with naming_path("cannot write", path):
+                write_vectors(path, image_vectors, text_vectors)
+            path = writer.path("hashes", HASHES_FILE)
+            with naming_path("cannot write", path):
+                _write_bytes(path, json_record(list(image_hashes)))
             for name, write in write_indexes.items():
-                write(writer.path(name, INDEX_FILES[name]))
+                path = writer.path(name, INDEX_FILES[name])
+                with naming_path("cannot write", path):
+                    write(path)
             record = writer.commit(manifest, json_record)
         except BaseException:
             writer.abort()
@@ -285,8 +331,9 @@ def _rmdir_if_empty(folder: Path) -> None:
 def require_files(persist_dir: Path, manifest: Mapping[str, Any]) -> None:
     """Raise naming every data file missing from a KB directory."""
     keys = dict(DATA_FILES)
-    if (manifest.get("backend") or {}).get("name", "faiss") == "faiss":
-        keys.update(INDEX_FILES)
+    faiss_backend = (manifest.get("backend") or {}).get("name", "faiss") == "faiss"
+    if faiss_backend and (manifest.get("index") or {}).get("kind", "flat") != "flat":
+        keys.update(INDEX_FILES)  # a flat index has no file: it is rebuilt from the vectors
     names = [file_entry(manifest, key, default)[0] for key, default in keys.items()]
     missing = [name for name in names if not (persist_dir / name).is_file()]
     if missing:
@@ -322,4 +369,22 @@ def read_knowledge_base(
             f"{persist_dir}: manifest says {manifest.get('count')} items but the files hold {len(items)} items and "
             f"{image.shape[0]}/{text.shape[0]} image/text vectors; the directory is inconsistent, rebuild it"
         )
+    _check_finite(file_path(persist_dir, manifest, "vectors"), items, {"image": image, "text": text})
     return items, image, text, [str(h) for h in hashes]
+
+
+def _check_finite(path: Path, items: Sequence[KBItem], vectors: Mapping[str, np.ndarray]) -> None:
+    """Refuse NaN/inf vectors even in a file that matches its checksum (written corrupt, or resealed).
+
+    faiss compares NaN to nothing: such a row would never be found, and a NaN in a flat index can
+    poison every distance computed against it.
+    """
+    for name, matrix in vectors.items():
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))  # (n_bad,) row indices
+        if bad.size:
+            first = int(bad[0])
+            raise KBFormatError(
+                f"{path}: the {name} vector of item {items[first].id!r} (row {first}) has NaN or infinite values "
+                f"({bad.size} of {len(items)} rows), although the file matches its recorded checksum; rebuild the "
+                "knowledge base (build-kb), or re-add those items"
+            )

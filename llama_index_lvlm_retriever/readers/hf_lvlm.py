@@ -23,11 +23,15 @@ yes/no question per label and keep ``log P(yes) - log(P(yes) + P(no))``.
 Batching: every (case, candidate[, label]) sequence of a ``score`` call is flattened, and
 ``batch_size`` of them at a time go through one processor call and one forward pass, right-padded
 (see :mod:`~llama_index_lvlm_retriever.readers._hf_batch`), with logits computed only at the
-positions read. A batched score equals the unbatched one up to float rounding.
+positions read. A batched score equals the unbatched one up to float rounding. Each distinct
+image is processed once and the chat template rendered once per prompt layout
+(``reuse_prompt_work``, see :mod:`~llama_index_lvlm_retriever.readers._hf_reuse`), which gives the
+same inputs bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -62,6 +66,11 @@ from llama_index_lvlm_retriever.readers._hf_loading import (
     load_model,
     load_processor,
     resolve_source,
+)
+from llama_index_lvlm_retriever.readers._hf_reuse import (
+    CachingImageProcessor,
+    ChatTemplateCache,
+    vectorised_mm_token_type_ids,
 )
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.readers.prompt import (
@@ -99,6 +108,10 @@ class HFLVLMReaderConfig(BaseModel):
             (``"<|im_start|>assistant\\n"``).
         chat_template: Jinja chat template to use instead of the processor's (needed for
             processors without one, e.g. PaliGemma).
+        reuse_prompt_work: Process each distinct image once (not once per row it appears in) and
+            render the chat template once per prompt layout. Exact: both are checked against the
+            plain path on first use and turned off for a processor or template where they differ.
+            ``False`` does all the work per row (the path before this setting existed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -111,6 +124,11 @@ class HFLVLMReaderConfig(BaseModel):
     )
     chat_template: str | None = Field(
         default=None, description="Chat template overriding the processor's."
+    )
+    reuse_prompt_work: bool = Field(
+        default=True,
+        description="Process each distinct image once per batch and render the chat template once per prompt "
+        "layout (checked to give identical inputs); False = all work per row.",
     )
 
 
@@ -179,6 +197,19 @@ class HFLVLMReader(Reader):
         ]
         self._fast = self._choose_path()
         self._fingerprint: str | None = None
+        # The processor the batches go through, and how a prompt becomes chat text: with reuse, a
+        # shallow copy whose image processor caches per image (the caller's processor is untouched).
+        self._batch_processor = processor
+        self._prompt_text: Any = self._chat_text
+        if self.config.reuse_prompt_work:
+            self._batch_processor = copy.copy(processor)
+            self._batch_processor.image_processor = CachingImageProcessor(
+                processor.image_processor, capacity=2 * self.config.batch_size + 8
+            )
+            self._prompt_text = ChatTemplateCache(self._chat_text)
+            create_types = vectorised_mm_token_type_ids(processor)
+            if create_types is not None:
+                self._batch_processor.create_mm_token_type_ids = create_types
 
     # Construction helpers.
 
@@ -359,7 +390,7 @@ class HFLVLMReader(Reader):
                     i, j, q = units[u]
                     label_index = q if self.task.multi_label else None
                     prompt = self._prompts.build(cases[i], candidates[i][j], label_index=label_index, slot=j)
-                    texts[u] = (self._chat_text(prompt), prompt.images)
+                    texts[u] = (self._prompt_text(prompt), prompt.images)
             values = self._score_rows([texts[u] for u, _ in chunk], [a for _, a in chunk])
             for (u, a), value in zip(chunk, values):
                 if a < 0:
@@ -374,7 +405,7 @@ class HFLVLMReader(Reader):
 
     def _score_rows(self, prompts: list[tuple[str, list[Any]]], answers: list[int]) -> list[np.ndarray]:
         images = [imgs for _, imgs in prompts]
-        batch = self.processor(
+        batch = self._batch_processor(
             text=[text for text, _ in prompts],
             images=images if any(images) else None,
             padding=True,

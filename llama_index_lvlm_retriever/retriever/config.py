@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
+
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from llama_index_lvlm_retriever.errors import UsageError, describe_validation_error
 from llama_index_lvlm_retriever.retriever.fusion import DEFAULT_HEAD_FUSION, HeadFusion
 
 
 class LVLMAwareRetrieverConfig(BaseModel):
     """Settings of an :class:`LVLMAwareRetriever` (validated eagerly; bad values raise).
+
+    Raises:
+        UsageError: A value is out of range or of the wrong type (one line naming each field).
 
     Example:
         >>> LVLMAwareRetrieverConfig(k_image=2, k_text=0).k_text
@@ -48,6 +60,18 @@ class LVLMAwareRetrieverConfig(BaseModel):
         description="LlamaIndex MetadataFilters applied to every search (on id, content_hash, label, source or a "
         "metadata key), pushed down into the knowledge base's vector backend; per-query filters are ANDed with it.",
     )
+
+    allow_other_kb: bool = Field(
+        default=False,
+        description="Use trained heads even on a knowledge base sharing under half of the items they were "
+        "trained on (otherwise refused with KBMismatchError; any difference is warned about).",
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:  # pydantic's multi-line dump -> one documented line
+            raise UsageError(f"invalid LVLMAwareRetriever settings: {describe_validation_error(err)}") from None
 
     @model_validator(mode="after")
     def _check_some_head(self) -> LVLMAwareRetrieverConfig:

@@ -27,7 +27,9 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import FilterCondition, MetadataFilters
 
 from llama_index_lvlm_retriever.data.images import ImageInput
+from llama_index_lvlm_retriever.errors import UsageError
 from llama_index_lvlm_retriever.heads import QueryHead, check_head_fits, load_head
+from llama_index_lvlm_retriever.heads.kb_match import check_head_kb
 from llama_index_lvlm_retriever.kb import KnowledgeBase, SearchHit
 from llama_index_lvlm_retriever.retriever._query_checks import check_finite_queries
 from llama_index_lvlm_retriever.retriever.config import LVLMAwareRetrieverConfig
@@ -94,6 +96,9 @@ class LVLMAwareRetriever(BaseRetriever):
             pushed down into the knowledge base's backend; checked against its fields now.
             :meth:`retrieve_batch` and :meth:`search_heads` also take per-query filters (e.g.
             ``patient_id != <the query's patient>``), ANDed with these.
+        allow_other_kb: Use trained heads on a knowledge base sharing under half the items they
+            were trained on (see :mod:`~llama_index_lvlm_retriever.heads.kb_match`). Any other
+            difference is warned about and recorded in :attr:`head_kb_events`.
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbose flag.
 
@@ -104,7 +109,10 @@ class LVLMAwareRetriever(BaseRetriever):
     ``head.encode(embeddings, pixel_values=...)``. :meth:`search_heads` needs ``images=`` for it.
 
     Raises:
-        ValueError: A setting is out of range, or a head's dimensions do not fit the knowledge base.
+        UsageError: A setting is out of range, or a head's dimensions do not fit the knowledge
+            base (one line naming it; a ``ValueError``).
+        KBMismatchError: A head was trained on a knowledge base sharing under half its items with
+            this one, and ``allow_other_kb`` is False.
         TypeError: A head is not a :class:`~llama_index_lvlm_retriever.heads.QueryHead` or an
             image-input head.
 
@@ -137,6 +145,7 @@ class LVLMAwareRetriever(BaseRetriever):
         exclude_self: bool = False,
         show_progress: bool = False,
         filters: MetadataFilters | None = None,
+        allow_other_kb: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -148,12 +157,16 @@ class LVLMAwareRetriever(BaseRetriever):
             exclude_self=exclude_self,
             show_progress=show_progress,
             filters=filters,
+            allow_other_kb=allow_other_kb,
         )
         if filters is not None and len(knowledge_base):
             knowledge_base.check_filters(filters)
         self._kb = knowledge_base
         self._image_head = check_head_fits("image_head", image_head, knowledge_base.dim, knowledge_base)
         self._text_head = check_head_fits("text_head", text_head, knowledge_base.dim, knowledge_base)
+        events = ((name, check_head_kb(name, head, knowledge_base, allow_other_kb=allow_other_kb))
+                  for name, head in (("image_head", self._image_head), ("text_head", self._text_head)))
+        self._head_kb_events = {name: event for name, event in events if event is not None}
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -177,7 +190,8 @@ class LVLMAwareRetriever(BaseRetriever):
             embed_model: The encoder that built the knowledge base.
             image_head_dir: Folder written by ``QueryHead.save_pretrained``; ``None`` = identity.
             text_head_dir: Same, for the text head.
-            **kwargs: Any other constructor argument (``k_image``, ``question_weight``, ...).
+            **kwargs: Any other constructor argument (``k_image``, ``question_weight``,
+                ``allow_other_kb``, ...).
 
         Returns:
             The retriever.
@@ -201,6 +215,16 @@ class LVLMAwareRetriever(BaseRetriever):
     def text_head(self) -> QueryHead | None:
         """The text head (``None`` = identity)."""
         return self._text_head
+
+    @property
+    def head_kb_events(self) -> dict[str, dict[str, Any]]:
+        """Heads used on a knowledge base other than their training one: head name -> the event.
+
+        Each event (``trained_kb``, ``this_kb``, ``shared_share``, ``estimated``, ``allowed``) was
+        warned about at construction; runs record them in their provenance. Empty when every
+        trained head is used on the ids it was trained on.
+        """
+        return dict(self._head_kb_events)
 
     @property
     def config(self) -> LVLMAwareRetrieverConfig:
@@ -436,13 +460,13 @@ class LVLMAwareRetriever(BaseRetriever):
     ) -> np.ndarray:
         if head is None:
             if queries.shape[1] != self._kb.dim:
-                raise ValueError(
+                raise UsageError(
                     f"query embeddings are {queries.shape[1]}-d but the knowledge base is "
                     f"{self._kb.dim}-d; embed queries with the encoder that built it"
                 )
             return unit_rows(queries)
         if queries.shape[1] != head.dim:
-            raise ValueError(
+            raise UsageError(
                 f"query embeddings are {queries.shape[1]}-d but the {name} head expects {head.dim}-d; "
                 "the head was trained for another encoder"
             )

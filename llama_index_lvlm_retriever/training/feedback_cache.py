@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from safetensors.torch import load as _safetensors_load
 
+from llama_index_lvlm_retriever._io import naming_path
 from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever._versioned import (
     ChecksumMismatchError,
@@ -198,7 +199,8 @@ class FeedbackCache:
                 "finished; rerun collect_feedback with the same arguments to resume it"
             )
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            with naming_path("cannot read", manifest_path):
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise FeedbackCacheError(f"{manifest_path} is not valid JSON ({err}); collect the feedback again") from err
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -221,7 +223,8 @@ class FeedbackCache:
             path = folder / f"{name}.safetensors"
             if not path.is_file():
                 raise MissingStoreFileError(f"feedback cache {folder} lacks shard file {path.name}; collect the feedback again")
-            data = path.read_bytes()
+            with naming_path("cannot read feedback shard", path):
+                data = path.read_bytes()
             if hashlib.sha256(data).hexdigest() != shard["sha256"]:
                 raise ChecksumMismatchError(
                     f"shard {path} does not match the hash in {manifest_path} (modified or corrupt); "
@@ -445,7 +448,9 @@ class FeedbackCache:
             raise RuntimeError("an in-memory feedback cache without candidate ids")
         out: dict[str, list[list[str]]] = {h: [] for h in self._heads}
         for shard in self._shards:
-            meta = json.loads((self._persist_dir / f"{shard['name']}.json").read_text(encoding="utf-8"))
+            path = self._persist_dir / f"{shard['name']}.json"
+            with naming_path("cannot read feedback shard", path):
+                meta = json.loads(path.read_text(encoding="utf-8"))
             for head in out:
                 out[head].extend(meta["candidate_ids"][head])
         return out

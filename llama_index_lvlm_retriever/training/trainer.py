@@ -51,10 +51,10 @@ from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
 from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
 from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead
+from llama_index_lvlm_retriever.heads.kb_match import KB_RECORD_KEY, knowledge_base_record
 from llama_index_lvlm_retriever.kb.encoding import describe_encoder
 from llama_index_lvlm_retriever.model_card import write_model_card
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
-from llama_index_lvlm_retriever.training._identity import sha256_json
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.head_data import (
@@ -321,15 +321,15 @@ class RetrieverFinetuneEngine:
             logger.warning("get_finetuned_model() before finetune(): returning the initial heads")
         heads = {HEAD_IMAGE: self._retriever.image_head, HEAD_TEXT: self._retriever.text_head}
         kb = self._retriever.knowledge_base
-        record = {"encoder": describe_encoder(kb.embed_model, with_probe=False),
-                  "knowledge_base": {"n_items": len(kb), "dim": int(kb.dim), "ids_sha256": sha256_json([i.id for i in kb.items])}}
+        record = {"encoder": describe_encoder(kb.embed_model, with_probe=False), KB_RECORD_KEY: knowledge_base_record(kb)}
         for name, head in self._heads.items():
             heads[name] = copy.deepcopy(head).to("cpu").eval()
             heads[name].trained_on = {**record, "gamma": self._gammas[name]}
         base = self._retriever.config
         return LVLMAwareRetriever(kb, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image, k_text=base.k_text,
                                   question_weight=base.question_weight, head_fusion=base.head_fusion,
-                                  exclude_self=base.exclude_self, show_progress=base.show_progress)
+                                  exclude_self=base.exclude_self, show_progress=base.show_progress,
+                                  allow_other_kb=base.allow_other_kb)
 
     def save(self, output_dir: str | Path) -> Path:
         """Write ``image_head/``, ``text_head/``, ``trainer_config.json`` and ``training_history.json``.
@@ -403,7 +403,7 @@ class RetrieverFinetuneEngine:
             head.eval()
         return LVLMAwareRetriever(base.knowledge_base, heads[HEAD_IMAGE], heads[HEAD_TEXT], k_image=base.k_image,
                                   k_text=base.k_text, question_weight=base.question_weight,
-                                  head_fusion=base.config.head_fusion)
+                                  head_fusion=base.config.head_fusion, allow_other_kb=base.config.allow_other_kb)
 
     def _adopt(self) -> None:
         cfg = self._config

@@ -169,6 +169,7 @@ class RetrievalValidator:
             k_text=base.k_text,
             question_weight=base.question_weight,
             head_fusion=base.config.head_fusion,
+            allow_other_kb=base.config.allow_other_kb,
         )
 
     @torch.no_grad()

@@ -302,6 +302,27 @@ def test_query_heads_folder_errors(
     assert "drop --image-head/--text-head" in capsys.readouterr().err
 
 
+def test_query_refuses_heads_of_another_kb_unless_allowed(
+    kb_dir: Path, kb_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from llama_index_lvlm_retriever.heads.kb_match import knowledge_base_record
+
+    other = SimpleNamespace(items=[SimpleNamespace(id=i) for i in ("x1", "x2", "retina-a")], dim=16)
+    head = QueryHead(QueryHeadConfig(dim=16, kind="linear"))
+    head.trained_on = {"knowledge_base": knowledge_base_record(other)}
+    heads = _heads_folder(tmp_path / "other-kb-heads", head)
+    query = ["query", "--kb", str(kb_dir), "--image", str(kb_jsonl.parent / "retina-a.png"), "--heads", str(heads)]
+    capsys.readouterr()
+    assert main(query) == 1
+    err = capsys.readouterr().err
+    assert "image_head was trained on the knowledge base of 3 items" in err and "20.0% of items shared" in err
+    assert "--allow-other-kb" in err
+    assert main([*query, "--allow-other-kb", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) >= 1
+
+
 # ---------------------------------------------------------------------------- vector backends, live updates
 def _build(kb_jsonl: Path, clip_dir: Path, out: Path, *extra: str) -> int:
     return main(["build-kb", "--items", str(kb_jsonl), "--embed-model", str(clip_dir), "--out", str(out), "--batch-size", "4", "--no-progress", *extra])

@@ -38,6 +38,7 @@ from PIL import Image
 from llama_index_lvlm_retriever import _io
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import DataError, UsageError
 from llama_index_lvlm_retriever.kb import (
     EncoderMismatchError,
     IndexConfig,
@@ -259,10 +260,10 @@ def test_hash_exclusion_removes_every_pixel_duplicate(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda kb, q: kb.search(q, "audio", 1), ValueError, r"modality must be one of \['image', 'text'\], got 'audio'"),
-        (lambda kb, q: kb.search(q, "image", -1), ValueError, "k must be a non-negative int, got -1"),
-        (lambda kb, q: kb.search(q[0], "image", 1), ValueError, r"queries must have shape \(n, dim\), got \(12,\)"),
-        (lambda kb, q: kb.search(q[:, :5], "image", 1), ValueError, "queries are 5-d but the knowledge base is 12-d"),
+        (lambda kb, q: kb.search(q, "audio", 1), UsageError, r"modality must be one of \['image', 'text'\], got 'audio'"),
+        (lambda kb, q: kb.search(q, "image", -1), UsageError, "^k must be a non-negative int, got -1"),
+        (lambda kb, q: kb.search(q[0], "image", 1), UsageError, r"queries must have shape \(n, dim\), got \(12,\)"),
+        (lambda kb, q: kb.search(q[:, :5], "image", 1), UsageError, "queries are 5-d but the knowledge base is 12-d"),
         (lambda kb, q: kb.search(q, "image", 1, exclude_ids=[{"a"}, {"b"}]), ValueError, "exclude_ids has 2 entries for 1 queries"),
         (lambda kb, q: kb.search(q, "image", 1, exclude_hashes=["abc"]), ValueError, r"exclude_hashes\[0\] is the string 'abc'"),
         (lambda kb, q: kb.get("pink"), KeyError, "no knowledge-base item with id 'pink'"),
@@ -390,9 +391,9 @@ def test_missing_directory_manifest_or_files(kb: KnowledgeBase, tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="knowledge-base directory not found: .*nowhere"):
         KnowledgeBase.from_persist_dir(tmp_path / "nowhere", QuadrantEmbedding())
     kb.persist(tmp_path / "kb")
-    text_file = KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["text"]["name"]
-    (tmp_path / "kb" / text_file).unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(f"is missing ['{text_file}']")):
+    vectors_file = KnowledgeBase.read_manifest(tmp_path / "kb")["files"]["vectors"]["name"]
+    (tmp_path / "kb" / vectors_file).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"is missing ['{vectors_file}']")):
         KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
     (tmp_path / "kb" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
@@ -421,7 +422,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_persist_leaves_nothing_half_written(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hnsw = IndexConfig(kind="hnsw", hnsw_m=4)  # an index with files of its own (a flat one has none)
+    kb = KnowledgeBase.build(_items(folder), QuadrantEmbedding(), index_config=hnsw, show_progress=False)
     real_write = FaissIndex.write
     calls: list[Path] = []
 
@@ -439,13 +442,50 @@ def test_interrupted_persist_leaves_nothing_half_written(kb: KnowledgeBase, fold
     monkeypatch.setattr(FaissIndex, "write", real_write)
     kb.persist(tmp_path / "kb")
     before = _snapshot(tmp_path / "kb")
-    bigger = KnowledgeBase.build(_items(folder)[:3], QuadrantEmbedding(), show_progress=False)
+    bigger = KnowledgeBase.build(_items(folder)[:3], QuadrantEmbedding(), index_config=hnsw, show_progress=False)
     calls.clear()
     monkeypatch.setattr(FaissIndex, "write", write_then_crash)
     with pytest.raises(OSError, match="disk full"):
         bigger.persist(tmp_path / "kb")
     assert _snapshot(tmp_path / "kb") == before
     assert sorted(os.listdir(tmp_path)) == ["kb", "new"]
+
+
+def test_a_flat_kb_holds_each_vector_once(kb: KnowledgeBase, folder: Path, tmp_path: Path) -> None:
+    # In memory: the knowledge base's matrices are the flat indexes' own (no second copy).
+    for name in ("image", "text"):
+        assert np.shares_memory(kb.image_vectors if name == "image" else kb.text_vectors, kb._indexes[name].matrix)
+    # On disk: the vectors file only; the flat index is rebuilt from it, sharing its bytes.
+    kb.persist(tmp_path / "kb")
+    assert set(KnowledgeBase.read_manifest(tmp_path / "kb")["files"]) == {"items", "vectors", "hashes"}
+    assert not list((tmp_path / "kb").glob("*.faiss"))
+    loaded = KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
+    assert np.shares_memory(loaded.image_vectors, loaded._indexes["image"].matrix)
+    image_q, _ = _query(kb.embed_model, folder)
+    assert _ranking(loaded.search(image_q, "image", 5)[0]) == _ranking(kb.search(image_q, "image", 5)[0])
+    # Changes keep one copy too, and search what they changed.
+    loaded.delete(["red"])
+    assert np.shares_memory(loaded.image_vectors, loaded._indexes["image"].matrix) and len(loaded) == 4
+    assert "red" not in [h.item.id for h in loaded.search(image_q, "image", 5)[0]]
+
+
+def test_a_flat_kb_of_an_older_version_with_index_files_still_loads(kb: KnowledgeBase, folder: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    kb.persist(tmp_path / "kb")
+    manifest_path = tmp_path / "kb" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in ("image", "text"):  # what versions before "one copy of the vectors" wrote
+        path = tmp_path / "kb" / f"{name}.0123456789ab.faiss"
+        kb._indexes[name].write(path)
+        manifest["files"][name] = {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                   "size": path.stat().st_size}
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = KnowledgeBase.from_persist_dir(tmp_path / "kb", QuadrantEmbedding())
+    image_q, _ = _query(kb.embed_model, folder)
+    assert _ranking(loaded.search(image_q, "image", 5)[0]) == _ranking(kb.search(image_q, "image", 5)[0])
+    loaded.persist(tmp_path / "kb")  # the next write drops the old index files
+    assert not list((tmp_path / "kb").glob("*.faiss"))
 
 
 def test_failed_commit_keeps_the_old_version(kb: KnowledgeBase, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -478,11 +518,11 @@ def test_persist_refuses_a_folder_that_is_not_a_knowledge_base(kb: KnowledgeBase
 
 # ---------------------------------------------------------------------------- bad input
 def test_empty_knowledge_base(folder: Path) -> None:
-    with pytest.raises(ValueError, match="knowledge base is empty: build\\(\\) got no items"):
+    with pytest.raises(UsageError, match="^knowledge base is empty: build\\(\\) got no items; pass at least one KBItem"):
         KnowledgeBase.build([], QuadrantEmbedding())
     empty = KnowledgeBase(QuadrantEmbedding())
     assert len(empty) == 0 and empty.add([], show_progress=False) == []
-    with pytest.raises(ValueError, match="knowledge base is empty; add items before searching"):
+    with pytest.raises(UsageError, match="knowledge base is empty; add items before searching"):
         empty.search(np.ones((1, DIM), np.float32), "image", 1)
     with pytest.raises(ValueError, match="knowledge base is empty; nothing to persist"):
         empty.persist(folder / "empty-kb")
@@ -524,7 +564,7 @@ def test_skip_bad_skips_and_reports(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert "missing.png" in kb.skipped[0][1] and "skipping knowledge-base item 'cut'" in caplog.text
     assert kb.add([KBItem(id="ok2", image_path=items[0].image_path, text="w1")], show_progress=False) == ["ok2"]
     assert kb.skipped == []  # reports the last call only
-    with pytest.raises(ValueError, match="knowledge base is empty: all 3 items were skipped as unreadable \\(first: 'gone'"):
+    with pytest.raises(DataError, match="knowledge base is empty: all 3 items were skipped as unreadable \\(first: 'gone'"):
         KnowledgeBase.build(items[1:], QuadrantEmbedding(), show_progress=False, skip_bad=True)
 
 

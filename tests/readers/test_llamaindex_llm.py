@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class ScriptedLLM(CustomLLM):
     replies: dict[str, str] = Field(default_factory=dict)
     default: str = "I am not sure."
     delay: float = 0.0
+    rendezvous: Any = None  # a threading.Barrier every chat waits at: it trips only if chats overlap
     seen: list[list[ChatMessage]] = Field(default_factory=list)
 
     @property
@@ -55,6 +57,8 @@ class ScriptedLLM(CustomLLM):
 
     def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
         time.sleep(self.delay)
+        if self.rendezvous is not None:
+            self.rendezvous.wait()
         return self._reply(list(messages))
 
     async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
@@ -119,13 +123,14 @@ def test_workers_keep_the_order_and_async_matches(images: dict[str, str]) -> Non
     replies = {"k0": "0", "k1": "1", "k2": "2", "k3": "3", "k4": "4"}
     case = Case(id="c", image_path=images["query"])
     items = [KBItem(id=f"k{i}", image_path="", text=f"k{i}") for i in range(5)]
-    llm = ScriptedLLM(replies=replies, delay=0.02)
+    # Chats meet in pairs at a barrier: run one after another, the first would wait out the timeout
+    # and break it (BrokenBarrierError). Nothing here depends on how fast a loaded machine runs.
+    llm = ScriptedLLM(replies=replies, rendezvous=threading.Barrier(2, timeout=60))
     threaded = LlamaIndexLLMReader(llm, get_task("retinamnist"), num_workers=5)
-    start = time.perf_counter()
     scores = threaded.score([case, case], [items, items[::-1]])
-    elapsed = time.perf_counter() - start
     assert scores.predictions() == [["0", "1", "2", "3", "4"], ["4", "3", "2", "1", "0"]]
-    assert elapsed < 10 * 0.02 * 0.9  # 10 chats of 20 ms ran concurrently
+    assert not llm.rendezvous.broken  # 10 chats, met in pairs: they ran concurrently
+    llm.rendezvous = None  # achat sleeps instead: a thread barrier would block the event loop
     async_scores = asyncio.run(threaded.ascore([case, case], [items, items[::-1]]))
     np.testing.assert_array_equal(async_scores.log_probs, scores.log_probs)
 

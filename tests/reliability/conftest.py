@@ -24,7 +24,7 @@ from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
-from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.kb import IndexConfig, KnowledgeBase
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
@@ -67,12 +67,12 @@ def png(path: Path, colour: tuple[int, int, int]) -> str:
     return str(path)
 
 
-def build_kb(folder: Path, embed_model: MultiModalEmbedding | None = None) -> KnowledgeBase:
+def build_kb(folder: Path, embed_model: MultiModalEmbedding | None = None, index_config: IndexConfig | None = None) -> KnowledgeBase:
     items = [
         KBItem(id=i, image_path=png(folder / f"{i}.png", colour), text=text, source="stub", label=label)
         for i, colour, text, label in KB_ROWS
     ]
-    return KnowledgeBase.build(items, embed_model or ColourEmbedding(), show_progress=False)
+    return KnowledgeBase.build(items, embed_model or ColourEmbedding(), index_config=index_config, show_progress=False)
 
 
 @pytest.fixture()
@@ -80,6 +80,14 @@ def kb_dir(tmp_path: Path) -> Path:
     """A freshly persisted three-pair knowledge base (its own copy per test: tests damage it)."""
     out = tmp_path / "kb"
     build_kb(tmp_path / "images").persist(out)
+    return out
+
+
+@pytest.fixture()
+def hnsw_kb_dir(tmp_path: Path) -> Path:
+    """Like ``kb_dir`` with HNSW indexes, whose index files are stored (a flat index has none)."""
+    out = tmp_path / "hnsw-kb"
+    build_kb(tmp_path / "images", index_config=IndexConfig(kind="hnsw", hnsw_m=4)).persist(out)
     return out
 
 

@@ -53,7 +53,10 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_truncated_image_faiss_is_one_line_exit_1(kb_dir: Path, items_jsonl: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_image_faiss_is_one_line_exit_1(clip_dir: Path, items_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kb_dir = tmp_path / "hnsw-kb"  # an index with files of its own (a flat index is rebuilt from the vectors)
+    assert main(["build-kb", "--items", str(items_jsonl), "--embed-model", str(clip_dir), "--out", str(kb_dir),
+                 "--index", "hnsw", "--no-progress"]) == 0
     index = stored_file(kb_dir, "image")
     rewrite_stored(kb_dir, "image", index.read_bytes()[:40], reseal=True)  # written corrupt, checksum and all
     capsys.readouterr()

@@ -52,12 +52,12 @@ def _load(kb_dir: Path, stubs: Any) -> KnowledgeBase:
 
 # ---------------------------------------------------------------- crashes with a traceback
 @pytest.mark.parametrize("reseal", [False, True], ids=["checksum", "parser"])
-def test_truncated_image_faiss(stubs: Any, kb_dir: Path, reseal: bool) -> None:
-    path = stored_file(kb_dir, "image")
-    rewrite_stored(kb_dir, "image", _half(path), reseal=reseal)
+def test_truncated_image_faiss(stubs: Any, hnsw_kb_dir: Path, reseal: bool) -> None:
+    path = stored_file(hnsw_kb_dir, "image")
+    rewrite_stored(hnsw_kb_dir, "image", _half(path), reseal=reseal)
     expected = r"is not a readable faiss index.*rebuild" if reseal else r"does not match the SHA-256"
     with pytest.raises(KBFormatError if reseal else ChecksumMismatchError, match=expected) as info:
-        _load(kb_dir, stubs)
+        _load(hnsw_kb_dir, stubs)
     assert str(path) in str(info.value) and isinstance(info.value, ArtifactError)
 
 

@@ -19,7 +19,7 @@ from llama_index_lvlm_retriever._versioned import ChecksumMismatchError
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.heads import QueryHead
 from llama_index_lvlm_retriever.heads.query_head import QueryHeadConfig
-from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.kb import IndexConfig, KnowledgeBase
 
 
 def _files(kb_dir: Path) -> dict[str, str]:
@@ -27,7 +27,8 @@ def _files(kb_dir: Path) -> dict[str, str]:
 
 
 def test_swapped_index_files_are_refused_naming_the_file(embed: CLIPEmbedding, images: list[Path], tmp_path: Path) -> None:
-    _tiny.build("a", embed, images).persist(tmp_path / "kb")
+    hnsw = IndexConfig(kind="hnsw", hnsw_m=4)  # index files of its own (a flat index is rebuilt from the vectors)
+    KnowledgeBase.build(_tiny.items("a", images), embed, index_config=hnsw, show_progress=False).persist(tmp_path / "kb")
     files = _files(tmp_path / "kb")
     image, text = tmp_path / "kb" / files["image"], tmp_path / "kb" / files["text"]
     image_bytes, text_bytes = image.read_bytes(), text.read_bytes()

@@ -6,8 +6,16 @@ the index when the first vectors arrive (so the dimension is known and IVF can b
 later vectors incrementally, deletes/replaces by rebuilding from its own stored vectors (an IVF index
 keeps its trained lists), searches, and reads/writes the faiss file format (never pickle).
 
+A flat (exact) index keeps no faiss copy of the vectors: it holds the ``(n, dim)`` matrix itself
+(:attr:`FaissIndex.matrix`, the same array the knowledge base keeps, so each vector is in memory
+once) and searches it with ``faiss.knn``, the brute-force kernel behind ``IndexFlatIP`` (same
+results, same order). Nor does it need a file of its own: a persisted KB rebuilds it from the stored
+vectors (:meth:`FaissIndex.from_vectors`). IVF and HNSW keep their faiss index (the graph and the
+inverted lists hold the vectors).
+
 Metadata filters are a pre-filter by row set: the filter is evaluated over the pairs' fields in
-Python and handed to faiss as an ``IDSelectorBitmap``, so the search only scores allowed rows and a
+Python and handed to faiss as an ``IDSelectorBitmap`` (IVF/HNSW) or used to pick the allowed rows
+of the matrix (flat; a temporary copy of those rows), so the search only scores allowed rows and a
 flat index's top-k is still exact (an over-fetch-then-filter scheme could miss hits when the
 filter is selective).
 """
@@ -78,6 +86,9 @@ class FaissIndex:
     ) -> None:
         self._config = config
         self._index = index
+        self._matrix: np.ndarray | None = None  # flat kind: the vectors themselves, (n, dim) float32
+        if isinstance(index, faiss.IndexFlat):  # a flat index file of an older version: keep its vectors only
+            self._matrix, self._index = index.reconstruct_n(0, index.ntotal), None
         self._items: list[KBItem] = list(items)
         self._hashes: list[str] = list(hashes)
         self._rows = {item.id: i for i, item in enumerate(self._items)}
@@ -90,19 +101,39 @@ class FaissIndex:
                 )
             self._apply_search_params()
 
+    @classmethod
+    def from_vectors(
+        cls, config: IndexConfig, vectors: np.ndarray, items: Sequence[KBItem], hashes: Sequence[str]
+    ) -> FaissIndex:
+        """A flat index over stored vectors ``(n, dim)``, sharing them (no copy when float32 and contiguous)."""
+        if config.kind != "flat":
+            raise ValueError(f"from_vectors builds flat indexes only, not {config.kind!r}")
+        index = cls(config)
+        index.add(vectors, items, hashes)
+        return index
+
     @property
     def ntotal(self) -> int:
         """Number of vectors in the index."""
+        if self._matrix is not None:
+            return int(self._matrix.shape[0])
         return 0 if self._index is None else int(self._index.ntotal)
 
     @property
     def dim(self) -> int | None:
         """Vector dimension (``None`` before the first vectors are added)."""
+        if self._matrix is not None:
+            return int(self._matrix.shape[1])
         return None if self._index is None else int(self._index.d)
 
     @property
+    def matrix(self) -> np.ndarray | None:
+        """Flat kind: the stored vectors ``(n, dim)`` the index searches (``None`` for IVF/HNSW or when empty)."""
+        return self._matrix
+
+    @property
     def faiss_index(self) -> faiss.Index | None:
-        """The underlying faiss index (``None`` before the first vectors are added)."""
+        """The underlying faiss index of an IVF/HNSW kind (``None`` for flat, or before the first vectors)."""
         return self._index
 
     def add(self, vectors: np.ndarray, items: Sequence[KBItem] = (), hashes: Sequence[str] = ()) -> None:
@@ -110,9 +141,13 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (m, dim)
         if vectors.shape[0] == 0:
             return
-        if self._index is None:
-            self._index = self._create(vectors)
-        self._index.add(vectors)
+        if self._config.kind == "flat":
+            # The first matrix is kept as given (shared with the caller), later rows appended.
+            self._matrix = vectors if self._matrix is None else np.concatenate([self._matrix, vectors])
+        else:
+            if self._index is None:
+                self._index = self._create(vectors)
+            self._index.add(vectors)
         for item, h in zip(items, hashes):
             self._rows[item.id] = len(self._items)
             self._items.append(item)
@@ -154,7 +189,7 @@ class FaissIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)  # (n, dim)
         n = queries.shape[0]
         out: Hits = [[] for _ in range(n)]
-        if self._index is None or k == 0 or n == 0:
+        if self.ntotal == 0 or k == 0 or n == 0:
             return out
         groups: dict[str, list[int]] = {}
         per_query = list(filters) if filters is not None else [None] * n
@@ -162,24 +197,33 @@ class FaissIndex:
             groups.setdefault(kb_filters.group_key(f), []).append(i)
         for members in groups.values():
             f = per_query[members[0]]
-            params, keep_alive = (None, None) if f is None else self._selector(f)
-            if keep_alive is not None and not keep_alive.any():
-                continue  # nothing passes the filter
-            scores, rows = self._index.search(queries[members], min(k, self.ntotal), params=params)  # (m, k) each
+            if self._matrix is not None:
+                scores, rows = self._flat_search(queries[members], k, f)  # (m, k) each
+            else:
+                params, keep_alive = (None, None) if f is None else self._selector(f)
+                if keep_alive is not None and not keep_alive.any():
+                    continue  # nothing passes the filter
+                assert self._index is not None  # ntotal > 0
+                scores, rows = self._index.search(queries[members], min(k, self.ntotal), params=params)  # (m, k) each
             for i, s_row, p_row in zip(members, scores.tolist(), rows.tolist()):
                 # -1: an approximate index (or a selective filter) found fewer than k
                 out[i] = [(self._items[p].id, s) for s, p in zip(s_row, p_row) if p >= 0]
         return out
 
     def write(self, path: Path) -> None:
-        """Write the index in faiss's own format."""
-        if self._index is None:
+        """Write the index in faiss's own format (a flat index as an ``IndexFlatIP`` of its matrix)."""
+        if self.ntotal == 0:
             raise ValueError("cannot write an empty vector index")
-        faiss.write_index(self._index, str(path))
+        index = self._index
+        if self._matrix is not None:
+            index = faiss.IndexFlatIP(self._matrix.shape[1])
+            index.add(self._matrix)
+        faiss.write_index(index, str(path))
 
     def drop(self) -> None:
         """Forget every vector (the index lives only in this process)."""
         self._index = None
+        self._matrix = None
         self._items, self._hashes, self._rows = [], [], {}
         self._columns.clear()
 
@@ -213,6 +257,18 @@ class FaissIndex:
         return cls(config, index, items, hashes)
 
     # ------------------------------------------------------------------ internals
+    def _flat_search(self, queries: np.ndarray, k: int, f: MetadataFilters | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` over the matrix (or the rows a filter allows): ``(scores, rows)``, each ``(m, k')``."""
+        assert self._matrix is not None
+        if f is None:
+            return faiss.knn(queries, self._matrix, min(k, self.ntotal), metric=faiss.METRIC_INNER_PRODUCT)
+        allowed = np.flatnonzero(kb_filters.evaluate(f, self._column))  # (a,) row numbers
+        if allowed.size == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, local = faiss.knn(queries, np.ascontiguousarray(self._matrix[allowed]), min(k, allowed.size),
+                                  metric=faiss.METRIC_INNER_PRODUCT)  # (m, k') over the allowed rows
+        return scores, np.where(local >= 0, allowed[np.maximum(local, 0)], -1)
+
     def _column(self, key: str) -> np.ndarray:
         if key not in self._columns:
             column = np.empty(len(self._items), dtype=object)  # (n,)
@@ -234,7 +290,9 @@ class FaissIndex:
         return params, mask
 
     def _stored(self) -> np.ndarray:
-        """All stored vectors ``(n, dim)``, row order."""
+        """All stored vectors ``(n, dim)``, row order (a writable copy)."""
+        if self._matrix is not None:
+            return np.array(self._matrix)
         index = self._index
         if index is None:
             return np.zeros((0, 0), np.float32)
@@ -246,6 +304,9 @@ class FaissIndex:
         return index.reconstruct_n(0, index.ntotal)
 
     def _rebuild(self, vectors: np.ndarray) -> None:
+        if self._config.kind == "flat":
+            self._matrix = np.ascontiguousarray(vectors, dtype=np.float32) if vectors.shape[0] else None
+            return
         assert self._index is not None  # only called after rows were stored
         if isinstance(self._index, faiss.IndexHNSW):
             self._index = self._create(vectors)  # an HNSW graph cannot drop nodes: build a new one
