@@ -456,11 +456,7 @@ class FeedbackCache:
         return out
 
     def pair_log_probs(self) -> Iterator[tuple[str, str, np.ndarray]]:
-        """Every cached (case id, candidate id, ``(L,)`` label log-probabilities), all heads.
-
-        What :meth:`~llama_index_lvlm_retriever.readers.cached.CachedReader.prefill` takes, so an
-        evaluation on the same cases does not ask the reader again for pairs it already scored.
-        """
+        """Every cached (case id, candidate id, ``(L,)`` label log-probs), all heads: ``CachedReader.prefill``'s input."""
         for head in self.heads:
             log_probs = self.label_log_probs(head).double().numpy()  # (n, N, L)
             for row, (case_id, candidates) in enumerate(zip(self.case_ids, self.candidate_ids(head))):

@@ -371,12 +371,7 @@ class RetrieverFinetuneEngine:
     def _write_cards(self, out: Path, model: LVLMAwareRetriever) -> None:
         """A model card (README.md with the Hugging Face header) next to each trained head."""
         encoder = getattr(model.knowledge_base.embed_model, "model_name", None)
-        validation = None
-        if self._decision is not None:
-            validation = {"delta_val_loglik": self._decision.delta_loglik,
-                          "delta_val_loglik_lower_bound": self._decision.loglik_lower_bound}
-            if self._decision.delta_accuracy is not None:
-                validation["delta_val_accuracy"] = self._decision.delta_accuracy
+        validation = self._decision.card_metrics() if self._decision is not None else None
         task = self._reader.task if self._reader is not None else None
         for name in self._trained:
             write_model_card(

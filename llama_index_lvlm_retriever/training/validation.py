@@ -318,6 +318,13 @@ class AdoptionDecision:
         """JSON-ready record."""
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
 
+    def card_metrics(self) -> dict[str, float]:
+        """The validation numbers a saved head's model card shows."""
+        metrics = {"delta_val_loglik": self.delta_loglik, "delta_val_loglik_lower_bound": self.loglik_lower_bound}
+        if self.delta_accuracy is not None:
+            metrics["delta_val_accuracy"] = self.delta_accuracy
+        return metrics
+
 
 def split_for_adoption(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint validation rows ``(selection, adoption)``: a seeded ``holdout`` share decides adoption only.
