@@ -10,9 +10,10 @@ added, deleted and upserted after the build; only new pairs are embedded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.images import (
     ImageInput,
     image_content_hash,
@@ -168,6 +170,10 @@ class KnowledgeBase(LiveUpdatesMixin):
         self._indexes = indexes
         self._reindex()
         self._skipped: list[tuple[str, str]] = []
+        # The folder version this KB was loaded from (or last wrote there): persist() back into that
+        # folder is a compare-and-swap against it. None for a KB built in memory.
+        self._version: store.StoreVersion | None = None
+        self._locked_folder: Path | None = None  # set inside updating(): persist() there already holds the lock
 
     def _reindex(self) -> None:
         """Rebuild the id / hash lookups after the rows changed."""
@@ -449,19 +455,31 @@ class KnowledgeBase(LiveUpdatesMixin):
         connection settings (no secrets; a local store inside ``persist_dir`` as a relative
         path, so the folder can move). Call it again after :meth:`add`/:meth:`delete`/:meth:`upsert`.
 
+        No lost updates: a knowledge base loaded with :meth:`from_persist_dir` writes back into
+        that folder only if the folder still holds the version it loaded (or last wrote there);
+        otherwise another process persisted in between and this write would drop its items, so
+        :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError` is raised and nothing is
+        written. Use :meth:`updating` to serialise such writers instead. A knowledge base built in
+        memory replaces whatever knowledge base ``persist_dir`` holds.
+
         Args:
             persist_dir: Target directory (new, empty, or an existing knowledge base).
 
         Raises:
             ValueError: The knowledge base is empty, or some metadata is not JSON-serialisable.
             FileExistsError: ``persist_dir`` is a non-empty directory that is not a knowledge base.
+            ConcurrentUpdateError: Another process persisted into ``persist_dir`` after this
+                knowledge base was loaded from it.
+            StoreLockedError: Another process is writing ``persist_dir`` right now.
 
         Example:
             >>> kb.persist("kb/roco-clip")  # doctest: +SKIP
         """
         if not self._items:
             raise ValueError("knowledge base is empty; nothing to persist")
-        persistence.persist_knowledge_base(
+        target = Path(persist_dir).resolve()
+        own = self._version if self._version is not None and self._version.folder == target else None
+        written = persistence.persist_knowledge_base(
             Path(persist_dir),
             encoder=self._encoder_record(),
             index_config=self._config,
@@ -471,7 +489,11 @@ class KnowledgeBase(LiveUpdatesMixin):
             vectors=self._vectors,
             hashes=self._hashes,
             indexes=self._indexes,
+            expect=own,
+            lock_held=self._locked_folder == target,
         )
+        if own is not None:
+            self._version = written  # the next persist there compares with what this one wrote
         logger.info(
             "persisted knowledge base (%d pairs, %d-d, %s, %s) to %s",
             len(self), self.dim, self._config.kind, self._backend.describe(), persist_dir,
@@ -536,11 +558,66 @@ class KnowledgeBase(LiveUpdatesMixin):
             embed_model, loaded.index_config, loaded.encoder, loaded.items, loaded.image, loaded.text,
             loaded.hashes, indexes=loaded.indexes, backend=loaded.backend, kb_uid=loaded.kb_uid,
         )
+        kb._version = loaded.version
         logger.info(
             "loaded knowledge base (%d pairs, %d-d, %s, %s) from %s",
             len(kb), kb.dim, loaded.index_config.kind, loaded.backend.describe(), persist_dir,
         )
         return kb
+
+    @classmethod
+    @contextlib.contextmanager
+    def updating(
+        cls,
+        persist_dir: str | Path,
+        embed_model: MultiModalEmbedding,
+        *,
+        backend: BackendConfig | None = None,
+        wait: float = 600.0,
+    ) -> Iterator[KnowledgeBase]:
+        """Load, change and persist a knowledge base as one step that other writers wait for.
+
+        Holds ``persist_dir``'s write lock from before the load until after the persist, so two
+        processes updating the same folder run one after the other and each sees the other's items
+        (a plain ``from_persist_dir`` + ``add`` + ``persist`` in two processes would instead make the
+        second ``persist`` raise :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError`).
+        On a normal exit the knowledge base is persisted and closed; on an exception nothing is
+        persisted (a database backend's rows written meanwhile are not rolled back: rebuild, or
+        redo the change).
+
+        Args:
+            persist_dir: A knowledge-base folder written by :meth:`persist`.
+            embed_model: The encoder that built it.
+            backend: Override the recorded connection settings (see :meth:`from_persist_dir`).
+            wait: Seconds to wait for another writer to finish before giving up.
+
+        Yields:
+            The loaded knowledge base; change it with :meth:`add`, :meth:`delete`, :meth:`upsert`.
+
+        Raises:
+            StoreLockedError: Another writer still holds the folder after ``wait`` seconds.
+            FileNotFoundError: ``persist_dir`` is not a knowledge base (see :meth:`from_persist_dir`).
+
+        Example:
+            >>> with KnowledgeBase.updating("kb/roco-clip", embed) as kb:  # doctest: +SKIP
+            ...     kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)
+        """
+        folder = Path(persist_dir)
+        store.read_manifest(folder)  # a missing folder is "not found", not silently created by the lock
+        with folder_lock(folder, wait=wait):
+            kb = cls.from_persist_dir(folder, embed_model, backend=backend)
+            kb._locked_folder = folder.resolve()
+            try:
+                yield kb
+                kb.persist(folder)
+            finally:
+                kb._locked_folder = None
+                kb.close()
+
+    def _check_not_stale(self) -> None:
+        """A database backend's rows are shared at once: refuse to change them for an outdated folder."""
+        if self._version is not None and not isinstance(self._backend, FaissBackendConfig):
+            self._version.check_current()
 
 
 __all__ = ["KnowledgeBase"]

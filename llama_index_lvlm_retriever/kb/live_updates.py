@@ -26,7 +26,6 @@ from llama_index_lvlm_retriever.kb.types import (
 logger = logging.getLogger(__name__)
 
 
-
 class LiveUpdatesMixin:
     """``add``, ``delete`` and ``upsert`` for :class:`KnowledgeBase` (see the module docstring)."""
 
@@ -81,6 +80,8 @@ class LiveUpdatesMixin:
         Raises:
             ValueError: An id repeats, or the embeddings' dimension differs from the KB's.
             ImageLoadError: An image cannot be read (``skip_bad=False``).
+            ConcurrentUpdateError: A database backend's folder was persisted by another process
+                since this knowledge base was loaded (its rows are left alone; reload).
 
         Example:
             >>> kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)  # doctest: +SKIP
@@ -90,6 +91,7 @@ class LiveUpdatesMixin:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         checks.check_items(items, existing=self._positions)
+        self._check_not_stale()
         embedded = enc.embed_items(
             self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad
         )
@@ -133,6 +135,7 @@ class LiveUpdatesMixin:
         Raises:
             KeyError: An id is not in the knowledge base (named).
             ValueError: An id repeats.
+            ConcurrentUpdateError: As in :meth:`add`.
 
         Example:
             >>> kb.delete(["roco-17"])  # doctest: +SKIP
@@ -147,6 +150,7 @@ class LiveUpdatesMixin:
             raise ValueError("ids repeat; pass each id once")
         if not ids:
             return []
+        self._check_not_stale()
         rows = sorted(self._positions[i] for i in ids)
         gone = [self._items[r] for r in rows]
         gone_vectors = {name: self._vectors[name][rows] for name in MODALITIES}
@@ -188,6 +192,7 @@ class LiveUpdatesMixin:
         Raises:
             ValueError: An id repeats in ``items``, or the embeddings' dimension differs.
             ImageLoadError: An image cannot be read.
+            ConcurrentUpdateError: As in :meth:`add`.
 
         Example:
             >>> kb.upsert([KBItem(id="roco-17", image_path="17.png", text="corrected caption")])  # doctest: +SKIP
@@ -197,6 +202,7 @@ class LiveUpdatesMixin:
         checks.check_items(items)
         if not items:
             return []
+        self._check_not_stale()
         embedded = enc.embed_items(self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=False)
         new = {"image": embedded.image, "text": embedded.text}
         if self._dim is not None and embedded.image.shape[1] != self._dim:
