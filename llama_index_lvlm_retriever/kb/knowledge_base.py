@@ -10,10 +10,9 @@ added, deleted and upserted after the build; only new pairs are embedded.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import numpy as np
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.images import (
     ImageInput,
     image_content_hash,
@@ -39,6 +37,7 @@ from llama_index_lvlm_retriever.kb.backends import (
     VectorBackend,
 )
 from llama_index_lvlm_retriever.kb.live_updates import LiveUpdatesMixin
+from llama_index_lvlm_retriever.kb.tie_order import needs_deeper_search, tie_order
 from llama_index_lvlm_retriever.kb.types import (
     MODALITIES,
     BackendIdentity,
@@ -356,7 +355,9 @@ class KnowledgeBase(LiveUpdatesMixin):
                 query, on ``id``, ``content_hash``, ``label``, ``source`` or any metadata key.
 
         Returns:
-            ``n`` lists of at most ``k`` hits, best first (ties: lower position first).
+            ``n`` lists of at most ``k`` hits, best first. Ties (scores within 1e-6) are ordered by
+            the pair's other-modality cosine with the query (for the text index: its image's),
+            then by id, the same on every backend (see ``kb/tie_order.py``).
 
         Raises:
             ValueError: Empty knowledge base, bad modality/k/shape, exclusion or filter lists whose
@@ -390,8 +391,9 @@ class KnowledgeBase(LiveUpdatesMixin):
         if n == 0 or k == 0:
             return [[] for _ in range(n)]
         excluded = [self._excluded_positions(ids[i], hashes[i]) for i in range(n)]
-        fetch = min(len(self), k + max(len(e) for e in excluded))
-        found = self._indexes[modality].search(enc.unit_rows(queries), fetch, per_query_filters)  # n lists of (id, score)
+        unit = enc.unit_rows(queries)  # (n, dim)
+        found = self._search_whole_ties(modality, unit, k, excluded, per_query_filters)
+        other = self._vectors["text" if modality == "image" else "image"]  # (N, dim): the tie-breaker
         results: list[list[SearchHit]] = []
         for i in range(n):
             hits = []
@@ -404,9 +406,28 @@ class KnowledgeBase(LiveUpdatesMixin):
                     )
                 if p not in excluded[i]:
                     hits.append(SearchHit(item=self._items[p], score=float(score), position=p))
-            hits.sort(key=lambda h: (-h.score, h.position))
-            results.append(hits[:k])
+            rows = [h.position for h in hits]
+            order = tie_order(
+                np.array([h.score for h in hits]), other[rows] @ unit[i], [h.item.id for h in hits]  # (m,)
+            )
+            results.append([hits[j] for j in order[:k]])
         return results
+
+    def _search_whole_ties(
+        self, modality: str, unit: np.ndarray, k: int, excluded: list[set[int]], filters: list[MetadataFilters | None]
+    ) -> list[list[tuple[str, float]]]:
+        """The backend's hits, fetched deep enough that no tied group is cut at ``k`` (see ``tie_order``)."""
+        fetch = min(len(self), k + max(len(e) for e in excluded))
+        found = self._indexes[modality].search(unit, fetch, filters)  # n lists of (id, score)
+        while fetch < len(self):
+            deeper = [i for i in range(len(found)) if needs_deeper_search(found[i], self._positions, excluded[i], k, fetch)]
+            if not deeper:
+                break
+            fetch = min(len(self), 2 * fetch)
+            again = self._indexes[modality].search(unit[deeper], fetch, [filters[i] for i in deeper])
+            for i, hits in zip(deeper, again):
+                found[i] = hits
+        return found
 
     def close(self) -> None:
         """Release the database client (Milvus Lite / Qdrant local mode unlock their files).
@@ -564,60 +585,6 @@ class KnowledgeBase(LiveUpdatesMixin):
             len(kb), kb.dim, loaded.index_config.kind, loaded.backend.describe(), persist_dir,
         )
         return kb
-
-    @classmethod
-    @contextlib.contextmanager
-    def updating(
-        cls,
-        persist_dir: str | Path,
-        embed_model: MultiModalEmbedding,
-        *,
-        backend: BackendConfig | None = None,
-        wait: float = 600.0,
-    ) -> Iterator[KnowledgeBase]:
-        """Load, change and persist a knowledge base as one step that other writers wait for.
-
-        Holds ``persist_dir``'s write lock from before the load until after the persist, so two
-        processes updating the same folder run one after the other and each sees the other's items
-        (a plain ``from_persist_dir`` + ``add`` + ``persist`` in two processes would instead make the
-        second ``persist`` raise :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError`).
-        On a normal exit the knowledge base is persisted and closed; on an exception nothing is
-        persisted (a database backend's rows written meanwhile are not rolled back: rebuild, or
-        redo the change).
-
-        Args:
-            persist_dir: A knowledge-base folder written by :meth:`persist`.
-            embed_model: The encoder that built it.
-            backend: Override the recorded connection settings (see :meth:`from_persist_dir`).
-            wait: Seconds to wait for another writer to finish before giving up.
-
-        Yields:
-            The loaded knowledge base; change it with :meth:`add`, :meth:`delete`, :meth:`upsert`.
-
-        Raises:
-            StoreLockedError: Another writer still holds the folder after ``wait`` seconds.
-            FileNotFoundError: ``persist_dir`` is not a knowledge base (see :meth:`from_persist_dir`).
-
-        Example:
-            >>> with KnowledgeBase.updating("kb/roco-clip", embed) as kb:  # doctest: +SKIP
-            ...     kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)
-        """
-        folder = Path(persist_dir)
-        store.read_manifest(folder)  # a missing folder is "not found", not silently created by the lock
-        with folder_lock(folder, wait=wait):
-            kb = cls.from_persist_dir(folder, embed_model, backend=backend)
-            kb._locked_folder = folder.resolve()
-            try:
-                yield kb
-                kb.persist(folder)
-            finally:
-                kb._locked_folder = None
-                kb.close()
-
-    def _check_not_stale(self) -> None:
-        """A database backend's rows are shared at once: refuse to change them for an outdated folder."""
-        if self._version is not None and not isinstance(self._backend, FaissBackendConfig):
-            self._version.check_current()
 
 
 __all__ = ["KnowledgeBase"]

@@ -1,22 +1,30 @@
-"""Live updates of a knowledge base: add, delete and upsert items after the build.
+"""Live updates of a knowledge base: add, delete and upsert items after the build, and ``updating``.
 
 A mixin of :class:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase` (kept apart because
 it is its own concern: keeping the rows, the frozen vectors, the hashes and every backend in step,
 with an undo when a backend fails half-way). Only new items are embedded; the vectors already in
-the knowledge base stay frozen, so trained query heads stay valid.
+the knowledge base stay frozen, so trained query heads stay valid. ``updating`` makes a whole
+load-change-persist cycle one locked step, so concurrent writers of a folder lose nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from llama_index.core.embeddings import MultiModalEmbedding
 
+from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import checks
 from llama_index_lvlm_retriever.kb import encoding as enc
+from llama_index_lvlm_retriever.kb import storage as store
 from llama_index_lvlm_retriever.kb.backends import (
+    BackendConfig,
     FaissBackendConfig,
 )
 from llama_index_lvlm_retriever.kb.types import (
@@ -27,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class LiveUpdatesMixin:
-    """``add``, ``delete`` and ``upsert`` for :class:`KnowledgeBase` (see the module docstring)."""
+    """``add``, ``delete``, ``upsert`` and ``updating`` for :class:`KnowledgeBase` (see the module docstring)."""
 
     def _store(self, step: Callable[[str], None], items: Sequence[KBItem], *, created: bool, undo: Callable[[str], None] | None = None) -> None:
         """Run ``step`` on both modalities' backends; on failure undo what was written and re-raise.
@@ -244,7 +252,59 @@ class LiveUpdatesMixin:
         logger.info("upserted %d pairs (%d new, %d replaced; %d total)", len(items), len(appended), len(items) - len(appended), len(self))
         return [item.id for item in items]
 
-    # ------------------------------------------------------------------ access
+    @classmethod
+    @contextlib.contextmanager
+    def updating(
+        cls,
+        persist_dir: str | Path,
+        embed_model: MultiModalEmbedding,
+        *,
+        backend: BackendConfig | None = None,
+        wait: float = 600.0,
+    ) -> Iterator[Any]:
+        """Load, change and persist a knowledge base as one step that other writers wait for.
+
+        Holds ``persist_dir``'s write lock from before the load until after the persist, so two
+        processes updating the same folder run one after the other and each sees the other's items
+        (a plain ``from_persist_dir`` + ``add`` + ``persist`` in two processes would instead make the
+        second ``persist`` raise :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError`).
+        On a normal exit the knowledge base is persisted and closed; on an exception nothing is
+        persisted (a database backend's rows written meanwhile are not rolled back: rebuild, or
+        redo the change).
+
+        Args:
+            persist_dir: A knowledge-base folder written by :meth:`persist`.
+            embed_model: The encoder that built it.
+            backend: Override the recorded connection settings (see :meth:`from_persist_dir`).
+            wait: Seconds to wait for another writer to finish before giving up.
+
+        Yields:
+            The loaded knowledge base; change it with :meth:`add`, :meth:`delete`, :meth:`upsert`.
+
+        Raises:
+            StoreLockedError: Another writer still holds the folder after ``wait`` seconds.
+            FileNotFoundError: ``persist_dir`` is not a knowledge base (see :meth:`from_persist_dir`).
+
+        Example:
+            >>> with KnowledgeBase.updating("kb/roco-clip", embed) as kb:  # doctest: +SKIP
+            ...     kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)
+        """
+        folder = Path(persist_dir)
+        store.read_manifest(folder)  # a missing folder is "not found", not silently created by the lock
+        with folder_lock(folder, wait=wait):
+            kb = cls.from_persist_dir(folder, embed_model, backend=backend)
+            kb._locked_folder = folder.resolve()
+            try:
+                yield kb
+                kb.persist(folder)
+            finally:
+                kb._locked_folder = None
+                kb.close()
+
+    def _check_not_stale(self) -> None:
+        """A database backend's rows are shared at once: refuse to change them for an outdated folder."""
+        if self._version is not None and not isinstance(self._backend, FaissBackendConfig):
+            self._version.check_current()
 
 
 __all__ = ["LiveUpdatesMixin"]
