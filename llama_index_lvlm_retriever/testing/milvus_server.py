@@ -88,6 +88,11 @@ class MilvusServer:
         return f"http://127.0.0.1:{self.ports['proxy-port']}"
 
     @property
+    def pid(self) -> int | None:
+        """Process id of the launcher, also the process group of every server process (``None`` when stopped)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def log_path(self) -> Path:
         """The server's stdout and stderr."""
         return self.data_dir / "server.log"
