@@ -417,7 +417,8 @@ class KnowledgeBase(LiveUpdatesMixin):
         self, modality: str, unit: np.ndarray, k: int, excluded: list[set[int]], filters: list[MetadataFilters | None]
     ) -> list[list[tuple[str, float]]]:
         """The backend's hits, fetched deep enough that no tied group is cut at ``k`` (see ``tie_order``)."""
-        fetch = min(len(self), k + max(len(e) for e in excluded))
+        # One more than needed: whether the k-th hit ties with the next one shows without a second search.
+        fetch = min(len(self), k + max(len(e) for e in excluded) + 1)
         found = self._indexes[modality].search(unit, fetch, filters)  # n lists of (id, score)
         while fetch < len(self):
             deeper = [i for i in range(len(found)) if needs_deeper_search(found[i], self._positions, excluded[i], k, fetch)]

@@ -13,9 +13,9 @@ and the same few pairs for almost every query. Here the knowledge base fixes the
    and differs from query to query;
 3. then by item id.
 
-So that the cut at ``k`` never splits a tied group arbitrarily, a backend answer whose last hit is
-still tied with the k-th kept one is fetched again, deeper, until the group is complete
-(:func:`needs_deeper_search`).
+So that the cut at ``k`` never splits a tied group arbitrarily, the backend is asked for one hit
+more than needed, and an answer whose last hit is still tied with the k-th kept one is fetched again,
+deeper, until the group is complete (:func:`needs_deeper_search`).
 
 Private module; :meth:`KnowledgeBase.search <llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase.search>`
 is the API.
@@ -41,7 +41,14 @@ def needs_deeper_search(
         positions: Item id -> row.
         excluded: Rows excluded for this query.
         k: Hits wanted after exclusion.
-        fetched: How many the backend was asked for.
+        fetched: How many the backend was asked for (at least one more than ``k`` kept hits need,
+            so that a last hit tied with the k-th is really beyond it).
+
+    Example:
+        >>> needs_deeper_search([("a", 0.9), ("b", 0.5), ("c", 0.5)], {"a": 0, "b": 1, "c": 2}, set(), 2, 3)
+        True
+        >>> needs_deeper_search([("a", 0.9), ("b", 0.5), ("c", 0.4)], {"a": 0, "b": 1, "c": 2}, set(), 2, 3)
+        False
     """
     if len(hits) < fetched:
         return False  # the backend returned everything its filter allows

@@ -535,3 +535,25 @@ def test_collections_of_an_earlier_version_with_a_nullable_label_still_filter(
     again.add(_items(tmp_path / "more", n=2, start=200, seed=5), show_progress=False)  # rows written the old way
     assert again.search(again.image_vectors[[-1]], "image", 1)[0][0].item.id == "r201"
     again.close()
+
+
+def test_milvus_searches_wait_for_consistency_only_after_this_processs_writes(
+    items: list[KBItem], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = KnowledgeBase.build(items[:6], PixelEmbedding(), backend=_config("milvus", tmp_path), show_progress=False)
+    levels: list[str] = []
+    real_call = MilvusIndex._call
+
+    def recording(self: MilvusIndex, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "search" and self._modality == "image":
+            levels.append(kwargs["consistency_level"])
+        return real_call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusIndex, "_call", recording)
+    for _ in range(2):
+        kb.search(kb.image_vectors[:1], "image", 2)
+    kb.delete(["r0"])
+    hits = kb.search(kb.image_vectors[:1], "image", 6)
+    assert "r0" not in [h.item.id for h in hits[0]] and len(hits[0]) == 5
+    assert levels == ["Strong", "Bounded", "Strong"]  # after the build, later, after the delete
+    kb.close()

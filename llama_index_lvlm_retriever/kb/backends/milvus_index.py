@@ -9,6 +9,9 @@ lack: an absent label is stored as ``""`` with ``has_label`` false, and reads as
 ``source``, ``metadata`` (JSON) and the L2-normalised ``vector``, searched by inner product (``IndexConfig.kind``: flat -> ``FLAT``, ivf -> ``IVF_FLAT``,
 hnsw -> ``HNSW``). Each collection's properties record the knowledge base it belongs to, its
 dimension and its encoder, checked on reopen. Metadata filters become a Milvus boolean expression.
+A search right after this process's own insert/delete/upsert uses Strong consistency (it sees the
+write; a server then waits for its next time tick, ~200 ms), later ones Bounded (no wait; another
+process's writes show within the server's staleness bound, 5 s by default).
 Servers from :data:`MIN_SERVER_VERSION` on are supported (checked at connect); collections written by
 earlier versions of this package (a nullable ``label``, no ``has_label``) are still read and written.
 
@@ -208,6 +211,9 @@ class MilvusIndex:
         self._modality = modality
         self._dim: int | None = None
         self._legacy_label = False  # a collection of an earlier version: nullable label, no has_label
+        # Strong consistency makes a server wait for its next time tick (~200 ms) on every search; it
+        # is needed only until this process's own writes are visible, i.e. for the first search after one.
+        self._written = True
         exists = self._call("has_collection", self._name)
         if create and exists:
             count = self._count()
@@ -254,6 +260,7 @@ class MilvusIndex:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete pairs by id."""
         ids = list(ids)
+        self._written = True
         for start in range(0, len(ids), _INSERT_CHUNK):
             self._call("delete", self._name, ids=ids[start : start + _INSERT_CHUNK])
 
@@ -265,6 +272,9 @@ class MilvusIndex:
         if self._dim is None or k == 0 or n == 0:
             return out
         per_query = list(filters) if filters is not None else [None] * n
+        # Strong after this process wrote (read-your-writes; pymilvus's "Session" does not give it),
+        # then Bounded: no wait, and another process's writes show within the server's staleness bound.
+        consistency, self._written = ("Strong" if self._written else "Bounded"), False
         groups: dict[str, list[int]] = {}
         for i, f in enumerate(per_query):
             groups.setdefault(kb_filters.group_key(f), []).append(i)
@@ -279,6 +289,7 @@ class MilvusIndex:
                 output_fields=["id"],
                 search_params={"metric_type": "IP", "params": self._search_params(k)},
                 anns_field="vector",
+                consistency_level=consistency,
             )
             for i, hits in zip(members, results):
                 out[i] = [(str(hit["id"]), float(hit["distance"])) for hit in hits]
@@ -305,7 +316,7 @@ class MilvusIndex:
             ) from err
 
     def _count(self) -> int:
-        rows = self._call("query", self._name, filter="", output_fields=["count(*)"])
+        rows = self._call("query", self._name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"])
 
     def _properties(self) -> dict[str, str]:
@@ -361,7 +372,7 @@ class MilvusIndex:
             schema=schema,
             index_params=index_params,
             properties=self._properties(),
-            consistency_level="Strong",  # a search right after an insert/delete sees it
+            consistency_level="Strong",  # the default; searches pick theirs (see search())
         )
         self._dim = dim
 
@@ -380,6 +391,7 @@ class MilvusIndex:
 
     def _write(self, method: str, vectors: np.ndarray, items: Sequence[KBItem], hashes: Sequence[str]) -> None:
         vectors = np.asarray(vectors, dtype=np.float32)  # (m, dim)
+        self._written = True
         for start in range(0, len(items), _INSERT_CHUNK):
             stop = start + _INSERT_CHUNK
             rows = [
