@@ -17,12 +17,15 @@ Usage::
     python benchmarks/scale.py --sizes 100000 1000000 --backends faiss-flat faiss-ivf
 
 Prints one Markdown table (the one in the README's "Scaling out"). Milvus Lite and Qdrant local mode
-are timed on 20 single queries and 2 batches (they take up to seconds per query).
+are timed on 20 single queries and 2 batches (they take up to seconds per query). ``milvus-server`` is
+a real Milvus 2.3 standalone server (``pip install milvus``) started here on free ports for the run;
+its memory is the server processes' RSS growth (they are not the benchmark's process).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,7 +40,8 @@ import numpy as np
 
 DIM = 512
 K = 10
-BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite", "qdrant-local"]
+BACKENDS = ["faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite", "milvus-server", "qdrant-local"]
+_SERVER_ENV = "LVLM_SCALE_MILVUS"  # "<uri> <server pid>" of the server main() started, for the child
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -55,6 +59,19 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _server_rss_mb(pid: int) -> float:
+    """RSS of every process in the server's process group (the launcher, milvus, its etcd)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pid:  # field 5 of stat: the process group
+                total += int((stat.parent / "statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _open(backend: str, n: int, workdir: Path) -> Any:
@@ -75,6 +92,9 @@ def _open(backend: str, n: int, workdir: Path) -> Any:
         return FaissIndex(IndexConfig(kind="hnsw", hnsw_m=32, ef_search=64))
     if backend == "milvus-lite":
         return MilvusBackendConfig(uri=str(workdir / "kb.db"), collection="bench").open("image", IndexConfig(kind="flat"), identity)
+    if backend == "milvus-server":
+        uri = os.environ[_SERVER_ENV].split()[0]
+        return MilvusBackendConfig(uri=uri, collection=f"bench_{n}", timeout=600).open("image", IndexConfig(kind="flat"), identity)
     if backend == "qdrant-local":
         return QdrantBackendConfig(path=str(workdir / "qdrant"), collection="bench").open("image", IndexConfig(kind="flat"), identity)
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
@@ -87,7 +107,7 @@ def run_one(backend: str, n: int, n_single: int, n_batches: int) -> dict[str, An
     from llama_index_lvlm_retriever.data.records import KBItem
 
     faiss.omp_set_num_threads(1)
-    if backend in ("milvus-lite", "qdrant-local"):
+    if backend in ("milvus-lite", "milvus-server", "qdrant-local"):
         # The embedded modes answer in 0.03-5 s per query at 100k: time fewer queries.
         n_single, n_batches = min(n_single, 20), min(n_batches, 2)
     vectors = _vectors(n)
@@ -98,7 +118,9 @@ def run_one(backend: str, n: int, n_single: int, n_batches: int) -> dict[str, An
     truth = np.argsort(-(queries[:n_single] @ vectors.T), axis=1)[:, :K]  # (n_single, 10) exact top-10
     items = [KBItem(id=str(i), image_path="", text="") for i in range(n)]
     hashes = [""] * n
-    baseline = _rss_mb()
+    server_pid = int(os.environ[_SERVER_ENV].split()[1]) if backend == "milvus-server" else None
+    rss = _rss_mb if server_pid is None else (lambda: _server_rss_mb(server_pid))
+    baseline = rss()
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         index = _open(backend, n, Path(tmp))
         start = time.perf_counter()
@@ -120,7 +142,7 @@ def run_one(backend: str, n: int, n_single: int, n_batches: int) -> dict[str, An
             t = time.perf_counter()
             index.search(chunk, K)
             batch.append(time.perf_counter() - t)
-        memory = _rss_mb() - baseline
+        memory = rss() - baseline
         if hasattr(index, "drop") and not backend.startswith("faiss"):
             index.drop()
     recall = float(np.mean([len(f & set(t.tolist())) / K for f, t in zip(found, truth)]))
@@ -167,7 +189,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.queries, args.batches)))
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    rows = []
+    with contextlib.ExitStack() as stack:
+        if "milvus-server" in args.backends:
+            from llama_index_lvlm_retriever.testing.milvus_server import (
+                MilvusServer,
+                MilvusServerError,
+            )
+
+            try:
+                server = stack.enter_context(MilvusServer(stack.enter_context(tempfile.TemporaryDirectory(prefix="milvus-"))))
+                env[_SERVER_ENV] = f"{server.uri} {server.pid}"
+            except MilvusServerError as err:
+                print(f"milvus-server: {err}", file=sys.stderr)
+                args.backends = [b for b in args.backends if b != "milvus-server"]
+        rows = _run_all(args, env)
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, 1 thread per run; "
+          f"Python {platform.python_version()}; {DIM}-d vectors, k={K}.\n")
+    print(_table(rows))
+    return 0
+
+
+def _run_all(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for n in args.sizes:
         for backend in args.backends:
             cmd = [sys.executable, __file__, "--one", backend, str(n), "--queries", str(args.queries), "--batches", str(args.batches)]
@@ -181,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, 1 thread per run; "
-          f"Python {platform.python_version()}; {DIM}-d vectors, k={K}.\n")
-    print(_table(rows))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Every store that can be rewritten (knowledge base, saved head, feedback cache, demo stage cache)
 takes :func:`folder_lock` around its write, so a second writer gets :class:`StoreLockedError` naming
-the holder instead of racing the first one into a raw ``FileNotFoundError``/``ENOTEMPTY``.
+the holder instead of racing the first one into a raw ``FileNotFoundError``/``ENOTEMPTY``. A caller
+that must hold a folder across a whole load-modify-write cycle (``KnowledgeBase.updating``, ``kb add``)
+passes ``wait=`` seconds to queue behind the current holder instead of failing at once.
 
 The lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder dies (even by
 SIGKILL), so a lock left by a dead process is simply taken over by the next writer, with no pid
@@ -17,26 +19,33 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from llama_index_lvlm_retriever.errors import StoreLockedError
 
 LOCK_FILE = ".lock"
+_POLL_S = 0.05  # how often a waiting locker retries; flock has no timed wait
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[Path]:
+def folder_lock(folder: str | Path, *, wait: float = 0.0) -> Iterator[Path]:
     """Hold the write lock of ``folder`` (created if missing) for the ``with`` body.
 
+    Args:
+        folder: The store folder.
+        wait: Seconds to wait for another holder to release it (0: fail at once).
+
     Raises:
-        StoreLockedError: Another live process holds it.
+        StoreLockedError: Another live process holds it (still, after ``wait`` seconds).
     """
     import fcntl  # POSIX only; imported here so that importing the package works everywhere
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
+    deadline = time.monotonic() + max(0.0, wait)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -44,7 +53,10 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise StoreLockedError(folder, holder) from None
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(folder, holder) from None
+            time.sleep(_POLL_S)
+            continue
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:

@@ -25,6 +25,8 @@ The hierarchy, and the exit code the ``lvlm-retriever`` command gives for each::
         +-- EmbeddingError                      the embedding model returned NaN/inf or mismatched embeddings
         +-- QueryError                          a query the retriever cannot search (NaN, empty)
     +-- StoreLockedError(BlockingIOError)       exit 1: another process is writing that folder
+    +-- ConcurrentUpdateError(RuntimeError)     exit 1: the store changed since it was loaded
+    +-- ServerVersionError(ConnectionError)     exit 1: the database server is older than supported
 
 Missing files and folders are :class:`FileNotFoundError` (builtin, exit 1); a missing optional
 dependency is :class:`ImportError` naming the extra to install (exit 1).
@@ -104,6 +106,36 @@ class StoreLockedError(LVLMRetrieverError, BlockingIOError):
         )
 
 
+class ConcurrentUpdateError(LVLMRetrieverError, RuntimeError):
+    """Another process changed a store folder after this process loaded it (a lost update refused).
+
+    Raised by ``KnowledgeBase.persist`` (and before a database backend's rows are touched) when the
+    folder's manifest is no longer the one the knowledge base was loaded from. Reload and redo the
+    change, or make the whole load-modify-persist cycle under ``KnowledgeBase.updating``, which
+    serialises writers.
+
+    Attributes:
+        folder: The store folder.
+        loaded: The revision this process loaded.
+        current: The revision the folder holds now.
+    """
+
+    def __init__(self, folder: Any, loaded: int, current: int) -> None:
+        self.folder = folder
+        self.loaded = loaded
+        self.current = current
+        super().__init__(
+            f"{folder} changed after this process loaded it (revision {loaded}, now {current}): another process "
+            "added, deleted or upserted items and persisted. Writing now would lose its changes, so nothing was "
+            "written; reload the knowledge base and redo the change, or wrap load-change-persist in "
+            "KnowledgeBase.updating(...), which waits for the other writer"
+        )
+
+
+class ServerVersionError(LVLMRetrieverError, ConnectionError):
+    """A database server is older than the oldest version the backend supports; upgrade the server."""
+
+
 class EncoderMismatchError(DataError):
     """A persisted knowledge base was loaded with an embedding model other than the one that built it."""
 
@@ -143,6 +175,7 @@ def describe_validation_error(err: Any) -> str:
 __all__ = [
     "ArtifactError",
     "ChecksumMismatchError",
+    "ConcurrentUpdateError",
     "DataError",
     "DeviceUnavailableError",
     "EmbeddingError",
@@ -156,6 +189,7 @@ __all__ = [
     "LVLMRetrieverError",
     "MissingStoreFileError",
     "QueryError",
+    "ServerVersionError",
     "StoreLockedError",
     "UsageError",
     "describe_validation_error",

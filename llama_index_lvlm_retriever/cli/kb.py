@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         "kb",
         help="change a persisted KB: add, upsert or delete pairs",
         description="Live updates of a KB directory on any backend. Only the new pairs are embedded (with the "
-        "KB's own encoder), so trained heads stay valid; the directory is rewritten atomically afterwards.",
+        "KB's own encoder), so trained heads stay valid; the directory is rewritten atomically afterwards. The KB is "
+        "locked from load to write, so concurrent updates of one KB run one after the other and none is lost.",
     )
     actions = kb.add_subparsers(dest="kb_command", metavar="ACTION", required=True)
     add = add_command_parser(actions, "add", help="embed and add pairs (--upsert: replace pairs whose id exists)")
@@ -129,11 +132,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     add.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass")
     add.add_argument("--device", default="cpu", help="torch device")
     add.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add.add_argument("--lock-wait", type=float, default=600.0, help="seconds to wait for another kb add/delete on the same KB to finish")
     add.set_defaults(handler=_kb_add)
     delete = add_command_parser(actions, "delete", help="delete pairs by id")
     delete.add_argument("--kb", required=True, help="KB directory written by build-kb")
     delete.add_argument("--ids", required=True, nargs="+", help="ids of the pairs to delete")
     delete.add_argument("--device", default="cpu", help="torch device of the encoder (loaded to check the KB)")
+    delete.add_argument("--lock-wait", type=float, default=600.0, help="seconds to wait for another kb add/delete on the same KB to finish")
     delete.set_defaults(handler=_kb_delete)
     return {"build-kb": build, "query": query, "info": info, "kb": kb}
 
@@ -228,21 +233,24 @@ def backend_config(args: argparse.Namespace) -> Any:
     return FaissBackendConfig()
 
 
-def _open_for_update(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """The KB of ``--kb`` with its own encoder, and its build_config.json (re-written after a faiss persist)."""
+@contextlib.contextmanager
+def _updating(args: argparse.Namespace) -> Iterator[Any]:
+    """The KB of ``--kb``, locked from load to persist (other ``kb add|delete`` runs wait), with its own encoder.
+
+    build_config.json (the options the KB was built with) is kept as it was.
+    """
     from llama_index_lvlm_retriever.kb import KnowledgeBase
 
+    if args.lock_wait < 0:
+        raise CLIError(f"--lock-wait must be >= 0 seconds, got {args.lock_wait}")
     build_config_path = Path(args.kb) / BUILD_CONFIG_FILE
     build_config = json.loads(build_config_path.read_text(encoding="utf-8")) if build_config_path.is_file() else None
-    kb = KnowledgeBase.from_persist_dir(args.kb, load_encoder(args.kb, device=args.device))
-    return kb, build_config
-
-
-def _save_update(kb: Any, args: argparse.Namespace, build_config: dict[str, Any] | None) -> None:
-    kb.persist(args.kb)  # faiss: a new folder swapped in atomically; databases: new files, then the manifest
-    kb.close()
-    if build_config is not None and not (Path(args.kb) / BUILD_CONFIG_FILE).is_file():
-        write_json_atomic(Path(args.kb) / BUILD_CONFIG_FILE, build_config)
+    embed_model = load_encoder(args.kb, device=args.device)
+    # faiss: new files, then the manifest; databases: their rows, then the manifest (both atomic on exit).
+    with KnowledgeBase.updating(args.kb, embed_model, wait=args.lock_wait) as kb:
+        yield kb
+    if build_config is not None and not build_config_path.is_file():
+        write_json_atomic(build_config_path, build_config)
 
 
 def _kb_add(args: argparse.Namespace) -> int:
@@ -251,21 +259,19 @@ def _kb_add(args: argparse.Namespace) -> int:
     if args.upsert and args.skip_bad:
         raise CLIError("--skip-bad does not apply with --upsert (a replaced pair must be readable); drop one")
     items = load_kb_items(args.items, image_dir=args.image_dir, image_column=args.image_column, text_column=args.text_column, label_column=args.label_column, split=args.split)
-    kb, build_config = _open_for_update(args)
-    if not args.upsert:
-        present = [item.id for item in items if item.id in kb]
-        if present:
-            kb.close()
-            # A data error (exit 1), as ``kb delete`` of an id the KB lacks: the file and the KB disagree.
-            raise DataError(
-                f"--items {args.items}: {len(present)} id(s) already in the KB {args.kb} (first: {present[0]!r}); "
-                "pass --upsert to replace those pairs, or give them new ids. Nothing was added."
-            )
-    if args.upsert:
-        written = kb.upsert(items, batch_size=args.batch_size, show_progress=not args.no_progress)
-    else:
-        written = kb.add(items, batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
-    _save_update(kb, args, build_config)
+    with _updating(args) as kb:
+        if not args.upsert:
+            present = [item.id for item in items if item.id in kb]
+            if present:
+                # A data error (exit 1), as ``kb delete`` of an id the KB lacks: the file and the KB disagree.
+                raise DataError(
+                    f"--items {args.items}: {len(present)} id(s) already in the KB {args.kb} (first: {present[0]!r}); "
+                    "pass --upsert to replace those pairs, or give them new ids. Nothing was added."
+                )
+        if args.upsert:
+            written = kb.upsert(items, batch_size=args.batch_size, show_progress=not args.no_progress)
+        else:
+            written = kb.add(items, batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
     print(f"{'upserted' if args.upsert else 'added'} {len(written)} items ({len(kb)} total, {kb.backend.describe()}) -> {args.kb}")
     for item_id, reason in kb.skipped:
         print(f"skipped {item_id}: {reason}")
@@ -273,14 +279,12 @@ def _kb_add(args: argparse.Namespace) -> int:
 
 
 def _kb_delete(args: argparse.Namespace) -> int:
-    kb, build_config = _open_for_update(args)
-    try:
-        deleted = kb.delete(args.ids)
-    except KeyError as err:
-        kb.close()
-        # A data error (exit 1), as ``kb add`` of an id the KB already has.
-        raise DataError(f"--ids: {err.args[0]}; nothing was deleted") from err
-    _save_update(kb, args, build_config)
+    with _updating(args) as kb:
+        try:
+            deleted = kb.delete(args.ids)
+        except KeyError as err:
+            # A data error (exit 1), as ``kb add`` of an id the KB already has.
+            raise DataError(f"--ids: {err.args[0]}; nothing was deleted") from err
     print(f"deleted {len(deleted)} items ({len(kb)} left, {kb.backend.describe()}) -> {args.kb}")
     return 0
 

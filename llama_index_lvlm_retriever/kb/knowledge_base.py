@@ -38,6 +38,7 @@ from llama_index_lvlm_retriever.kb.backends import (
     VectorBackend,
 )
 from llama_index_lvlm_retriever.kb.live_updates import LiveUpdatesMixin
+from llama_index_lvlm_retriever.kb.tie_order import needs_deeper_search, tie_order
 from llama_index_lvlm_retriever.kb.types import (
     MODALITIES,
     BackendIdentity,
@@ -169,6 +170,10 @@ class KnowledgeBase(LiveUpdatesMixin):
         self._indexes = indexes
         self._reindex()
         self._skipped: list[tuple[str, str]] = []
+        # The folder version this KB was loaded from (or last wrote there): persist() back into that
+        # folder is a compare-and-swap against it. None for a KB built in memory.
+        self._version: store.StoreVersion | None = None
+        self._locked_folder: Path | None = None  # set inside updating(): persist() there already holds the lock
 
     def _reindex(self) -> None:
         """Rebuild the id / hash lookups after the rows changed, and share the vectors with flat indexes."""
@@ -360,7 +365,9 @@ class KnowledgeBase(LiveUpdatesMixin):
                 query, on ``id``, ``content_hash``, ``label``, ``source`` or any metadata key.
 
         Returns:
-            ``n`` lists of at most ``k`` hits, best first (ties: lower position first).
+            ``n`` lists of at most ``k`` hits, best first. Ties (scores within 1e-6) are ordered by
+            the pair's other-modality cosine with the query (for the text index: its image's),
+            then by id, the same on every backend (see ``kb/tie_order.py``).
 
         Raises:
             UsageError: Empty knowledge base, bad modality, ``k`` not a non-negative int, queries
@@ -395,8 +402,9 @@ class KnowledgeBase(LiveUpdatesMixin):
         if n == 0 or k == 0:
             return [[] for _ in range(n)]
         excluded = [self._excluded_positions(ids[i], hashes[i]) for i in range(n)]
-        fetch = min(len(self), k + max(len(e) for e in excluded))
-        found = self._indexes[modality].search(enc.unit_rows(queries), fetch, per_query_filters)  # n lists of (id, score)
+        unit = enc.unit_rows(queries)  # (n, dim)
+        found = self._search_whole_ties(modality, unit, k, excluded, per_query_filters)
+        other = self._vectors["text" if modality == "image" else "image"]  # (N, dim): the tie-breaker
         results: list[list[SearchHit]] = []
         for i in range(n):
             hits = []
@@ -409,9 +417,29 @@ class KnowledgeBase(LiveUpdatesMixin):
                     )
                 if p not in excluded[i]:
                     hits.append(SearchHit(item=self._items[p], score=float(score), position=p))
-            hits.sort(key=lambda h: (-h.score, h.position))
-            results.append(hits[:k])
+            rows = [h.position for h in hits]
+            order = tie_order(
+                np.array([h.score for h in hits]), other[rows] @ unit[i], [h.item.id for h in hits]  # (m,)
+            )
+            results.append([hits[j] for j in order[:k]])
         return results
+
+    def _search_whole_ties(
+        self, modality: str, unit: np.ndarray, k: int, excluded: list[set[int]], filters: list[MetadataFilters | None]
+    ) -> list[list[tuple[str, float]]]:
+        """The backend's hits, fetched deep enough that no tied group is cut at ``k`` (see ``tie_order``)."""
+        # One more than needed: whether the k-th hit ties with the next one shows without a second search.
+        fetch = min(len(self), k + max(len(e) for e in excluded) + 1)
+        found = self._indexes[modality].search(unit, fetch, filters)  # n lists of (id, score)
+        while fetch < len(self):
+            deeper = [i for i in range(len(found)) if needs_deeper_search(found[i], self._positions, excluded[i], k, fetch)]
+            if not deeper:
+                break
+            fetch = min(len(self), 2 * fetch)
+            again = self._indexes[modality].search(unit[deeper], fetch, [filters[i] for i in deeper])
+            for i, hits in zip(deeper, again):
+                found[i] = hits
+        return found
 
     def close(self) -> None:
         """Release the database client (Milvus Lite / Qdrant local mode unlock their files).
@@ -460,19 +488,31 @@ class KnowledgeBase(LiveUpdatesMixin):
         connection settings (no secrets; a local store inside ``persist_dir`` as a relative
         path, so the folder can move). Call it again after :meth:`add`/:meth:`delete`/:meth:`upsert`.
 
+        No lost updates: a knowledge base loaded with :meth:`from_persist_dir` writes back into
+        that folder only if the folder still holds the version it loaded (or last wrote there);
+        otherwise another process persisted in between and this write would drop its items, so
+        :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError` is raised and nothing is
+        written. Use :meth:`updating` to serialise such writers instead. A knowledge base built in
+        memory replaces whatever knowledge base ``persist_dir`` holds.
+
         Args:
             persist_dir: Target directory (new, empty, or an existing knowledge base).
 
         Raises:
             ValueError: The knowledge base is empty, or some metadata is not JSON-serialisable.
             FileExistsError: ``persist_dir`` is a non-empty directory that is not a knowledge base.
+            ConcurrentUpdateError: Another process persisted into ``persist_dir`` after this
+                knowledge base was loaded from it.
+            StoreLockedError: Another process is writing ``persist_dir`` right now.
 
         Example:
             >>> kb.persist("kb/roco-clip")  # doctest: +SKIP
         """
         if not self._items:
             raise ValueError("knowledge base is empty; nothing to persist")
-        persistence.persist_knowledge_base(
+        target = Path(persist_dir).resolve()
+        own = self._version if self._version is not None and self._version.folder == target else None
+        written = persistence.persist_knowledge_base(
             Path(persist_dir),
             encoder=self._encoder_record(),
             index_config=self._config,
@@ -482,7 +522,11 @@ class KnowledgeBase(LiveUpdatesMixin):
             vectors=self._vectors,
             hashes=self._hashes,
             indexes=self._indexes,
+            expect=own,
+            lock_held=self._locked_folder == target,
         )
+        if own is not None:
+            self._version = written  # the next persist there compares with what this one wrote
         logger.info(
             "persisted knowledge base (%d pairs, %d-d, %s, %s) to %s",
             len(self), self.dim, self._config.kind, self._backend.describe(), persist_dir,
@@ -547,6 +591,7 @@ class KnowledgeBase(LiveUpdatesMixin):
             embed_model, loaded.index_config, loaded.encoder, loaded.items, loaded.image, loaded.text,
             loaded.hashes, indexes=loaded.indexes, backend=loaded.backend, kb_uid=loaded.kb_uid,
         )
+        kb._version = loaded.version
         logger.info(
             "loaded knowledge base (%d pairs, %d-d, %s, %s) from %s",
             len(kb), kb.dim, loaded.index_config.kind, loaded.backend.describe(), persist_dir,

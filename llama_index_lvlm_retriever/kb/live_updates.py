@@ -1,22 +1,30 @@
-"""Live updates of a knowledge base: add, delete and upsert items after the build.
+"""Live updates of a knowledge base: add, delete and upsert items after the build, and ``updating``.
 
 A mixin of :class:`~llama_index_lvlm_retriever.kb.knowledge_base.KnowledgeBase` (kept apart because
 it is its own concern: keeping the rows, the frozen vectors, the hashes and every backend in step,
 with an undo when a backend fails half-way). Only new items are embedded; the vectors already in
-the knowledge base stay frozen, so trained query heads stay valid.
+the knowledge base stay frozen, so trained query heads stay valid. ``updating`` makes a whole
+load-change-persist cycle one locked step, so concurrent writers of a folder lose nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from llama_index.core.embeddings import MultiModalEmbedding
 
+from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import checks
 from llama_index_lvlm_retriever.kb import encoding as enc
+from llama_index_lvlm_retriever.kb import storage as store
 from llama_index_lvlm_retriever.kb.backends import (
+    BackendConfig,
     FaissBackendConfig,
 )
 from llama_index_lvlm_retriever.kb.types import (
@@ -26,9 +34,8 @@ from llama_index_lvlm_retriever.kb.types import (
 logger = logging.getLogger(__name__)
 
 
-
 class LiveUpdatesMixin:
-    """``add``, ``delete`` and ``upsert`` for :class:`KnowledgeBase` (see the module docstring)."""
+    """``add``, ``delete``, ``upsert`` and ``updating`` for :class:`KnowledgeBase` (see the module docstring)."""
 
     def _store(self, step: Callable[[str], None], items: Sequence[KBItem], *, created: bool, undo: Callable[[str], None] | None = None) -> None:
         """Run ``step`` on both modalities' backends; on failure undo what was written and re-raise.
@@ -81,6 +88,8 @@ class LiveUpdatesMixin:
         Raises:
             ValueError: An id repeats, or the embeddings' dimension differs from the KB's.
             ImageLoadError: An image cannot be read (``skip_bad=False``).
+            ConcurrentUpdateError: A database backend's folder was persisted by another process
+                since this knowledge base was loaded (its rows are left alone; reload).
 
         Example:
             >>> kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)  # doctest: +SKIP
@@ -90,6 +99,7 @@ class LiveUpdatesMixin:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         checks.check_items(items, existing=self._positions)
+        self._check_not_stale()
         embedded = enc.embed_items(
             self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=skip_bad
         )
@@ -133,6 +143,7 @@ class LiveUpdatesMixin:
         Raises:
             KeyError: An id is not in the knowledge base (named).
             ValueError: An id repeats.
+            ConcurrentUpdateError: As in :meth:`add`.
 
         Example:
             >>> kb.delete(["roco-17"])  # doctest: +SKIP
@@ -147,6 +158,7 @@ class LiveUpdatesMixin:
             raise ValueError("ids repeat; pass each id once")
         if not ids:
             return []
+        self._check_not_stale()
         rows = sorted(self._positions[i] for i in ids)
         gone = [self._items[r] for r in rows]
         gone_vectors = {name: self._vectors[name][rows] for name in MODALITIES}
@@ -188,6 +200,7 @@ class LiveUpdatesMixin:
         Raises:
             ValueError: An id repeats in ``items``, or the embeddings' dimension differs.
             ImageLoadError: An image cannot be read.
+            ConcurrentUpdateError: As in :meth:`add`.
 
         Example:
             >>> kb.upsert([KBItem(id="roco-17", image_path="17.png", text="corrected caption")])  # doctest: +SKIP
@@ -197,6 +210,7 @@ class LiveUpdatesMixin:
         checks.check_items(items)
         if not items:
             return []
+        self._check_not_stale()
         embedded = enc.embed_items(self._embed_model, items, batch_size=batch_size, show_progress=show_progress, skip_bad=False)
         new = {"image": embedded.image, "text": embedded.text}
         if self._dim is not None and embedded.image.shape[1] != self._dim:
@@ -238,7 +252,59 @@ class LiveUpdatesMixin:
         logger.info("upserted %d pairs (%d new, %d replaced; %d total)", len(items), len(appended), len(items) - len(appended), len(self))
         return [item.id for item in items]
 
-    # ------------------------------------------------------------------ access
+    @classmethod
+    @contextlib.contextmanager
+    def updating(
+        cls,
+        persist_dir: str | Path,
+        embed_model: MultiModalEmbedding,
+        *,
+        backend: BackendConfig | None = None,
+        wait: float = 600.0,
+    ) -> Iterator[Any]:
+        """Load, change and persist a knowledge base as one step that other writers wait for.
+
+        Holds ``persist_dir``'s write lock from before the load until after the persist, so two
+        processes updating the same folder run one after the other and each sees the other's items
+        (a plain ``from_persist_dir`` + ``add`` + ``persist`` in two processes would instead make the
+        second ``persist`` raise :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError`).
+        On a normal exit the knowledge base is persisted and closed; on an exception nothing is
+        persisted (a database backend's rows written meanwhile are not rolled back: rebuild, or
+        redo the change).
+
+        Args:
+            persist_dir: A knowledge-base folder written by :meth:`persist`.
+            embed_model: The encoder that built it.
+            backend: Override the recorded connection settings (see :meth:`from_persist_dir`).
+            wait: Seconds to wait for another writer to finish before giving up.
+
+        Yields:
+            The loaded knowledge base; change it with :meth:`add`, :meth:`delete`, :meth:`upsert`.
+
+        Raises:
+            StoreLockedError: Another writer still holds the folder after ``wait`` seconds.
+            FileNotFoundError: ``persist_dir`` is not a knowledge base (see :meth:`from_persist_dir`).
+
+        Example:
+            >>> with KnowledgeBase.updating("kb/roco-clip", embed) as kb:  # doctest: +SKIP
+            ...     kb.add(load_kb_jsonl("more_pairs.jsonl"), show_progress=False)
+        """
+        folder = Path(persist_dir)
+        store.read_manifest(folder)  # a missing folder is "not found", not silently created by the lock
+        with folder_lock(folder, wait=wait):
+            kb = cls.from_persist_dir(folder, embed_model, backend=backend)
+            kb._locked_folder = folder.resolve()
+            try:
+                yield kb
+                kb.persist(folder)
+            finally:
+                kb._locked_folder = None
+                kb.close()
+
+    def _check_not_stale(self) -> None:
+        """A database backend's rows are shared at once: refuse to change them for an outdated folder."""
+        if self._version is not None and not isinstance(self._backend, FaissBackendConfig):
+            self._version.check_current()
 
 
 __all__ = ["LiveUpdatesMixin"]

@@ -57,6 +57,7 @@ class LoadedKnowledgeBase:
     indexes: dict[str, VectorBackend]
     backend: BackendConfig
     kb_uid: str
+    version: store.StoreVersion
 
 
 def persist_knowledge_base(
@@ -70,11 +71,15 @@ def persist_knowledge_base(
     vectors: Mapping[str, np.ndarray],
     hashes: Sequence[str],
     indexes: Mapping[str, VectorBackend],
-) -> None:
+    expect: store.StoreVersion | None = None,
+    lock_held: bool = False,
+) -> store.StoreVersion:
     """Write a new version of a KB folder and commit it.
 
     The faiss backend also writes its IVF/HNSW index files; a flat index has none (it is rebuilt
     from the stored vectors on load, so each vector is on disk once).
+    ``expect``/``lock_held``: see :func:`~llama_index_lvlm_retriever.kb.storage.write_knowledge_base`.
+    Returns the version written.
     """
     is_faiss = isinstance(backend, FaissBackendConfig)
     manifest = store.make_manifest(
@@ -91,14 +96,17 @@ def persist_knowledge_base(
         "image_vectors": vectors["image"],
         "text_vectors": vectors["text"],
         "image_hashes": hashes,
+        "expect": expect,
+        "lock_held": lock_held,
     }
     if is_faiss:
         writers = {} if index_config.kind == "flat" else {name: indexes[name].write for name in MODALITIES}
-        store.write_knowledge_base(persist_dir, **data, write_indexes=writers)
-        return
-    local = backend.uri if backend.name == "milvus" else backend.path
-    local_store = Path(local) if local is not None and backend.is_local else None
-    store.write_knowledge_base(persist_dir, **data, write_indexes={}, local_store=local_store)
+        record = store.write_knowledge_base(persist_dir, **data, write_indexes=writers)
+    else:
+        local = backend.uri if backend.name == "milvus" else backend.path
+        local_store = Path(local) if local is not None and backend.is_local else None
+        record = store.write_knowledge_base(persist_dir, **data, write_indexes={}, local_store=local_store)
+    return store.StoreVersion.of(persist_dir, record)
 
 
 def load_knowledge_base(
@@ -162,7 +170,8 @@ def _load_once(
                     f"{len(items)} items; it was changed (add/delete/upsert) without persisting this folder "
                     "afterwards, or by another process. Persist from the process that changed it, or rebuild."
                 )
-    return LoadedKnowledgeBase(config, encoder, items, image, text, list(hashes), indexes, backend, kb_uid)
+    version = store.StoreVersion.of(persist_dir, manifest)
+    return LoadedKnowledgeBase(config, encoder, items, image, text, list(hashes), indexes, backend, kb_uid, version)
 
 
 def backend_from(recorded: dict[str, Any], persist_dir: Path, override: BackendConfig | None) -> BackendConfig:

@@ -3,8 +3,9 @@
 A KB directory holds::
 
     manifest.json                format, package version, encoder record (+ probe, dtype), dim,
-                                 counts, index, backend, and ``files``: name + sha256 + size of each
-                                 data file below (the commit point of a write)
+                                 counts, index, backend, ``revision`` (1, 2, ... one per write), and
+                                 ``files``: name + sha256 + size of each data file below (the commit
+                                 point of a write)
     items.<gen>.jsonl            one KBItem per line (KBItem.to_dict), row order = vector order
     vectors.<gen>.safetensors    tensors "image" and "text", (n, dim) float32, L2-normalised
     image_hashes.<gen>.json      content hash of every image, row order
@@ -18,7 +19,11 @@ stored once; a flat KB written by an earlier version with index files still load
 :mod:`~llama_index_lvlm_retriever._versioned`): the new files under new names, then the manifest
 replaced atomically, then the previous version's files and any leftovers of killed writes deleted,
 all under the folder's write lock. The folder therefore always holds one complete version, a reader
-never mixes two, and every file is checked against its sha256 on load. A database backend's local
+never mixes two, and every file is checked against its sha256 on load. A write may be made
+conditional on the folder still holding the version its data was loaded from (``expect=`` a
+:func:`manifest_digest`): a compare-and-swap under the lock, so a second writer that loaded the same
+version fails with :class:`~llama_index_lvlm_retriever.errors.ConcurrentUpdateError` instead of
+silently dropping the first writer's items. A database backend's local
 store (a Milvus Lite ``.db``, a Qdrant folder) may sit inside the directory and is never moved.
 Format 1 directories (fixed names ``items.jsonl``, ..., no checksums) still load.
 
@@ -27,12 +32,15 @@ Private module; :class:`~llama_index_lvlm_retriever.kb.KnowledgeBase` is the API
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
 import shutil
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +58,7 @@ from llama_index_lvlm_retriever._versioned import (
     read_checked,
 )
 from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.errors import KBFormatError
+from llama_index_lvlm_retriever.errors import ConcurrentUpdateError, KBFormatError
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -113,6 +121,48 @@ def read_manifest(persist_dir: str | Path) -> dict[str, Any]:
             f"versions {list(READABLE_FORMAT_VERSIONS)}. Rebuild the knowledge base with this version."
         )
     return manifest
+
+
+@dataclass(frozen=True)
+class StoreVersion:
+    """Which version of a KB folder a knowledge base was loaded from (or last wrote).
+
+    Args:
+        folder: The KB folder, resolved.
+        digest: :func:`manifest_digest` of its manifest then.
+        revision: The manifest's ``revision`` then.
+    """
+
+    folder: Path
+    digest: str
+    revision: int
+
+    @classmethod
+    def of(cls, folder: Path, manifest: Mapping[str, Any]) -> StoreVersion:
+        """The version a manifest (as read back from JSON) stands for."""
+        return cls(Path(folder).resolve(), manifest_digest(manifest), manifest_revision(manifest))
+
+    def is_current(self) -> bool:
+        """Whether the folder still holds this version (read without the lock: a hint, not a guarantee)."""
+        return (current := _current_manifest(self.folder)) is not None and manifest_digest(current) == self.digest
+
+    def check_current(self) -> None:
+        """Raise :class:`ConcurrentUpdateError` if the folder moved on to another version."""
+        if not self.is_current():
+            raise ConcurrentUpdateError(self.folder, self.revision, manifest_revision(_current_manifest(self.folder)))
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's content (key order ignored): the version token of a compare-and-swap write."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def manifest_revision(manifest: Mapping[str, Any] | None) -> int:
+    """The manifest's write counter (0 for none, or for manifests written before revisions existed)."""
+    if manifest is None:
+        return 0
+    revision = manifest.get("revision", 0)
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) else 0
 
 
 def items_bytes(items: Sequence[KBItem]) -> bytes:
@@ -247,6 +297,8 @@ def write_knowledge_base(
     image_hashes: Sequence[str],
     write_indexes: Mapping[str, Callable[[Path], None]],
     local_store: Path | None = None,
+    expect: StoreVersion | None = None,
+    lock_held: bool = False,
 ) -> dict[str, Any]:
     """Write a new version of a KB directory in place and commit it (see the module docstring).
 
@@ -259,12 +311,16 @@ def write_knowledge_base(
         image_hashes: Content hashes, row order.
         write_indexes: Modality -> writer of its index file (faiss); empty for database backends.
         local_store: The backend's embedded store when it lies inside ``target`` (left alone).
+        expect: The version the data was loaded from: write only if ``target`` still holds it
+            (``None``: replace whatever it holds).
+        lock_held: The caller already holds ``target``'s lock (``KnowledgeBase.updating``).
 
     Returns:
-        The manifest as written.
+        The manifest as written (its ``revision`` one more than the folder's previous one).
 
     Raises:
         StoreLockedError: Another process is writing ``target``.
+        ConcurrentUpdateError: ``expect`` is given and ``target`` holds another version now.
         FileExistsError: ``target`` is a non-empty directory that is not a knowledge base.
     """
     target = Path(target)
@@ -273,7 +329,11 @@ def write_knowledge_base(
     _refuse_foreign(target, local_store)
     created = not target.exists()
     payload = items_bytes(items)  # fail on bad metadata before touching the disk
-    with folder_lock(target):
+    with contextlib.nullcontext() if lock_held else folder_lock(target):
+        current = _current_manifest(target)
+        if expect is not None and (current is None or manifest_digest(current) != expect.digest):
+            raise ConcurrentUpdateError(target, expect.revision, manifest_revision(current))
+        manifest = {**manifest, "revision": manifest_revision(current) + 1}
         writer = VersionedWriter(target, MANIFEST_FILE, owns=is_data_file)
         try:
             path = writer.path("items", ITEMS_FILE)
@@ -297,7 +357,17 @@ def write_knowledge_base(
                 _rmdir_if_empty(target)
             raise
     remove_legacy_siblings(target)
-    return record
+    return json.loads(json_record(record))  # as a reader reads it back (tuples as lists), for StoreVersion.of
+
+
+def _current_manifest(target: Path) -> dict[str, Any] | None:
+    """The manifest ``target`` holds now (read under its lock), or ``None`` for a new folder."""
+    if not (target / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return read_manifest(target)
+    except KBFormatError:
+        return None  # an unreadable manifest is replaced, as before; a compare-and-swap then fails
 
 
 def _refuse_foreign(target: Path, local_store: Path | None) -> None:

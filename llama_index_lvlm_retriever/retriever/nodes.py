@@ -80,7 +80,9 @@ def merge_hits(per_head: dict[str, list[SearchHit]], fusion: HeadFusion = DEFAUL
     """Merge per-head hit lists by KB id, scored by the best fused head score; raw scores are kept.
 
     Each head's scores are normalised first (:func:`~llama_index_lvlm_retriever.retriever.fusion.fuse_head_scores`),
-    so a text-head hit competes with an image-head hit on one scale.
+    so a text-head hit competes with an image-head hit on one scale. Equal fused scores are ordered by
+    raw cosine (of the head giving the fused score), then by id; within a head the knowledge base has
+    already ordered ties (``kb/tie_order.py``).
     """
     items: dict[str, KBItem] = {}
     scores: dict[str, dict[str, float]] = {}
@@ -95,9 +97,16 @@ def merge_hits(per_head: dict[str, list[SearchHit]], fusion: HeadFusion = DEFAUL
             scores.setdefault(item_id, {})[head] = float(hit.score)
             fused.setdefault(item_id, {})[head] = float(value)
             ranks.setdefault(item_id, {})[head] = rank
-    # Best fused score first; ties go to the better rank, then the id, so the order is deterministic.
-    order = sorted(items, key=lambda i: (-max(fused[i].values()), min(ranks[i].values()), i))
+    # Best fused score first. Fused ties (under "max" each head's best is 1.0) go to the higher raw
+    # cosine of the tied head(s), so an identical image (1.0) precedes a 0.44 caption hit; then the id.
+    order = sorted(items, key=lambda i: (-max(fused[i].values()), -_tied_raw(scores[i], fused[i]), i))
     return [to_node(items[i], scores[i], ranks[i], fused[i]) for i in order]
+
+
+def _tied_raw(scores: dict[str, float], fused: dict[str, float]) -> float:
+    """The best raw cosine among the heads that give a node its (best) fused score."""
+    best = max(fused.values())
+    return max(scores[head] for head, value in fused.items() if value == best)
 
 
 def to_node(

@@ -19,6 +19,7 @@ from llama_index_lvlm_retriever.testing._lvlm_common import lvlm_corpus
 from llama_index_lvlm_retriever.testing.clip import build_tiny_clip, build_tiny_siglip
 from llama_index_lvlm_retriever.testing.idefics3 import build_tiny_idefics3
 from llama_index_lvlm_retriever.testing.llava import build_tiny_llava
+from llama_index_lvlm_retriever.testing.milvus_server import MilvusServer, MilvusServerError
 from llama_index_lvlm_retriever.testing.qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl
 from llama_index_lvlm_retriever.testing.tokenizer import (
     BPEVocab,
@@ -29,6 +30,8 @@ from llama_index_lvlm_retriever.testing.tokenizer import (
 
 __all__ = [
     "BPEVocab",
+    "MilvusServer",
+    "MilvusServerError",
     "TinyQwen2VLProcessor",
     "build_tiny_idefics3",
     "build_tiny_llava",

@@ -10,12 +10,14 @@ words red/green/blue, so every retrieval score is a cosine between small integer
     c   (0, 255, 255)   (0, 1, 1)/sqrt2       "green"          (0, 1, 0)        c
     b   (0, 64, 255)    (0, .2434, .9699)     "green blue"     (0, 1, 1)/sqrt2  c
 
-Cases (exact ties are broken by the lower KB position; u = 255/|(255, 0, 128)| = .8937,
-v = 128/|(255, 0, 128)| = .4486):
+Cases (a head's exact ties are broken by the pair's other-modality cosine with the query, then the
+id; u = 255/|(255, 0, 128)| = .8937, v = 128/|(255, 0, 128)| = .4486):
     "y"  the KB's own pair (same id, same file), gold b, query (1, 1, 0)/sqrt2; y is excluded by id.
-         image: r .7071, g .7071, c .5          text: g 1, r 3/sqrt10, c .7071
+         image: g .7071, r .7071, c .5          text: g 1, r 3/sqrt10, c .7071
+         (the image tie: g's caption has cosine 1 with the query, r's 3/sqrt10)
     "q1" a copy of g's pixels under another id, gold c, query (0, 1, 0); g is excluded by hash.
-         image: y .7071, c .7071, b .2434       text: c 1, b .7071, r 1/sqrt5
+         image: c .7071, y .7071, b .2434       text: c 1, b .7071, r 1/sqrt5
+         (the image tie: c's caption has cosine 1 with the query, y's 0)
     "q2" colour (255, 0, 128), gold a, query (u, 0, v); nothing excluded.
          image: r u, y u/sqrt2, b .9699 v       text: r 2u/sqrt5, g u/sqrt2, y v
 
@@ -156,7 +158,7 @@ def test_cached_contents_match_hand_computation(world: Any, tmp_path: Path) -> N
     b_green, b_blue = 64 / math.hypot(64, 255), 255 / math.hypot(64, 255)  # b's image vector
     pos = {i: p for p, (i, *_rest) in enumerate(KB_ROWS)}  # r 0, y 1, g 2, c 3, b 4
     expected = {
-        "image": [["r", "g", "c"], ["y", "c", "b"], ["r", "y", "b"]],
+        "image": [["g", "r", "c"], ["c", "y", "b"], ["r", "y", "b"]],
         "text": [["g", "r", "c"], ["c", "b", "r"], ["r", "g", "y"]],
     }
     expected_scores = {
@@ -177,8 +179,8 @@ def test_cached_contents_match_hand_computation(world: Any, tmp_path: Path) -> N
         assert cache.mask(head).all()
     # A candidate both heads return is scored once: y has 3 distinct candidates, q1 and q2 have 4.
     assert sum(reader.calls) == 11
-    # k = 1 per head (the retriever's): y: r(a) vs g(b) disagree; q1: y(b) vs c(c); q2: r(a) twice.
-    assert cache.disagree().tolist() == [True, True, False]
+    # k = 1 per head (the retriever's): y: g(b) twice; q1: c(c) twice; q2: r(a) twice.
+    assert cache.disagree().tolist() == [False, False, False]
     # k = 3: q2's image list r(a), y(b), b(c) disagrees too.
     assert cache.disagree(k=3).tolist() == [True, True, True]
     manifest = json.loads((tmp_path / "fb" / "manifest.json").read_text())
@@ -345,7 +347,8 @@ def test_select_split_and_persist_round_trip(world: Any, tmp_path: Path) -> None
             assert torch.equal(getattr(again, name)(head), getattr(sub, name)(head))
         assert again.candidate_ids(head) == sub.candidate_ids(head)
     assert torch.equal(again.query_embeddings, sub.query_embeddings)
-    assert again.disagree().tolist() == [False, True]
+    assert again.disagree().tolist() == [False, False]
+    assert again.disagree(k=3).tolist() == [True, True]
     with pytest.raises(ValueError, match="need at least 1 validation and 1 training case"):
         cache.split(0.01)
 
@@ -362,11 +365,11 @@ def test_multi_label_gold_is_the_probability_of_the_exact_set(world: Any, tmp_pa
         multi_cases, retriever, PresenceReader(task=task), tmp_path / "fb",
         FeedbackConfig(n_candidates=1, heads=("image",)), show_progress=False,
     )
-    # Case y, top image candidate r (label a): gold {a, b} -> log(.7) + log(.15) + log(1 - .15).
-    assert cache.gold_log_probs("image")[0, 0].item() == pytest.approx(math.log(0.7 * 0.15 * 0.85), abs=1e-5)
-    # Case q1, top image candidate y (label b): gold {c} -> log(1 - .15) + log(1 - .7) + log(.15).
-    assert cache.gold_log_probs("image")[1, 0].item() == pytest.approx(math.log(0.85 * 0.3 * 0.15), abs=1e-5)
-    assert cache.multi_label and cache.predictions("image")[0, 0].tolist() == [True, False, False]
+    # Case y, top image candidate g (label b): gold {a, b} -> log(.15) + log(.7) + log(1 - .15).
+    assert cache.gold_log_probs("image")[0, 0].item() == pytest.approx(math.log(0.15 * 0.7 * 0.85), abs=1e-5)
+    # Case q1, top image candidate c (label c): gold {c} -> log(1 - .15) + log(1 - .15) + log(.7).
+    assert cache.gold_log_probs("image")[1, 0].item() == pytest.approx(math.log(0.85 * 0.85 * 0.7), abs=1e-5)
+    assert cache.multi_label and cache.predictions("image")[0, 0].tolist() == [False, True, False]
 
 
 def test_corrupt_or_foreign_cache_files_are_reported(world: Any, tmp_path: Path) -> None:
@@ -424,6 +427,6 @@ def test_reader_output_is_checked(world: Any, tmp_path: Path) -> None:
     cases, retriever = world
     with pytest.raises(ValueError, match=r"_BrokenReader.score returned log_probs of shape \(2, 1, 2\).*\(2, 1, 3\)"):
         collect_feedback(cases, retriever, _BrokenReader("shape"), tmp_path / "a", SMALL, show_progress=False)
-    # The first call scores (y, r) and (y, g); the NaN sits in its last row.
-    with pytest.raises(ValueError, match="NaN log-probabilities for case 'y' with candidate 'g'"):
+    # The first call scores (y, g) and (y, r); the NaN sits in its last row.
+    with pytest.raises(ValueError, match="NaN log-probabilities for case 'y' with candidate 'r'"):
         collect_feedback(cases, retriever, _BrokenReader("nan"), tmp_path / "b", SMALL, show_progress=False)

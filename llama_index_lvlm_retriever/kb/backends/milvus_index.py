@@ -4,10 +4,16 @@
 ``uri="http://host:19530"`` talks to a Milvus server or cluster (token from ``$MILVUS_TOKEN`` or
 ``token=``, never written to the manifest). A knowledge base named ``C`` keeps two collections,
 ``C_image`` and ``C_text``, with the same rows: the pair's ``id`` (VARCHAR primary key),
-``content_hash``, ``label`` (nullable), ``source``, ``metadata`` (JSON) and the L2-normalised
-``vector``, searched by inner product (``IndexConfig.kind``: flat -> ``FLAT``, ivf -> ``IVF_FLAT``,
+``content_hash``, ``label`` and ``has_label`` (no nullable fields, which Milvus servers before 2.5
+lack: an absent label is stored as ``""`` with ``has_label`` false, and reads as absent in filters),
+``source``, ``metadata`` (JSON) and the L2-normalised ``vector``, searched by inner product (``IndexConfig.kind``: flat -> ``FLAT``, ivf -> ``IVF_FLAT``,
 hnsw -> ``HNSW``). Each collection's properties record the knowledge base it belongs to, its
 dimension and its encoder, checked on reopen. Metadata filters become a Milvus boolean expression.
+A search right after this process's own insert/delete/upsert uses Strong consistency (it sees the
+write; a server then waits for its next time tick, ~200 ms), later ones Bounded (no wait; another
+process's writes show within the server's staleness bound, 5 s by default).
+Servers from :data:`MIN_SERVER_VERSION` on are supported (checked at connect); collections written by
+earlier versions of this package (a nullable ``label``, no ``has_label``) are still read and written.
 
 Why ``pymilvus`` directly and not ``llama-index-vector-stores-milvus``: that store keeps one
 collection of ``TextNode`` s with one embedding each and serialises the node into a JSON blob; our
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +46,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import ServerVersionError
 from llama_index_lvlm_retriever.kb import filters as kb_filters
 from llama_index_lvlm_retriever.kb.backends.base import Hits, check_identity, path_for_manifest
 from llama_index_lvlm_retriever.kb.types import BackendIdentity, IndexConfig
@@ -50,6 +58,10 @@ _MAX_VARCHAR = 65535  # Milvus's VARCHAR limit
 _INSERT_CHUNK = 4096  # rows per insert: 4096 x 768 float32 = 12 MB, under gRPC's 64 MB message cap
 _MAX_TOPK = 16384  # Milvus's search limit
 _PROPERTY_PREFIX = "lvlm_kb."
+MIN_SERVER_VERSION = (2, 3)
+"""The oldest Milvus server the backend supports (2.3: no nullable fields, hence ``has_label``)."""
+_HAS_LABEL = "has_label == true"
+_LEGACY_HAS_LABEL = "label is not null"  # collections with a nullable label (Milvus Lite, before has_label)
 # One client per location and process: Milvus Lite opens its .db once; both collections share it.
 _CLIENTS: dict[tuple[str, str], Any] = {}
 
@@ -120,20 +132,32 @@ class MilvusBackendConfig(BaseModel):
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             token = self.token if self.token is not None else os.environ.get(self.token_env, "")
             try:
-                _CLIENTS[key] = MilvusClient(uri=uri, token=token, db_name=self.db_name, timeout=self.timeout)
+                client = MilvusClient(uri=uri, token=token, db_name=self.db_name, timeout=self.timeout)
+                version = "" if self.is_local else str(client.get_server_version())
             except Exception as err:  # pymilvus raises MilvusException (or grpc errors) for any failure
                 raise ConnectionError(
                     f"cannot reach Milvus at {self.uri!r} ({err}). Start the server, fix the URI "
                     "(http://host:19530, or a path ending in .db for Milvus Lite), or set the token in "
                     f"${self.token_env}."
                 ) from err
+            if not self.is_local:
+                try:
+                    check_server_version(version, self.uri)
+                except ServerVersionError:
+                    client.close()
+                    raise
+            _CLIENTS[key] = client
         return _CLIENTS[key]
 
     def close(self) -> None:
-        """Close this location's cached client (Milvus Lite releases its ``.db``)."""
+        """Release this location's cached client: Milvus Lite closes it and releases its ``.db``.
+
+        A server's client is only dropped from the cache (the next connect makes a new one), not
+        closed: other knowledge bases on the same server may still search through it.
+        """
         uri = str(Path(self.uri).resolve()) if self.is_local else self.uri
         client = _CLIENTS.pop((uri, self.db_name), None)
-        if client is not None:
+        if client is not None and self.is_local:
             client.close()
         if self.is_local and not any(key[0] == uri for key in _CLIENTS):
             # Milvus Lite serves the .db from a thread that outlives the client; stop it to unlock the file.
@@ -186,6 +210,10 @@ class MilvusIndex:
         self._name = f"{config.collection}_{modality}"
         self._modality = modality
         self._dim: int | None = None
+        self._legacy_label = False  # a collection of an earlier version: nullable label, no has_label
+        # Strong consistency makes a server wait for its next time tick (~200 ms) on every search; it
+        # is needed only until this process's own writes are visible, i.e. for the first search after one.
+        self._written = True
         exists = self._call("has_collection", self._name)
         if create and exists:
             count = self._count()
@@ -232,6 +260,7 @@ class MilvusIndex:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete pairs by id."""
         ids = list(ids)
+        self._written = True
         for start in range(0, len(ids), _INSERT_CHUNK):
             self._call("delete", self._name, ids=ids[start : start + _INSERT_CHUNK])
 
@@ -243,6 +272,9 @@ class MilvusIndex:
         if self._dim is None or k == 0 or n == 0:
             return out
         per_query = list(filters) if filters is not None else [None] * n
+        # Strong after this process wrote (read-your-writes; pymilvus's "Session" does not give it),
+        # then Bounded: no wait, and another process's writes show within the server's staleness bound.
+        consistency, self._written = ("Strong" if self._written else "Bounded"), False
         groups: dict[str, list[int]] = {}
         for i, f in enumerate(per_query):
             groups.setdefault(kb_filters.group_key(f), []).append(i)
@@ -253,10 +285,11 @@ class MilvusIndex:
                 self._name,
                 data=[queries[i].tolist() for i in members],
                 limit=min(k, _MAX_TOPK),
-                filter="" if f is None else milvus_expression(f),
+                filter="" if f is None else milvus_expression(f, label_present=_LEGACY_HAS_LABEL if self._legacy_label else _HAS_LABEL),
                 output_fields=["id"],
                 search_params={"metric_type": "IP", "params": self._search_params(k)},
                 anns_field="vector",
+                consistency_level=consistency,
             )
             for i, hits in zip(members, results):
                 out[i] = [(str(hit["id"]), float(hit["distance"])) for hit in hits]
@@ -283,7 +316,7 @@ class MilvusIndex:
             ) from err
 
     def _count(self) -> int:
-        rows = self._call("query", self._name, filter="", output_fields=["count(*)"])
+        rows = self._call("query", self._name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"])
 
     def _properties(self) -> dict[str, str]:
@@ -301,6 +334,7 @@ class MilvusIndex:
         if not vector:
             raise ValueError(f"Milvus collection {self._name!r} at {self._config.uri!r} has no 'vector' field; it is not a knowledge-base collection")
         dim = int(vector[0]["params"]["dim"])
+        self._legacy_label = not any(f.get("name") == "has_label" for f in info.get("fields", []))
         props = {str(k): str(v) for k, v in (info.get("properties") or {}).items()}
         check_identity(
             where=f"Milvus collection {self._name!r} at {self._config.uri!r}",
@@ -318,7 +352,8 @@ class MilvusIndex:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_MAX_VARCHAR)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=256)
-        schema.add_field("label", DataType.VARCHAR, max_length=_MAX_VARCHAR, nullable=True)
+        schema.add_field("label", DataType.VARCHAR, max_length=_MAX_VARCHAR)  # "" when absent (has_label false)
+        schema.add_field("has_label", DataType.BOOL)
         schema.add_field("source", DataType.VARCHAR, max_length=_MAX_VARCHAR)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
@@ -337,7 +372,7 @@ class MilvusIndex:
             schema=schema,
             index_params=index_params,
             properties=self._properties(),
-            consistency_level="Strong",  # a search right after an insert/delete sees it
+            consistency_level="Strong",  # the default; searches pick theirs (see search())
         )
         self._dim = dim
 
@@ -349,15 +384,21 @@ class MilvusIndex:
             return {"ef": max(self._index_config.ef_search, k)}  # Milvus requires ef >= limit
         return {}
 
+    def _label_fields(self, item: KBItem) -> dict[str, Any]:
+        if self._legacy_label:
+            return {"label": item.label}
+        return {"label": "" if item.label is None else item.label, "has_label": item.label is not None}
+
     def _write(self, method: str, vectors: np.ndarray, items: Sequence[KBItem], hashes: Sequence[str]) -> None:
         vectors = np.asarray(vectors, dtype=np.float32)  # (m, dim)
+        self._written = True
         for start in range(0, len(items), _INSERT_CHUNK):
             stop = start + _INSERT_CHUNK
             rows = [
                 {
                     "id": item.id,
                     "content_hash": h,
-                    "label": item.label,
+                    **self._label_fields(item),
                     "source": item.source,
                     # None values count as absent for filters (kb/filters.py); JSON null would not.
                     "metadata": {key: value for key, value in item.metadata.items() if value is not None},
@@ -368,10 +409,37 @@ class MilvusIndex:
             self._call(method, self._name, rows)
 
 
-def milvus_expression(filters: MetadataFilters) -> str:
-    """A checked ``MetadataFilters`` as a Milvus boolean expression (semantics: ``kb/filters.py``)."""
+def check_server_version(version: str, uri: str) -> None:
+    """Raise :class:`ServerVersionError` when a server's ``get_server_version()`` is below the minimum.
+
+    Example:
+        >>> check_server_version("v2.3.5", "http://milvus:19530")
+        >>> check_server_version("v2.2.16", "http://milvus:19530")
+        Traceback (most recent call last):
+        ...
+        llama_index_lvlm_retriever.errors.ServerVersionError: Milvus at 'http://milvus:19530' is version v2.2.16; ...
+    """
+    match = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    if match is None:
+        logger.warning("Milvus at %r reports version %r, which is not major.minor; assuming it is recent enough", uri, version)
+        return
+    if (int(match.group(1)), int(match.group(2))) < MIN_SERVER_VERSION:
+        minimum = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerVersionError(
+            f"Milvus at {uri!r} is version {version}; the Milvus backend needs a server >= {minimum}. Upgrade the "
+            "server, or use Milvus Lite (a uri ending in .db) or another backend"
+        )
+
+
+def milvus_expression(filters: MetadataFilters, *, label_present: str = _HAS_LABEL) -> str:
+    """A checked ``MetadataFilters`` as a Milvus boolean expression (semantics: ``kb/filters.py``).
+
+    ``label_present``: the expression true when a row has a label (``has_label == true``; a
+    collection of an earlier version uses ``label is not null``).
+    """
     parts = [
-        milvus_expression(f) if isinstance(f, MetadataFilters) else _leaf_expression(f) for f in filters.filters
+        milvus_expression(f, label_present=label_present) if isinstance(f, MetadataFilters) else _leaf_expression(f, label_present)
+        for f in filters.filters
     ]
     condition = kb_filters.condition_of(filters)
     if condition == FilterCondition.AND:
@@ -380,15 +448,15 @@ def milvus_expression(filters: MetadataFilters) -> str:
     return joined if condition == FilterCondition.OR else f"not ({joined})"
 
 
-def _leaf_expression(leaf: MetadataFilter) -> str:
+def _leaf_expression(leaf: MetadataFilter, label_present: str) -> str:
     # Each leaf is total (true or false, never null): a comparison with an absent JSON key or a null
     # label is null in Milvus, and "not null" would drop rows our semantics keep.
     key = leaf.key
     if key in kb_filters.ITEM_FIELDS:
-        field, present = key, ("label is not null" if key == "label" else "")
+        field, present = key, (label_present if key == "label" else "")
     else:
         field = f"metadata[{json.dumps(key)}]"
-        present = f"exists {field}"
+        present = f"(exists {field})"  # parenthesised: Milvus 2.3 binds "exists" looser than "and"
     operator = FilterOperator(leaf.operator)
     if operator in (FilterOperator.IN, FilterOperator.NIN):
         # Milvus Lite rejects "json_path in [...]": spell it as a disjunction.
@@ -411,4 +479,4 @@ def _literal(value: Any) -> str:
     return json.dumps(str(value))  # double-quoted with backslash escapes, which Milvus parses
 
 
-__all__ = ["MilvusBackendConfig", "MilvusIndex", "milvus_expression"]
+__all__ = ["MIN_SERVER_VERSION", "MilvusBackendConfig", "MilvusIndex", "check_server_version", "milvus_expression"]
