@@ -80,6 +80,9 @@ ORACLE_FIT_ROW = "ceiling: oracle-fit head (test feedback)"
 CEILING_ROWS = (ORACLE_LABEL_ROW, ORACLE_READER_ROW, ORACLE_FIT_ROW)
 """Rows computed with the test cases' labels or feedback: bounds, not legal systems."""
 _STAGE_FILE = ".stage.json"
+RETRIEVAL_ORDER = "ties-by-other-modality-1"
+"""Version of how retrieval orders tied candidates: the reader's SFT neighbours and the feedback pools
+depend on it, so it is part of those stages' keys (a change re-runs them instead of reusing stale ones)."""
 
 Echo = Callable[[str], None]
 
@@ -261,7 +264,8 @@ def prepare_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedSetup
                                                   batch_size=config.reader_batch_size)
         reader_key = fingerprint("checkpoint", config.reader_model)
     else:
-        reader_key = fingerprint("reader", kb_key, config.reader, ids(sft_queries), config.k_image, config.k_text)
+        reader_key = fingerprint("reader", kb_key, config.reader, ids(sft_queries), config.k_image, config.k_text,
+                                 RETRIEVAL_ORDER)
         done = cache.done("reader", reader_key)
         with clock.stage("reader: small LLaVA, stage-1 SFT", cached=done):
             if not done:
@@ -280,7 +284,7 @@ def prepare_seed(config: DemoConfig, seed: int, echo: Echo = print) -> SeedSetup
     feedback_config = FeedbackConfig(n_candidates=settings.n_candidates, heads=_heads(config),
                                      reader_batch_size=config.reader_batch_size)
     feedback_key = fingerprint("feedback", reader_key, kb_key, settings.n_candidates, ids(train_queries),
-                               config.k_image, config.k_text)
+                               config.k_image, config.k_text, RETRIEVAL_ORDER)
     done = cache.done("feedback", feedback_key)
     with clock.stage(f"feedback: {len(train_queries)} queries x top-{settings.n_candidates} per head", cached=done):
         if not done:
