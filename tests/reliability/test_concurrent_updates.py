@@ -155,3 +155,11 @@ def test_database_rows_are_not_touched_for_a_stale_folder(name: str, embed: CLIP
     again = KnowledgeBase.from_persist_dir(kb_dir, embed)
     assert len(again) == 6
     again.close()
+
+
+def test_a_negative_lock_wait_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = _jsonl(tmp_path / "items", "n", 1, 0)
+    assert main(["kb", "add", "--kb", str(tmp_path / "kb"), "--items", str(items), "--lock-wait", "-1"]) == 2
+    assert "--lock-wait must be >= 0 seconds, got -1.0" in capsys.readouterr().err
+    assert main(["kb", "delete", "--kb", str(tmp_path / "kb"), "--ids", "n0", "--lock-wait", "-5"]) == 2
+    assert "--lock-wait must be >= 0 seconds, got -5.0" in capsys.readouterr().err
