@@ -21,6 +21,10 @@ from llama_index_lvlm_retriever.cli._common import (
     check_retrieval_options,
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser
+from llama_index_lvlm_retriever.cli._threshold import (
+    add_threshold_file_option,
+    apply_threshold_file,
+)
 from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         default=1.0,
         help="recommend abstaining when the share of neighbours whose own prediction is the answer shown is below this",
     )
+    add_threshold_file_option(retrieval)
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     output.add_argument("--viewer", default=None, metavar="FILE", help="also write the evidence viewer (a self-contained HTML page) to FILE")
@@ -93,6 +98,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 
     check_retrieval_options(args)
+    apply_threshold_file(args)
     if not 0.0 < args.min_support <= 1.0:
         raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
     if not Path(args.image).is_file():

@@ -105,6 +105,9 @@ def test_diagnose_bad_inputs(setup: dict[str, str], tmp_path: Path) -> None:
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--k-text", "-1"])
     with pytest.raises(CLIError, match=r"--min-support must be in \(0, 1\], got 0.0"):
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--min-support", "0"])
+    (tmp_path / "t.json").write_text('{"kind": "other"}')
+    with pytest.raises(CLIError, match="--threshold-file: .*t.json' is not a threshold file"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--threshold-file", str(tmp_path / "t.json")])
 
 
 def test_diagnose_reads_the_task_from_a_reader_folder(setup: dict[str, str], tmp_path: Path,
@@ -135,3 +138,19 @@ def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Pa
     for row in out["evidence"]:
         assert "<b>#" in page and row["id"] in page and f"predicts <b>{row['prediction']}</b>" in page
     assert f"answer: <b>{out[keys.LABEL]}</b>" in page
+
+
+def test_diagnose_takes_the_threshold_file_of_evaluate(setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from llama_index_lvlm_retriever.evaluation.risk_control import (
+        choose_min_support,
+        save_threshold_file,
+    )
+
+    control = choose_min_support(np.array([1.0] * 30 + [0.5] * 10), np.array([True] * 30 + [True, False] * 5), 0.1, 0.1)
+    threshold = save_threshold_file(tmp_path / "threshold.json", control)  # min_support 0.51
+    assert _run(["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", "breastmnist", "--image",
+                 setup["image"], "--k-image", "1", "--k-text", "1", "--threshold-file", str(threshold), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[keys.ABSTAIN] == (out[keys.SUPPORT] < 0.51)
