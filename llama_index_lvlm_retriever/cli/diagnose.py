@@ -137,7 +137,28 @@ def _diagnose(args: argparse.Namespace) -> int:
         retrieval_score = n.node.metadata[rerank.retrieval_score_key]
         row["retrieval_score"] = None if retrieval_score is None else round(float(retrieval_score), 6)
         evidence.append(row)
-    viewer = _write_viewer(args, response, evidence, reader.task.labels) if args.viewer else None
+    viewer = None
+    if args.viewer:
+        from llama_index_lvlm_retriever.provenance import (
+            collect_provenance,
+            describe_head,
+            describe_knowledge_base,
+            describe_model,
+        )
+        from llama_index_lvlm_retriever.retriever import META_LABEL
+
+        retriever = engine.retriever
+        provenance = collect_provenance(
+            models={
+                "knowledge_base": describe_knowledge_base(kb, args.kb),
+                "encoder": describe_model(kb.embed_model),
+                "reader": describe_model(reader),
+                "image_head": describe_head(getattr(retriever, "image_head", None), image_head),
+                "text_head": describe_head(getattr(retriever, "text_head", None), text_head),
+            },
+        )
+        kb_labels = [n.node.metadata.get(META_LABEL) for n in response.source_nodes]
+        viewer = _write_viewer(args, response, evidence, reader.task, provenance, kb_labels)
     if args.json:
         extra = {"viewer": str(viewer)} if viewer else {}
         print(json.dumps({"answer": response.response, **response.metadata, "evidence": evidence, **extra}, indent=2))
@@ -160,7 +181,10 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[str, Any]], labels: Any) -> Path:
+def _write_viewer(
+    args: argparse.Namespace, response: Any, evidence: list[dict[str, Any]], task: Any, provenance: dict[str, Any],
+    kb_labels: list[Any],
+) -> Path:
     """The evidence viewer of this one case: the row layout ``predict`` writes, without gold."""
     from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
     from llama_index_lvlm_retriever.evaluation.predict import (
@@ -171,6 +195,10 @@ def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[s
         ROW_IMAGE_PATH,
         ROW_QUESTION,
     )
+    from llama_index_lvlm_retriever.evaluation.viewer_header import (
+        label_display_names,
+        viewer_header,
+    )
 
     meta = response.metadata
     row = {
@@ -180,7 +208,7 @@ def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[s
         ROW_GOLD: None,
         ROW_CORRECT: None,
         ROW_ERROR: None,
-        **{key: meta.get(key) for key in (keys.LABEL, keys.LABEL_PROBABILITY, keys.SUPPORT, keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.ABSTAIN)},
+        **{key: meta.get(key) for key in (keys.LABEL, keys.LABEL_PROBABILITY, keys.DISTRIBUTION, keys.SUPPORT, keys.WEIGHTED_SUPPORT, keys.CONSISTENT, keys.ABSTAIN)},
         keys.NEIGHBOUR_PREDICTIONS: [
             {
                 keys.NEIGHBOUR_KB_ID: e["id"],
@@ -190,10 +218,12 @@ def _write_viewer(args: argparse.Namespace, response: Any, evidence: list[dict[s
                 keys.NEIGHBOUR_PROBABILITY: e["confidence"],
                 "image_path": e["image_path"],
                 "text": e["text"],
+                "kb_label": None if kb_label is None else str(kb_label),
             }
-            for e in evidence
+            for e, kb_label in zip(evidence, kb_labels)
         ],
     }
     return write_evidence_viewer(
-        [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=labels, images=args.viewer_images
+        [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=task.labels, images=args.viewer_images,
+        label_names=label_display_names(task.labels, task.verbalizers), provenance=viewer_header(provenance, task=task.name),
     )

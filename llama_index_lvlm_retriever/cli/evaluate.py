@@ -244,6 +244,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.no_viewer:
         from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
         from llama_index_lvlm_retriever.evaluation.report_rows import report_viewer_rows
+        from llama_index_lvlm_retriever.evaluation.viewer_header import (
+            label_display_names,
+            viewer_header,
+        )
 
         for name, retriever in systems.items():
             min_support = args.min_support
@@ -253,6 +257,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             viewer = write_evidence_viewer(
                 rows, Path(args.out) / viewer_file_name(name), title=f"Evidence viewer: {name}",
                 labels=report.labels, images=args.viewer_images,
+                label_names=label_display_names(reader.task.labels, reader.task.verbalizers),
+                provenance=viewer_header(provenance, system=name, task=reader.task.name),
             )
             print(f"evidence viewer ({name}) -> {viewer}")
     return 0

@@ -59,6 +59,7 @@ from llama_index_lvlm_retriever.evaluation.protocols import (
     TaskLike,
     log_probs_array,
 )
+from llama_index_lvlm_retriever.evaluation.viewer_header import label_display_names, viewer_header
 from llama_index_lvlm_retriever.provenance import (
     PROVENANCE_KEY,
     collect_provenance,
@@ -199,7 +200,10 @@ def predict(
         bar.close()
     ordered = [done[case.id] for case in cases]
     if out_dir is not None and log is not None:
-        _write_outputs(Path(out_dir), ordered, log, settings, models, provenance, started, viewer, viewer_images, labels)
+        _write_outputs(
+            Path(out_dir), ordered, log, settings, models, provenance, started, viewer, viewer_images, labels,
+            label_display_names(labels, getattr(task, "verbalizers", None)),
+        )
     return ordered
 
 
@@ -331,14 +335,18 @@ def _write_outputs(
     viewer: bool,
     viewer_images: ViewerImages,
     labels: tuple[str, ...],
+    label_names: Mapping[str, str],
 ) -> None:
     log.rewrite(rows)  # case order, stale rows of removed cases dropped
     write_predictions_csv(rows, out_dir / PREDICTIONS_CSV)
-    if viewer:
-        write_evidence_viewer(rows, out_dir / EVIDENCE_HTML, labels=labels, images=viewer_images)
     block = dict(provenance) if provenance is not None else collect_provenance(started_at=started)
     block["models"] = {**dict(block.get("models") or {}), **models}
     block["ended_at"] = utc_now()
+    if viewer:
+        write_evidence_viewer(
+            rows, out_dir / EVIDENCE_HTML, labels=labels, images=viewer_images, label_names=label_names,
+            provenance=viewer_header(block, task=str(settings.get("task") or "") or None),
+        )
     answered = [row for row in rows if row[ROW_ERROR] is None]
     scored = [row for row in answered if row[ROW_CORRECT] is not None]
     summary = {

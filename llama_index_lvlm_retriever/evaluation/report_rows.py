@@ -94,6 +94,7 @@ def report_viewer_rows(
             ROW_GOLD: list(result.gold),
             keys.LABEL: answer,
             keys.LABEL_PROBABILITY: result.probability,
+            keys.DISTRIBUTION: dict(zip(report.labels, result.distribution)),
             keys.SUPPORT: result.support,
             keys.WEIGHTED_SUPPORT: result.weighted_support,
             keys.CONSISTENT: result.consistent,

@@ -134,10 +134,15 @@ def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Pa
     assert page.count('<article class="case"') == 1 and '<h2 title="query.png">' in page
     # The query and each neighbour are embedded images, each neighbour with the reader's prediction.
     assert page.count('class="neighbour"') == len(out["evidence"]) >= 1
-    assert page.count("src=\"data:image/png;base64,") == 1 + len(out["evidence"])
+    assert page.count("data-img=") == 1 + len(out["evidence"]) and 1 <= page.count("data:image/jpeg;base64,") <= 1 + len(out["evidence"])
+    names = {"malignant": "malignant (yes)", "benign": "benign (no)"}  # breastmnist's labels and verbalizers
     for row in out["evidence"]:
-        assert "<b>#" in page and row["id"] in page and f"predicts <b>{row['prediction']}</b>" in page
-    assert f"answer: <b>{out[keys.LABEL]}</b>" in page
+        assert "<b>#" in page and row["id"] in page and f"reader given it alone: <b>{names[row['prediction']]}</b>" in page
+    assert f"answer: <b>{names[out[keys.LABEL]]}</b>" in page
+    # Review aids: the notice, provenance and the answer's distribution, each neighbour's KB label.
+    assert "Research use only. Not a medical device" in page and "<dt>reader</dt>" in page
+    assert "<dt>knowledge base</dt>" in page and "fingerprint" in page and "<dt>task</dt><dd>breastmnist</dd>" in page
+    assert '<table class="dist"' in page and page.count("KB label: <b>") == len(out["evidence"])
 
 
 def test_diagnose_takes_the_threshold_file_of_evaluate(setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

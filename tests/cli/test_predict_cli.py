@@ -100,7 +100,7 @@ def test_predict_dicom_directory(setup: dict[str, Path], tmp_path: Path) -> None
     assert all(row["error"] is None and row["label"] in ("malignant", "benign") for row in rows)
     page = (out / "evidence.html").read_text()
     assert page.count('<article class="case"') == len(rows) and "data:image" not in page
-    assert len(list((out / "evidence_files").glob("*.png"))) >= len(rows)
+    assert len(list((out / "evidence_files").glob("*.jpg"))) >= len(rows)
 
 
 def test_predict_case_file_with_gold(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
     def neighbours(*predictions: str) -> list[dict[str, Any]]:
         return [
             {"kb_id": f"kb{j}", "head": ("image", "text")[j % 2], "retrieval_score": 0.9 - 0.1 * j, "label": p,
-             "probability": 0.8, "image_path": kb[j % 2], "text": f"caption <{j}> & more"}
+             "probability": 0.8, "image_path": kb[j % 2], "text": f"caption <{j}> & more", "kb_label": ("yes", "no")[j % 2]}
             for j, p in enumerate(predictions)
         ]
 
@@ -46,14 +46,15 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
          "answer_support": 1.0, "consistent": True, "abstain": False, "gold": ["yes"], "correct": True,
          "neighbour_predictions": neighbours("yes", "yes")},
         {**base, "case_id": "c1", "image_path": _image(folder / "q1.png", 1), "label": "no", "label_probability": 0.6,
-         "answer_support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": False,
+         "distribution": {"yes": 0.4, "no": 0.6}, "answer_support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": False,
          "neighbour_predictions": neighbours("no", "yes")},
         {**base, "case_id": "c2", "image_path": _image(folder / "q2.png", 2), "label": "yes", "label_probability": 0.7,
          "answer_support": 0.5, "consistent": False, "abstain": True, "gold": ["yes"], "correct": True,
          "neighbour_predictions": neighbours("yes", "no")},
+        # c3: the mixture picks "no" although neither neighbour alone does (support 0)
         {**base, "case_id": "c3 <unlabelled>", "image_path": _image(folder / "q3.png", 3), "label": "no",
-         "label_probability": 0.95, "answer_support": 1.0, "consistent": True, "abstain": False, "gold": None,
-         "correct": None, "neighbour_predictions": neighbours("no", "no")},
+         "label_probability": 0.55, "answer_support": 0.0, "consistent": True, "abstain": False, "gold": None,
+         "correct": None, "neighbour_predictions": neighbours("yes", "yes")},
         {**base, "case_id": "c4", "image_path": str(folder / "missing.png"), "label": None, "label_probability": None,
          "answer_support": None, "answer_support_weighted": None, "consistent": None, "abstain": True, "gold": None,
          "correct": None, "error": "unreadable image: missing.png", "neighbour_predictions": []},
@@ -62,14 +63,20 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture()
 def page(tmp_path: Path) -> Path:
-    return write_evidence_viewer(_rows(tmp_path), tmp_path / "view" / "evidence.html", labels=["yes", "no"], images="embed")
+    return write_evidence_viewer(
+        _rows(tmp_path), tmp_path / "view" / "evidence.html", labels=["yes", "no"], images="embed",
+        label_names={"yes": "malignant (yes)", "no": "benign (no)"},
+        provenance={"package": "llama-index-lvlm-retriever 9.9", "knowledge base": "/data/kb · 2 pairs · fingerprint ab12",
+                    "date": "2026-01-01T00:00:00+00:00"},
+    )
 
 
 def test_static_structure(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert text.count('<article class="case"') == 5
     assert text.count('<figure class="neighbour"') == 8
-    assert text.count("data:image/png;base64,") == 4 + 8  # the missing query image shows a placeholder
+    # Each distinct image is encoded once (4 readable queries + 2 KB images) and referenced by id 4 + 8 times.
+    assert text.count("data:image/jpeg;base64,") == 6 and text.count("data-img=") == 4 + 8
     assert "image unavailable" in text and "unreadable image: missing.png" in text
     # Self-contained: no external script, style sheet, font or image.
     assert not re.search(r'(src|href)="(https?:)?//', text) and "@import" not in text
@@ -77,6 +84,18 @@ def test_static_structure(page: Path) -> None:
     assert "caption &lt;0&gt; &amp; more" in text and "c3 &lt;unlabelled&gt;" in text
     assert 'value="correct" disabled' not in text
     assert "5 cases · 3 abstained · 2 with disagreeing neighbours · accuracy 2/3 = 0.667" in text
+    assert "labels: malignant (yes), benign (no)" in text
+    # Review aids: the notice, the provenance, each neighbour's own KB label and head, the distribution.
+    assert "Research use only. Not a medical device" in text
+    assert "<dt>knowledge base</dt><dd>/data/kb · 2 pairs · fingerprint ab12</dd>" in text
+    assert text.count("KB label: <b>malignant (yes)</b>") == 4 and text.count("KB label: <b>benign (no)</b>") == 4
+    assert "image head · score 0.900" in text and "text head · score 0.800" in text
+    assert '<tr class="chosen"><td>benign (no)</td>' in text and '<td class="p">0.400</td>' in text
+    assert "answer: <b>benign (no)</b>" in text
+    # The mixture note only on c3, whose answer no neighbour predicted alone.
+    assert text.count('class="mixture"') == 1
+    assert text.index('class="mixture"') > text.index('data-case-id="c3 &lt;unlabelled&gt;"')
+    assert text.count('<div class="review">') == 5 and 'id="export-csv"' in text and 'id="export-json"' in text
 
 
 def test_copy_mode_and_bad_settings(tmp_path: Path) -> None:
@@ -85,8 +104,8 @@ def test_copy_mode_and_bad_settings(tmp_path: Path) -> None:
         row["correct"] = None
     page = write_evidence_viewer(rows, tmp_path / "out" / "view.html", images="copy", max_side=32)
     text = page.read_text()
-    assert "data:image" not in text and text.count('src="view_files/') == 12
-    assert len(list((tmp_path / "out" / "view_files").glob("*.png"))) == 6  # 4 queries + 2 KB images, once each
+    assert "data:image" not in text and text.count('"view_files/') == 6 and text.count("data-img=") == 12
+    assert len(list((tmp_path / "out" / "view_files").glob("*.jpg"))) == 6  # 4 queries + 2 KB images, once each
     assert 'value="correct" disabled' in text  # no gold: correctness filters are off
     with pytest.raises(ValueError, match="images must be 'auto', 'embed' or 'copy', got 'inline'"):
         write_evidence_viewer(rows, tmp_path / "x.html", images="inline")  # type: ignore[arg-type]
@@ -147,3 +166,75 @@ def test_in_a_headless_browser(page: Path, tmp_path: Path) -> None:
     with Image.open(shot) as img:
         assert img.size == (1280, 900)
         assert len(np.unique(np.asarray(img.convert("L")))) > 20  # rendered content, not a blank page
+
+
+# A reviewer's session, scripted as clicks and typing would do it, appended after the page's own script:
+# mark the first case "agree" with a note, the second "disagree", zoom the first neighbour image, expand a
+# caption, then export JSON and CSV. The exports are data: links; their text lands in attributes of <body>
+# so --dump-dom carries them back (the download itself is stubbed out).
+_REVIEW_SCRIPT = """<script>
+(function () {
+  // The export hands its link to the browser's download; headless --dump-dom would wait on it.
+  HTMLAnchorElement.prototype.click = function () { this.setAttribute("data-download-offered", this.download); };
+  var cards = document.querySelectorAll("article.case");
+  cards[0].querySelector('input[value="agree"]').click();
+  var note = cards[0].querySelector("textarea");
+  note.value = 'grade "2", see caption, ok';
+  note.dispatchEvent(new Event("input", {bubbles: true}));
+  if (cards.length > 1) { cards[1].querySelector('input[value="disagree"]').click(); }
+  document.getElementById("reviewer").value = "AB";
+  var img = document.querySelector("article.case img");
+  if (img) { img.click(); document.body.setAttribute("data-zoom-src", document.querySelector("#zoom img").src.slice(0, 22)); }
+  var caption = document.querySelector(".caption");
+  if (caption) { caption.click(); }
+  document.getElementById("export-json").click();
+  document.body.setAttribute("data-export-json", document.getElementById("export-link").href);
+  document.getElementById("export-csv").click();
+  document.body.setAttribute("data-export-csv", document.getElementById("export-link").href);
+})();
+</script></body>"""
+
+
+def _review_in_browser(browser: str, page: Path, profile: Path) -> tuple[str, list[dict[str, str]], str]:
+    """Run the scripted review on a copy of ``page``; returns the DOM, the exported JSON records and CSV text."""
+    import html as html_module
+    import json
+    from urllib.parse import unquote
+
+    reviewed = page.with_name(page.stem + "_reviewed.html")
+    reviewed.write_text(page.read_text(encoding="utf-8").replace("</body>", _REVIEW_SCRIPT), encoding="utf-8")
+    dom = _run_browser(browser, profile, "--dump-dom", reviewed.resolve().as_uri()).stdout
+
+    def exported(name: str, mime: str) -> str:
+        match = re.search(f'data-export-{name}="([^"]*)"', dom)
+        assert match, f"no {name} export in the page"
+        href = html_module.unescape(match.group(1))
+        prefix = f"data:{mime};charset=utf-8,"
+        assert href.startswith(prefix)
+        return unquote(href[len(prefix):])
+
+    return dom, json.loads(exported("json", "application/json")), exported("csv", "text/csv")
+
+
+def test_review_zoom_caption_and_export_in_a_browser(page: Path, tmp_path: Path) -> None:
+    import csv
+    import io
+
+    browser = _browser()
+    dom, records, csv_text = _review_in_browser(browser, page, tmp_path / "profile")
+    assert [r["case_id"] for r in records] == ["c0", "c1", "c2", "c3 <unlabelled>", "c4"]
+    assert records[0]["decision"] == "agree" and records[0]["note"] == 'grade "2", see caption, ok'
+    assert records[1]["decision"] == "disagree" and records[2]["decision"] == "" and records[0]["reviewer"] == "AB"
+    assert records[1]["answer"] == "benign (no)" and records[0]["gold"] == "malignant (yes)"
+    # The CSV holds the same marks, the quoted note read back intact.
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert [(r["case_id"], r["decision"], r["note"]) for r in rows[:2]] == [
+        ("c0", "agree", 'grade "2", see caption, ok'), ("c1", "disagree", "")]
+    assert "reviewed 2 of 5" in dom and 'data-review="agree"' in dom
+    # The zoom shows the clicked image; the clicked caption is expanded.
+    assert 'data-zoom-src="data:image/jpeg;base64' in dom and re.search(r'<div id="zoom"(?! hidden)', dom)
+    assert 'class="caption expanded"' in dom
+    assert re.search(r'data-download-offered="review_[0-9a-f]{12}\.csv"', dom)
+    # The marks survive a reload of the page (localStorage of this browser profile, nothing sent anywhere).
+    again = _run_browser(browser, tmp_path / "profile", "--dump-dom", page.with_name(page.stem + "_reviewed.html").resolve().as_uri()).stdout
+    assert 'data-case-id="c1"' in again and re.search(r'data-case-id="c1"[^>]*data-review="disagree"', again)
