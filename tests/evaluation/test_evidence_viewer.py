@@ -6,6 +6,7 @@ installs it where it can) and skip, saying so, where none is installed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,3 +239,51 @@ def test_review_zoom_caption_and_export_in_a_browser(page: Path, tmp_path: Path)
     # The marks survive a reload of the page (localStorage of this browser profile, nothing sent anywhere).
     again = _run_browser(browser, tmp_path / "profile", "--dump-dom", page.with_name(page.stem + "_reviewed.html").resolve().as_uri()).stdout
     assert 'data-case-id="c1"' in again and re.search(r'data-case-id="c1"[^>]*data-review="disagree"', again)
+
+
+@pytest.fixture(scope="module")
+def command_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The viewers ``predict``, ``evaluate --min-support 1`` and ``diagnose --viewer`` write, on the offline ELPV world."""
+    import importlib.util
+
+    from llama_index_lvlm_retriever.cli import main
+
+    spec = importlib.util.spec_from_file_location("run_offline_recipe", Path(__file__).resolve().parents[2] / "training" / "run_offline_recipe.py")
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    root = recipe.prepare_workdir(tmp_path_factory.mktemp("viewer-pages"), n_kb=16, n_train=2, n_test=6)
+    kb, cases, task = str(root / "kb"), str(root / "data" / "test.jsonl"), str(root / "data" / "task.json")
+    reader = str(root / "models" / "reader")
+    common = ["--reader", reader, "--task", task, "--k-image", "2", "--k-text", "2"]
+    assert main(["build-kb", "--items", str(root / "data" / "kb.jsonl"), "--embed-model", str(root / "models" / "clip"),
+                 "--out", kb, "--no-progress"]) == 0
+    assert main(["predict", "--kb", kb, "--cases", cases, *common, "--out", str(root / "predict"), "--no-progress"]) == 0
+    assert main(["evaluate", "--kb", kb, "--cases", cases, *common, "--out", str(root / "eval"), "--no-progress",
+                 "--bootstrap", "10", "--no-closed-book", "--min-support", "1"]) == 0
+    image = str(root / "data" / json.loads((root / "data" / "test.jsonl").read_text().splitlines()[0])["image_path"])
+    assert main(["diagnose", "--kb", kb, "--image", image, *common, "--viewer", str(root / "diagnose.html")]) == 0
+    return {"predict": root / "predict" / "evidence.html", "evaluate": root / "eval" / "evidence_standard_RAG.html",
+            "diagnose": root / "diagnose.html"}
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "diagnose"])
+def test_command_pages_review_and_export_in_a_browser(command_pages: dict[str, Path], command: str, tmp_path: Path) -> None:
+    browser = _browser()
+    page = command_pages[command]
+    text = page.read_text(encoding="utf-8")
+    assert "Research use only" in text and "<dt>knowledge base</dt>" in text and "<dt>reader</dt>" in text
+    assert "<dt>encoder</dt>" in text and "<dt>image head</dt>" in text and "<dt>task</dt><dd>elpv</dd>" in text
+    assert "defective (yes)" in text and "KB label: <b>" in text
+    n_cards = text.count('<article class="case"')
+    dom, records, csv_text = _review_in_browser(browser, page, tmp_path / "profile")
+    assert len(records) == n_cards == (1 if command == "diagnose" else 6)
+    assert records[0]["decision"] == "agree" and records[0]["note"] == 'grade "2", see caption, ok'
+    assert csv_text.splitlines()[0].startswith("case_id,answer,gold,decision,note")
+    assert re.search(r'<img data-img="i0"[^>]* src="data:image/jpeg;base64,', dom)  # the script resolved the image ids
+    if command == "evaluate":
+        # --min-support 1: every case whose neighbours are not unanimous about the answer abstains.
+        report = json.loads((page.parent / "report.json").read_text())
+        n_abstain = sum(row["support"] < 1 - 1e-12 for row in report["rows"]["standard RAG"])
+        flags = re.findall(r'<article class="case"[^>]* data-abstain="([01]?)"', text)
+        assert f"{n_abstain} abstained" in text and flags.count("1") == n_abstain and flags.count("0") == 6 - n_abstain
