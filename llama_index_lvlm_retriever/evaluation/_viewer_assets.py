@@ -68,7 +68,7 @@ table.dist .bar{display:inline-block;height:8px;background:#5b8def;border-radius
 .legend i{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;vertical-align:middle}
 .neighbour .caption{color:#30384a;max-height:4.2em;overflow:hidden;cursor:pointer;position:relative}
 .neighbour .caption.expanded{max-height:none}
-.neighbour .caption:not(.expanded)::after{content:"more";position:absolute;right:0;bottom:0;background:#fff;color:#5b8def;padding-left:4px}
+.neighbour .caption.long:not(.expanded)::after{content:"more";position:absolute;right:0;bottom:0;background:#fff;color:#5b8def;padding-left:4px}
 .neighbour[data-head="text"] img{outline:3px solid #7a5af8}
 .neighbour[data-head="image"] img{outline:3px solid #5b8def}
 .noimage{width:140px;height:100px;display:flex;align-items:center;justify-content:center;background:#e4e6eb;color:#5a6270;font-size:12px;text-align:center;border-radius:4px}
@@ -128,7 +128,10 @@ SCRIPT = """
   filter.addEventListener("change", apply);
   sort.addEventListener("change", apply);
 
-  // Captions: a click shows the whole text.
+  // Captions: a click shows the whole text ("more" marks the ones cut off).
+  Array.prototype.forEach.call(container.querySelectorAll(".caption"), function (c) {
+    if (c.scrollHeight > c.clientHeight + 1) { c.classList.add("long"); }
+  });
   container.addEventListener("click", function (event) {
     var caption = event.target.closest(".caption");
     if (caption) { caption.classList.toggle("expanded"); }

@@ -234,7 +234,7 @@ def test_review_zoom_caption_and_export_in_a_browser(page: Path, tmp_path: Path)
     assert "reviewed 2 of 5" in dom and 'data-review="agree"' in dom
     # The zoom shows the clicked image; the clicked caption is expanded.
     assert 'data-zoom-src="data:image/jpeg;base64' in dom and re.search(r'<div id="zoom"(?! hidden)', dom)
-    assert 'class="caption expanded"' in dom
+    assert re.search(r'class="caption (long )?expanded"', dom)
     assert re.search(r'data-download-offered="review_[0-9a-f]{12}\.csv"', dom)
     # The marks survive a reload of the page (localStorage of this browser profile, nothing sent anywhere).
     again = _run_browser(browser, tmp_path / "profile", "--dump-dom", page.with_name(page.stem + "_reviewed.html").resolve().as_uri()).stdout
