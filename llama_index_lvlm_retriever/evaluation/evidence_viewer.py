@@ -124,7 +124,10 @@ def write_evidence_viewer(
     names = {str(k): str(v) for k, v in (label_names or {}).items()}
     cards = [_card(i, row, store, names) for i, row in enumerate(rows)]
     has_gold = any(row.get(ROW_CORRECT) is not None for row in rows)
-    page_id = hashlib.sha256(json.dumps([title, [str(row[ROW_CASE_ID]) for row in rows]]).encode()).hexdigest()[:12]
+    # The key of the reviewer's marks in localStorage: another run (other answers, models or date) is
+    # another review, so marks never carry over to a page they were not made on.
+    identity = [title, [[str(row[ROW_CASE_ID]), _label(row.get(keys.LABEL))] for row in rows], dict(provenance or {})]
+    page_id = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:12]
     page = PAGE.format(
         title=_e(title),
         page_id=page_id,
