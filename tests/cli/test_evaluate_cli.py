@@ -250,3 +250,19 @@ def test_abstention_and_group_options_are_checked(world: dict[str, Any], tmp_pat
         with pytest.raises(CLIError, match=message):
             args.handler(args)
     assert evaluate.threshold_file_name("LVLM-aware RAG") == "threshold_LVLM-aware_RAG.json"
+
+
+def test_target_risk_on_separate_validation_cases(world: dict[str, Any], tmp_path: Path) -> None:
+    root: Path = world["root"]
+    cases = str(root / "data" / "test.jsonl")
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", cases, "--reader", str(root / "models" / "reader"),
+        "--task", str(root / "data" / "task.json"), "--bootstrap", "5", "--no-closed-book", "--out", str(tmp_path),
+        "--no-progress", "--no-viewer", "--target-risk", "0.9", "--risk-delta", "0.5", "--validation-cases", cases,
+    ])
+    assert args.handler(args) == 0
+    control = ConsistencyReport.from_json(tmp_path / "report.json").risk_control["standard RAG"]
+    # Chosen on the 8 validation cases, tested on all 8 evaluated cases (the same file here).
+    assert control["validation_cases"] == 8 and control["test_cases"] == 8
+    if control["threshold"] is not None:
+        assert control["test_risk"] == control["validation_risk"]  # same cases, same threshold, same risk
