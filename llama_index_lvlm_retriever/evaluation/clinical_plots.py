@@ -73,12 +73,15 @@ def _reliability(fig: Any, report: ConsistencyReport) -> None:
         keep = np.isfinite(confidence)  # empty bins have no point
         ece = report.estimates[system].get("ece")
         label = system if ece is None else f"{system} (ECE {ece.value:.3f})"
-        ax.plot(confidence[keep], accuracy[keep], marker="o", label=label)
+        (line,) = ax.plot(confidence[keep], accuracy[keep], marker="o", label=label)
+        for x, y, n in zip(confidence[keep], accuracy[keep], np.array(bins["count"])[keep]):
+            # A bin of 2 cases at accuracy 1.0 says little: show how many cases each point stands for.
+            ax.annotate(f"{int(n)}", (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7, color=line.get_color())
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"mean probability of the answer ({DEFAULT_ECE_BINS} equal-width bins)")
     ax.set_ylabel("accuracy in the bin")
-    ax.set_title("Reliability diagram", fontsize=10)
+    ax.set_title("Reliability diagram (numbers: cases in the bin)", fontsize=10)
     ax.legend(fontsize=8)
 
 

@@ -140,3 +140,18 @@ def test_multi_label_report_has_rates_but_no_confusion_matrix(multi_label_predic
     # x: gold in m1, m2; predicted in m1, m2 -> sensitivity 1, specificity 1 (m3 negative, not predicted)
     assert report.estimates["ml"]["sensitivity_x"].value == 1.0 and report.estimates["ml"]["specificity_x"].value == 1.0
     assert "confusion_matrices" not in report.to_dict() and "## Confusion matrices" not in report.to_markdown()
+
+
+def test_reliability_diagram_shows_the_cases_per_point(task, predictions) -> None:
+    figure_cls = pytest.importorskip("matplotlib.figure").Figure
+    from llama_index_lvlm_retriever.evaluation import clinical_plots
+
+    report = evaluate_predictions({"rag": predictions["rag"]}, task, n_bootstrap=0)
+    fig = figure_cls()
+    clinical_plots._reliability(fig, report)
+    ax = fig.axes[0]
+    # rag's bins (module docstring): [0.3, 0.4) 1 case, [0.5, 0.6) 3 cases, [0.8, 0.9) 2 cases
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3"]
+    line = ax.get_lines()[1]  # after the diagonal
+    np.testing.assert_allclose(line.get_xdata(), [1.1 / 3, 1.6333333 / 3, 0.8], atol=1e-6)
+    np.testing.assert_allclose(line.get_ydata(), [1.0, 2 / 3, 0.5])
