@@ -230,7 +230,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"report -> {paths['json']}")
     for name, control in controls.items():
         if control.threshold is None:
-            print(f"target risk {args.target_risk:g} ({name}): no min_support certified on {control.validation_cases} validation cases")
+            print(
+                f"target risk {args.target_risk:g} ({name}): no min_support certified on {control.validation_cases} "
+                f"validation cases (even at 1.00: risk {_num(control.validation_risk)} on coverage "
+                f"{_num(control.validation_coverage)}, bound {control.bound:.3f})"
+            )
             continue
         threshold_path = save_threshold_file(
             Path(args.out) / threshold_file_name(name), control,

@@ -112,7 +112,7 @@ def clinical_markdown(report: ConsistencyReport) -> list[str]:
         lines += ["", "| System | min_support | Bound | Val. risk | Val. coverage | Test risk | Test coverage |"]
         lines.append("|---|---:|---:|---:|---:|---:|---:|")
         for system, c in report.risk_control.items():
-            threshold = "none certified" if c["threshold"] is None else f"{c['threshold']:.2f}"
+            threshold = "none certified (at 1.00:)" if c["threshold"] is None else f"{c['threshold']:.2f}"
             lines.append(
                 f"| {system} | {threshold} | {_num(c['bound'])} | {_num(c['validation_risk'])} | "
                 f"{_num(c['validation_coverage'])} | {_num(c['test_risk'])} | {_num(c['test_coverage'])} |"

@@ -20,7 +20,8 @@ cases from the same distribution is at most ``target_risk``:
   (it is ``<= target_risk`` exactly when the test at ``t`` rejects).
 
 When even ``t = 1`` (answer only unanimous cases) cannot be certified, no threshold is chosen
-(``threshold`` is ``None``): the target is out of reach with this many validation cases.
+(``threshold`` is ``None``; the bound, risk and coverage reported are those at ``t = 1``): the
+target is out of reach for this system or with this many validation cases.
 
 All functions are pure; :func:`save_threshold_file` / :func:`load_threshold_file` read and write the
 small JSON file ``predict --threshold-file`` and ``diagnose --threshold-file`` take.
@@ -65,14 +66,16 @@ class RiskControl:
     """The outcome of :func:`choose_min_support` (and, once known, the test-set check).
 
     Args:
-        threshold: The chosen ``min_support`` (answer when support >= it), or ``None`` if none is certified.
+        threshold: The chosen ``min_support`` (answer when support >= it), or ``None`` if none is certified;
+            then ``bound``, ``validation_coverage``, ``validation_risk`` and ``p_value`` describe the
+            first threshold tested (1.00), the one that failed.
         target_risk: The target selective risk ``R``.
         delta: The allowed probability that the guarantee fails.
         bound: Clopper-Pearson upper ``1 - delta`` bound on the selective risk at ``threshold``.
         validation_cases: Validation cases.
         validation_coverage: Share of validation cases answered at ``threshold``.
         validation_risk: Error rate on the answered validation cases.
-        p_value: The binomial p-value of the last rejected test.
+        p_value: The binomial p-value of the last rejected test (of the failed first one when none is certified).
         test_cases: Test cases (0 until :meth:`with_test` is called).
         test_coverage: Share of test cases answered (NaN before :meth:`with_test`).
         test_risk: Error rate on the answered test cases (NaN when none is answered).
@@ -207,12 +210,13 @@ def choose_min_support(
         if p_t > delta:
             break
         chosen, chosen_p = t, p_t
-    coverage, risk = selective_risk(s, ok, chosen)
+    # Without a certified threshold, report the first (most abstaining) one that failed: how far it is.
+    described = THRESHOLD_GRID[0] if chosen is None else chosen
+    coverage, risk = selective_risk(s, ok, described)
+    answered = s >= described - _EPS
+    bound = clopper_pearson_upper(int((~ok[answered]).sum()), int(answered.sum()), delta)
     if chosen is None:
-        bound = 1.0
-    else:
-        answered = s >= chosen - _EPS
-        bound = clopper_pearson_upper(int((~ok[answered]).sum()), int(answered.sum()), delta)
+        chosen_p = 1.0 if not answered.any() else binomial_cdf(int((~ok[answered]).sum()), int(answered.sum()), target_risk)
     return RiskControl(
         threshold=chosen, target_risk=float(target_risk), delta=float(delta), bound=bound,
         validation_cases=int(s.shape[0]), validation_coverage=coverage, validation_risk=risk, p_value=chosen_p,

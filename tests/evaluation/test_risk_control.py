@@ -48,7 +48,9 @@ def test_chooses_the_last_certified_threshold() -> None:
     assert (control.validation_coverage, control.validation_risk) == (0.75, 0.0)
     # with 20 unanimous cases even t = 1 fails (0.9^20 = 0.12 > 0.1): nothing is certified
     few = choose_min_support(support[10:], correct[10:], target_risk=0.1, delta=0.1)
-    assert few.threshold is None and few.bound == 1.0 and math.isnan(few.validation_risk)
+    # ... and the numbers are those of t = 1, the test that failed: 0 errors in 20, p = 0.9^20
+    assert few.threshold is None and few.validation_risk == 0.0 and few.validation_coverage == 2 / 3
+    assert few.bound == pytest.approx(1 - 0.1 ** (1 / 20)) and few.p_value == pytest.approx(0.9**20)
     # a system that is always right is certified down to the end of the grid
     assert choose_min_support(np.array([0.25, 1.0] * 30), np.ones(60, bool), 0.1, 0.1).threshold == 0.01
 
