@@ -49,7 +49,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
     ``query(QueryBundle(question, image_path=...))`` returns a ``Response`` whose text is the answer
     in words, whose ``source_nodes`` are the reranked evidence and whose ``metadata`` holds the keys
     of :mod:`~llama_index_lvlm_retriever.metadata_keys`: the label, its probability, the aggregated
-    distribution, the consistency statistics, the answer's support (``answer_support``: the share of
+    distribution, the consistency statistics, the answer's support (``support``: the share of
     neighbours whose own prediction is the answer shown, and its retrieval-weighted form), the
     per-neighbour predictions (each with the head that found it) and ``abstain`` (``True`` when the
     support is below ``min_support``). ``consistent`` keeps its meaning: all neighbours agree.

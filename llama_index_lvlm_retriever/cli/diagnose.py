@@ -21,6 +21,10 @@ from llama_index_lvlm_retriever.cli._common import (
     check_retrieval_options,
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser
+from llama_index_lvlm_retriever.cli._threshold import (
+    add_threshold_file_option,
+    apply_threshold_file,
+)
 from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         default=1.0,
         help="recommend abstaining when the share of neighbours whose own prediction is the answer shown is below this",
     )
+    add_threshold_file_option(retrieval)
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print a JSON object (a predictions.jsonl row plus 'response'; schema: diagnose.schema.json) instead of text")
     output.add_argument("--viewer", default=None, metavar="FILE", help="also write the evidence viewer (a self-contained HTML page) to FILE")
@@ -93,6 +98,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 
     check_retrieval_options(args)
+    apply_threshold_file(args)
     if not 0.0 < args.min_support <= 1.0:
         raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
     if not Path(args.image).is_file():
@@ -123,7 +129,10 @@ def _diagnose(args: argparse.Namespace) -> int:
     )
     response = engine.query(QueryBundle(query_str=args.question, image_path=args.image))
     result = diagnosis_record(args, response, engine.rerank)
-    viewer = _write_viewer(args, result, reader.task.labels) if args.viewer else None
+    viewer = None
+    if args.viewer:
+        provenance = _provenance(args, engine, kb, reader, image_head, text_head)
+        viewer = _write_viewer(args, result, reader.task, provenance)
     if args.json:
         print(json.dumps({**result, **({"viewer": str(viewer)} if viewer else {})}, indent=2))
         return 0
@@ -183,13 +192,46 @@ def diagnosis_record(args: argparse.Namespace, response: Any, rerank: Any) -> di
     }
 
 
-def _write_viewer(args: argparse.Namespace, result: dict[str, Any], labels: Any) -> Path:
-    """The evidence viewer of this one case: the row layout ``predict`` writes, without gold."""
+def _provenance(
+    args: argparse.Namespace, engine: Any, kb: Any, reader: Any, image_head: str | None, text_head: str | None
+) -> dict[str, Any]:
+    """The provenance block of this run (knowledge base, encoder, reader, heads) for the viewer's header."""
+    from llama_index_lvlm_retriever.provenance import (
+        collect_provenance,
+        describe_head,
+        describe_knowledge_base,
+        describe_model,
+    )
+
+    retriever = engine.retriever
+    return collect_provenance(
+        models={
+            "knowledge_base": describe_knowledge_base(kb, args.kb),
+            "encoder": describe_model(kb.embed_model),
+            "reader": describe_model(reader),
+            "image_head": describe_head(getattr(retriever, "image_head", None), image_head),
+            "text_head": describe_head(getattr(retriever, "text_head", None), text_head),
+        },
+    )
+
+
+def _write_viewer(args: argparse.Namespace, result: dict[str, Any], task: Any, provenance: dict[str, Any]) -> Path:
+    """The evidence viewer of this one case: the row layout ``predict`` writes, without gold.
+
+    The header names the models and knowledge base (``provenance``) and the labels by their
+    display names (the task's verbalizers).
+    """
     from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
     from llama_index_lvlm_retriever.evaluation.predict import ROW_CORRECT, ROW_ERROR, ROW_GOLD
+    from llama_index_lvlm_retriever.evaluation.viewer_header import (
+        label_display_names,
+        viewer_header,
+    )
 
     # diagnose --json is already a predictions.jsonl row; an unlabelled one.
     row = {**result, ROW_GOLD: None, ROW_CORRECT: None, ROW_ERROR: None}
     return write_evidence_viewer(
-        [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=labels, images=args.viewer_images
+        [row], args.viewer, title=f"Evidence: {Path(args.image).name}", labels=task.labels, images=args.viewer_images,
+        label_names=label_display_names(task.labels, getattr(task, "verbalizers", None)),
+        provenance=viewer_header(provenance, task=task.name),
     )

@@ -72,6 +72,31 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     stats.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
     stats.add_argument("--confidence", type=float, default=0.95, help="interval coverage")
     stats.add_argument("--seed", type=int, default=0, help="resampling seed")
+    stats.add_argument(
+        "--group-by", action="append", default=[], metavar="FIELD",
+        help="also report metrics per value of this case-metadata field, e.g. site (repeatable; default: none)",
+    )
+    abstain = parser.add_argument_group("abstention")
+    abstain.add_argument(
+        "--min-support", type=float, default=None,
+        help="mark cases whose answer support is below this as abstaining in the evidence viewers "
+        "(default: the --target-risk threshold, else none)",
+    )
+    abstain.add_argument(
+        "--target-risk", type=float, default=None, metavar="R",
+        help="choose min_support on validation cases so the error rate on answered cases is <= R with "
+        "probability >= 1 - --risk-delta; writes threshold_<system>.json (default: off)",
+    )
+    abstain.add_argument("--risk-delta", type=float, default=0.1, help="allowed failure probability of the --target-risk guarantee")
+    abstain.add_argument(
+        "--validation-cases", default=None,
+        help="labelled JSONL the threshold is chosen on (default: a seeded --validation-fraction of --cases, "
+        "the rest being the test cases)",
+    )
+    abstain.add_argument(
+        "--validation-fraction", type=float, default=0.5,
+        help="share of --cases held out for choosing the threshold when --validation-cases is not given",
+    )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="cpu", help="torch device of encoder and reader")
     reader_dtype = runtime.add_argument("--reader-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="reader weight dtype (auto = the checkpoint's)")
@@ -110,6 +135,8 @@ def parse_systems(specs: list[str]) -> dict[str, tuple[Path, Path]]:
 def _evaluate(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
     from llama_index_lvlm_retriever.evaluation.report import write_report
+    from llama_index_lvlm_retriever.evaluation.risk_control import save_threshold_file
+    from llama_index_lvlm_retriever.evaluation.subgroups import subgroup_estimates
     from llama_index_lvlm_retriever.provenance import (
         collect_provenance,
         describe_head,
@@ -123,8 +150,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     trained = parse_systems(args.system)
     if args.no_standard and not trained:
         raise CLIError("--no-standard leaves no retrieval system; add --system NAME=HEADS_DIR")
+    _check_abstention_options(args)
     task = load_task(args.task)
     cases = load_cases(args.cases)
+    groups = _case_groups(cases, args.group_by)
+    validation_cases = load_cases(args.validation_cases) if args.target_risk is not None and args.validation_cases else None
     reader = load_reader(args.reader, task, device=args.device, dtype=args.reader_dtype, batch_size=args.reader_batch_size)
     encoder = load_encoder(args.kb, device=args.device)
     # Every neighbour the two heads return is read (k_image + k_text, fewer when both heads find a pair).
@@ -154,6 +184,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress=not args.no_progress,
     )
+    for field, by_case in groups.items():
+        report.subgroups[field] = {
+            name: subgroup_estimates(
+                report.rows[name], by_case, report.labels, n_bootstrap=args.bootstrap, confidence=args.confidence,
+                seed=args.seed,
+            )
+            for name in report.systems
+        }
+    controls = {}
+    if args.target_risk is not None:
+        validation_rows = None
+        if validation_cases is not None:
+            validation_rows = evaluate_dataset(
+                validation_cases, systems, reader, task, k=None, closed_book=False, method=args.aggregation,
+                exclude_self=args.exclude_self, temperature=args.temperature, n_bootstrap=0, seed=args.seed,
+                batch_size=args.batch_size, show_progress=not args.no_progress,
+            ).rows
+        controls = risk_controls(report, list(systems), args, validation_rows)
+        report.risk_control.update({name: control.to_dict() for name, control in controls.items()})
     # Every system shares the KB, encoder and reader; only the heads differ.
     first = next(iter(systems.values()))
     provenance = collect_provenance(
@@ -180,18 +229,117 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_json_atomic(Path(args.out) / EVAL_CONFIG_FILE, {**absolute_paths(resolved_config(args)), "provenance": provenance})
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"report -> {paths['json']}")
+    for name, control in controls.items():
+        if control.threshold is None:
+            print(
+                f"target risk {args.target_risk:g} ({name}): no min_support certified on {control.validation_cases} "
+                f"validation cases (even at 1.00: risk {_num(control.validation_risk)} on coverage "
+                f"{_num(control.validation_coverage)}, bound {control.bound:.3f})"
+            )
+            continue
+        threshold_path = save_threshold_file(
+            Path(args.out) / threshold_file_name(name), control,
+            {"system": name, "kb": str(Path(args.kb).resolve()), "heads": [str(h) if h else None for h in heads[name]]},
+        )
+        print(
+            f"target risk {args.target_risk:g} ({name}): min_support {control.threshold:.2f}, bound {control.bound:.3f} "
+            f"(validation risk {control.validation_risk:.3f}, coverage {control.validation_coverage:.3f}); "
+            f"test risk {_num(control.test_risk)}, coverage {_num(control.test_coverage)} -> {threshold_path}"
+        )
     if not args.no_viewer:
         from llama_index_lvlm_retriever.evaluation.evidence_viewer import write_evidence_viewer
         from llama_index_lvlm_retriever.evaluation.report_rows import report_viewer_rows
+        from llama_index_lvlm_retriever.evaluation.viewer_header import (
+            label_display_names,
+            viewer_header,
+        )
 
         for name, retriever in systems.items():
-            rows = report_viewer_rows(report, name, cases, retriever.knowledge_base.get)
+            min_support = args.min_support
+            if min_support is None and name in controls:
+                min_support = controls[name].threshold
+            rows = report_viewer_rows(report, name, cases, retriever.knowledge_base.get, min_support=min_support)
             viewer = write_evidence_viewer(
                 rows, Path(args.out) / viewer_file_name(name), title=f"Evidence viewer: {name}",
                 labels=report.labels, images=args.viewer_images,
+                label_names=label_display_names(reader.task.labels, reader.task.verbalizers),
+                provenance=viewer_header(provenance, system=name, task=reader.task.name),
             )
             print(f"evidence viewer ({name}) -> {viewer}")
     return 0
+
+
+def threshold_file_name(system: str) -> str:
+    """``threshold_<system>.json``: the min_support ``--target-risk`` chose for a system."""
+    return "threshold_" + viewer_file_name(system)[len("evidence_"):-len(".html")] + ".json"
+
+
+def _check_abstention_options(args: argparse.Namespace) -> None:
+    if args.min_support is not None and not 0.0 < args.min_support <= 1.0:
+        raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
+    if args.target_risk is not None and not 0.0 < args.target_risk < 1.0:
+        raise CLIError(f"--target-risk must be in (0, 1), e.g. 0.1; got {args.target_risk}")
+    if not 0.0 < args.risk_delta < 1.0:
+        raise CLIError(f"--risk-delta must be in (0, 1), e.g. 0.1; got {args.risk_delta}")
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise CLIError(f"--validation-fraction must be in (0, 1), e.g. 0.5; got {args.validation_fraction}")
+    if args.validation_cases and args.target_risk is None:
+        raise CLIError("--validation-cases is only used with --target-risk; add --target-risk R or drop it")
+
+
+def _case_groups(cases: list[Any], fields: list[str]) -> dict[str, dict[str, str]]:
+    """Field -> (case id -> group value), checked before any model loads."""
+    from llama_index_lvlm_retriever.evaluation.subgroups import case_groups
+
+    out = {}
+    for field in fields:
+        try:
+            out[field] = case_groups({case.id: case.metadata for case in cases}, field)
+        except ValueError as error:
+            raise CLIError(f"--group-by {field}: {error}") from error
+    return out
+
+
+def risk_controls(
+    report: Any, systems: list[str], args: argparse.Namespace, validation_rows: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Per retrieval system: the min_support chosen for ``--target-risk`` and its test risk and coverage.
+
+    With ``validation_rows`` (from ``--validation-cases``) the threshold is chosen on them and tested on
+    every evaluated case; otherwise a seeded ``--validation-fraction`` of the evaluated cases (the same
+    split for every system) chooses it and the rest test it.
+    """
+    import numpy as np
+
+    from llama_index_lvlm_retriever.evaluation.risk_control import choose_min_support
+
+    out = {}
+    n = report.n_cases
+    in_validation = np.zeros(n, dtype=bool)
+    if validation_rows is None:
+        n_validation = int(round(args.validation_fraction * n))
+        if n_validation < 1 or n_validation >= n:
+            raise CLIError(
+                f"--validation-fraction {args.validation_fraction} of {n} cases leaves no validation or no test case; "
+                "pass --validation-cases FILE or evaluate more cases"
+            )
+        in_validation[np.random.default_rng(args.seed).permutation(n)[:n_validation]] = True
+    for name in systems:
+        rows = report.rows[name]
+        support = np.array([r.support for r in rows])
+        correct = np.array([r.correct for r in rows])
+        if validation_rows is None:
+            control = choose_min_support(support[in_validation], correct[in_validation], args.target_risk, args.risk_delta)
+            out[name] = control.with_test(support[~in_validation], correct[~in_validation])
+        else:
+            v_support = np.array([r.support for r in validation_rows[name]])
+            v_correct = np.array([r.correct for r in validation_rows[name]])
+            out[name] = choose_min_support(v_support, v_correct, args.target_risk, args.risk_delta).with_test(support, correct)
+    return out
+
+
+def _num(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"  # NaN: nothing answered
 
 
 def viewer_file_name(system: str) -> str:

@@ -21,6 +21,10 @@ from llama_index_lvlm_retriever.cli._common import (
     resolved_config,
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser
+from llama_index_lvlm_retriever.cli._threshold import (
+    add_threshold_file_option,
+    apply_threshold_file,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from llama_index_lvlm_retriever.data.records import Case
@@ -65,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
         "--min-support", type=float, default=1.0,
         help="abstain when the share of neighbours whose own prediction is the answer is below this",
     )
+    add_threshold_file_option(retrieval)
     output = parser.add_argument_group("output and runtime")
     output.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
     output.add_argument("--batch-size", type=int, default=16, help="cases per retrieval / reader call (and per saved batch)")
@@ -100,6 +105,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     check_retrieval_options(args)
     option, source = _input_option(args)
+    apply_threshold_file(args)
     if not 0.0 < args.min_support <= 1.0:
         raise CLIError(f"--min-support must be in (0, 1], got {args.min_support}")
     if args.batch_size < 1:

@@ -13,6 +13,13 @@ from llama_index_lvlm_retriever.evaluation.bootstrap import (
     bootstrap_estimates,
     mcnemar_exact,
 )
+from llama_index_lvlm_retriever.evaluation.clinical_metrics import (
+    class_rates,
+    clinical_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    reliability_bins,
+)
 from llama_index_lvlm_retriever.evaluation.comparison import PairedComparison, compare_rows
 from llama_index_lvlm_retriever.evaluation.consistency_evaluator import ConsistencyEvaluator
 from llama_index_lvlm_retriever.evaluation.dataset import CLOSED_BOOK, evaluate_dataset
@@ -23,6 +30,13 @@ from llama_index_lvlm_retriever.evaluation.report import (
     metric_prefix,
     write_report,
 )
+from llama_index_lvlm_retriever.evaluation.risk_control import (
+    RiskControl,
+    choose_min_support,
+    load_threshold_file,
+    save_threshold_file,
+)
+from llama_index_lvlm_retriever.evaluation.subgroups import subgroup_estimates
 from llama_index_lvlm_retriever.evaluation.system_metrics import METRIC_DESCRIPTIONS
 
 __all__ = [
@@ -34,12 +48,22 @@ __all__ = [
     "ConsistencyReport",
     "Estimate",
     "PairedComparison",
+    "RiskControl",
     "bootstrap_estimates",
+    "choose_min_support",
+    "class_rates",
+    "clinical_metrics",
     "compare_rows",
+    "confusion_matrix",
     "evaluate_dataset",
     "evaluate_predictions",
+    "expected_calibration_error",
+    "load_threshold_file",
     "mcnemar_exact",
     "metric_prefix",
+    "reliability_bins",
+    "save_threshold_file",
     "score_case",
+    "subgroup_estimates",
     "write_report",
 ]

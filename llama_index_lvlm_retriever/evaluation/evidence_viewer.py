@@ -1,15 +1,24 @@
 """The evidence viewer: one static HTML page showing each query beside its retrieved evidence.
 
-Per case: the query image, the answer with its probability, support and abstain flag (and the
-gold label and whether the answer is right, where gold exists), then every retrieved image with
-its caption, the head that found it, its retrieval score and the reader's prediction given that
-neighbour alone, which is how a radiologist judges whether to trust the answer. Cases can be
-filtered (abstained, answered, correct, wrong, inconsistent, errors) and sorted (input order,
-probability, support) with plain inline JavaScript; the initial state can be set in the URL
-fragment (``evidence.html#filter=abstain&sort=support-asc``).
+Per case: the query image, the answer by name with its full label distribution, probability,
+support and abstain flag (and the gold label and whether the answer is right, where gold exists),
+then every retrieved image with its caption (a click shows all of it), its own knowledge-base
+label, the head that found it, its retrieval score and the reader's prediction given that
+neighbour alone, which is how a radiologist judges whether to trust the answer. A case whose
+answer no neighbour predicted alone says why a mixture can do that. Images zoom on click.
 
-The page is self-contained: no server, no external script, style sheet or font. Images are
-embedded as data URIs, or, for large runs, written as thumbnails into a folder beside the page.
+The header carries a "research use only, not a medical device" notice and the provenance
+(package version, encoder, knowledge base folder and fingerprint, heads, reader, task, date).
+A reviewer marks each case agree/disagree with a note and exports the marks as CSV or JSON; the
+marks stay in the browser (localStorage) and nothing leaves the page. Cases can be filtered
+(abstained, answered, correct, wrong, inconsistent, errors, not yet reviewed) and sorted (input
+order, probability, support); the initial state can be set in the URL fragment
+(``evidence.html#filter=abstain&sort=support-asc``).
+
+The page is self-contained: no server, no external script, style sheet or font. Each distinct
+image is encoded once, as a JPEG thumbnail (no re-encoding passes), and referenced by id from
+every card that shows it: embedded as a data URI, or, for large runs, written into a folder
+beside the page.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from llama_index_lvlm_retriever._io import atomic_write_bytes, atomic_write_text
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.evaluation._prediction_rows import (
     NEIGHBOUR_IMAGE_PATH,
+    NEIGHBOUR_KB_LABEL,
     NEIGHBOUR_TEXT,
     ROW_CASE_ID,
     ROW_CORRECT,
@@ -38,14 +48,23 @@ from llama_index_lvlm_retriever.evaluation._prediction_rows import (
     ROW_IMAGE_PATH,
     ROW_QUESTION,
 )
+from llama_index_lvlm_retriever.evaluation._viewer_assets import (
+    MIXTURE_NOTE,
+    PAGE,
+    RESEARCH_NOTICE,
+    SCRIPT,
+    STYLE,
+)
 
-__all__ = ["AUTO_EMBED_MAX_CASES", "ViewerImages", "write_evidence_viewer"]
+__all__ = ["AUTO_EMBED_MAX_CASES", "JPEG_QUALITY", "RESEARCH_NOTICE", "ViewerImages", "write_evidence_viewer"]
 
 logger = logging.getLogger(__name__)
 
 ViewerImages = Literal["auto", "embed", "copy"]
 AUTO_EMBED_MAX_CASES = 200
 """``images="auto"`` embeds images up to this many cases and copies thumbnails beyond."""
+JPEG_QUALITY = 85
+"""Quality of the JPEG thumbnails: near-lossless at review size; 50 cases with 250 distinct ELPV images stay under 3 MB."""
 _FILES_SUFFIX = "_files"
 
 
@@ -57,14 +76,17 @@ def write_evidence_viewer(
     labels: Sequence[str] | None = None,
     images: ViewerImages = "auto",
     max_side: int = 256,
+    label_names: Mapping[str, str] | None = None,
+    provenance: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the evidence viewer for prediction rows (as :func:`~.predict.predict` returns them).
 
     Each row needs ``case_id`` and ``image_path``; the page shows whatever else it has:
-    ``answer``, ``probability``, ``support``, ``weighted_support``,
-    ``consistent``, ``abstain``, ``gold``, ``correct``, ``error`` and ``neighbours``
-    (each with ``kb_id``, ``head``, ``retrieval_score``, ``prediction``, ``probability``,
-    ``image_path``, ``text``). ``evaluate`` and ``diagnose`` results fit once mapped to these keys.
+    ``answer``, ``probability``, ``distribution`` (label -> probability), ``support``,
+    ``weighted_support``, ``consistent``, ``abstain``, ``gold``, ``correct``, ``error`` and
+    ``neighbours`` (each with ``kb_id``, ``kb_label``, ``head``, ``retrieval_score``,
+    ``prediction``, ``probability``, ``image_path``, ``text``): the vocabulary of
+    :mod:`~llama_index_lvlm_retriever.metadata_keys`. ``evaluate`` and ``diagnose`` rows use it too.
 
     Args:
         rows: The cases, in the order the page lists them by default.
@@ -72,9 +94,13 @@ def write_evidence_viewer(
         title: Page title.
         labels: The task's labels, shown in the header.
         images: ``"embed"``: thumbnails as data URIs (one file to share). ``"copy"``: thumbnails
-            as PNG files in ``<stem>_files/`` beside the page (keep the two together).
+            as JPEG files in ``<stem>_files/`` beside the page (keep the two together).
             ``"auto"``: embed up to :data:`AUTO_EMBED_MAX_CASES` cases.
-        max_side: Longest side of the thumbnails in pixels.
+        max_side: Longest side of the thumbnails in pixels (also what the zoom shows).
+        label_names: Label -> the name shown for it (e.g. ``"malignant (yes)"``); labels not in
+            it are shown as they are.
+        provenance: Header facts, name -> text (see
+            :func:`~llama_index_lvlm_retriever.evaluation.viewer_header.viewer_header`).
 
     Returns:
         The path written.
@@ -95,34 +121,49 @@ def write_evidence_viewer(
     path = Path(path)
     mode = images if images != "auto" else ("embed" if len(rows) <= AUTO_EMBED_MAX_CASES else "copy")
     store = _ImageStore(mode, path.parent / f"{path.stem}{_FILES_SUFFIX}", max_side)
-    cards = [_card(i, row, store) for i, row in enumerate(rows)]
+    names = {str(k): str(v) for k, v in (label_names or {}).items()}
+    cards = [_card(i, row, store, names) for i, row in enumerate(rows)]
     has_gold = any(row.get(ROW_CORRECT) is not None for row in rows)
-    page = _PAGE.format(
+    # The key of the reviewer's marks in localStorage: another run (other answers, models or date) is
+    # another review, so marks never carry over to a page they were not made on.
+    identity = [title, [[str(row[ROW_CASE_ID]), _label(row.get(keys.ANSWER))] for row in rows], dict(provenance or {})]
+    page_id = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:12]
+    page = PAGE.format(
         title=_e(title),
-        summary=_e(_summary(rows, labels)),
+        page_id=page_id,
+        notice=_e(RESEARCH_NOTICE),
+        summary=_e(_summary(rows, labels, names)),
+        provenance=_provenance(provenance),
         gold_disabled="" if has_gold else " disabled",
         cards="\n".join(cards),
-        style=_STYLE,
-        script=_SCRIPT,
+        images=json.dumps(store.sources).replace("</", "<\\/"),  # no "</script>" inside the JSON block
+        style=STYLE,
+        script=SCRIPT,
     )
     atomic_write_text(path, page)
-    logger.debug("wrote the evidence viewer (%d cases, images %s) to %s", len(rows), mode, path)
+    logger.debug("wrote the evidence viewer (%d cases, %d images, %s) to %s", len(rows), len(store.sources), mode, path)
     return path
 
 
 class _ImageStore:
-    """Thumbnails of image paths as ``src`` values, each image decoded once."""
+    """Each distinct image path decoded and encoded once, as a JPEG thumbnail; cards refer to it by id."""
 
     def __init__(self, mode: str, folder: Path, max_side: int) -> None:
         self.mode, self.folder, self.max_side = mode, folder, max_side
-        self._cache: dict[str, str | None] = {}
+        self._ids: dict[str, str | None] = {}
+        self.sources: dict[str, str] = {}
+        """Image id -> ``src`` (a data URI or a relative file path), written once into the page."""
 
-    def src(self, image_path: str | None) -> str | None:
+    def image_id(self, image_path: str | None) -> str | None:
         if not image_path:
             return None
-        if image_path not in self._cache:
-            self._cache[image_path] = self._make(image_path)
-        return self._cache[image_path]
+        if image_path not in self._ids:
+            src = self._make(image_path)
+            image_id = None if src is None else f"i{len(self.sources)}"
+            if image_id is not None and src is not None:
+                self.sources[image_id] = src
+            self._ids[image_path] = image_id
+        return self._ids[image_path]
 
     def _make(self, image_path: str) -> str | None:
         try:
@@ -131,28 +172,33 @@ class _ImageStore:
             logger.warning("evidence viewer: cannot show %s (%s)", image_path, err)
             return None
         img.thumbnail((self.max_side, self.max_side))
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")  # JPEG holds grey or RGB; alpha and palettes are flattened
         buffer = io.BytesIO()
-        img.save(buffer, format="PNG", optimize=True)
+        img.save(buffer, format="JPEG", quality=JPEG_QUALITY)  # one fast pass: no optimize/progressive
         data = buffer.getvalue()
         if self.mode == "embed":
-            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        name = hashlib.sha256(image_path.encode("utf-8")).hexdigest()[:20] + ".png"
+            return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        name = hashlib.sha256(image_path.encode("utf-8")).hexdigest()[:20] + ".jpg"
         atomic_write_bytes(self.folder / name, data)
         return f"{self.folder.name}/{name}"
 
 
-def _card(index: int, row: Mapping[str, Any], store: _ImageStore) -> str:
-    answer = row.get(keys.LABEL)
+def _card(index: int, row: Mapping[str, Any], store: _ImageStore, names: Mapping[str, str]) -> str:
+    answer = row.get(keys.ANSWER)
     correct = row.get(ROW_CORRECT)
     error = row.get(ROW_ERROR)
     consistent = row.get(keys.CONSISTENT)
     data = {
         "index": index,
+        "case-id": str(row[ROW_CASE_ID]),
+        "answer": _label(answer, names) if answer is not None else "",
+        "gold": _label(row.get(ROW_GOLD), names) if row.get(ROW_GOLD) is not None else "",
         "abstain": _flag(row.get(keys.ABSTAIN)),
         "correct": _flag(correct),
         "consistent": _flag(consistent),
         "error": _flag(error is not None),
-        "probability": _num(row.get(keys.LABEL_PROBABILITY)),
+        "probability": _num(row.get(keys.PROBABILITY)),
         "support": _num(row.get(keys.SUPPORT)),
     }
     attributes = " ".join(f'data-{key}="{_e(str(value))}"' for key, value in data.items())
@@ -164,55 +210,92 @@ def _card(index: int, row: Mapping[str, Any], store: _ImageStore) -> str:
     if consistent is False:
         badges.append('<span class="badge inconsistent">neighbours disagree</span>')
     facts = [
-        ("probability", _fmt(row.get(keys.LABEL_PROBABILITY))),
+        ("probability", _fmt(row.get(keys.PROBABILITY))),
         ("support", _fmt(row.get(keys.SUPPORT))),
         ("weighted support", _fmt(row.get(keys.WEIGHTED_SUPPORT))),
     ]
     if row.get(ROW_GOLD) is not None:
-        facts.append(("gold", _label(row.get(ROW_GOLD))))
+        facts.append(("gold", _label(row.get(ROW_GOLD), names)))
     fact_html = "".join(f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in facts)
     question = f'<p class="question">{_e(str(row[ROW_QUESTION]))}</p>' if row.get(ROW_QUESTION) else ""
     error_html = f'<p class="error">{_e(str(error))}</p>' if error is not None else ""
-    neighbours = "".join(
-        _neighbour(rank, entry, store, answer) for rank, entry in enumerate(row.get(keys.NEIGHBOUR_PREDICTIONS) or [], start=1)
+    entries = list(row.get(keys.NEIGHBOURS) or [])
+    neighbours = "".join(_neighbour(rank, entry, store, answer, names) for rank, entry in enumerate(entries, start=1))
+    mixture = ""
+    if answer is not None and entries and not any(_label(e.get(keys.NEIGHBOUR_PREDICTION)) == _label(answer) for e in entries):
+        mixture = f'<p class="mixture">{_e(MIXTURE_NOTE)}</p>'
+    review = (
+        f'<div class="review">review: <label><input type="radio" name="review-{index}" value="agree"> agree</label> '
+        f'<label><input type="radio" name="review-{index}" value="disagree"> disagree</label>'
+        '<textarea placeholder="note (stays in this browser until exported)"></textarea></div>'
     )
     return (
         f'<article class="case" id="case-{index}" {attributes}>'
-        f'<div class="query">{_figure(store.src(row.get(ROW_IMAGE_PATH)), "query")}'
+        f'<div class="query">{_figure(store.image_id(row.get(ROW_IMAGE_PATH)), "query", row.get(ROW_IMAGE_PATH))}'
         f'<div class="answer"><h2 title="{_e(str(row[ROW_CASE_ID]))}">{_e(str(row[ROW_CASE_ID]))}</h2>{question}'
-        f'<p class="label">answer: <b>{_e(_label(answer))}</b> {"".join(badges)}</p>'
-        f"<dl>{fact_html}</dl>{error_html}</div></div>"
+        f'<p class="label">answer: <b>{_e(_label(answer, names))}</b> {"".join(badges)}</p>'
+        f"{_distribution(row.get(keys.DISTRIBUTION), answer, names)}{mixture}"
+        f"<dl>{fact_html}</dl>{error_html}{review}</div></div>"
         f'<div class="neighbours">{neighbours or "<p class=empty>no neighbours</p>"}</div>'
         "</article>"
     )
 
 
-def _neighbour(rank: int, entry: Mapping[str, Any], store: _ImageStore, answer: Any) -> str:
+def _distribution(distribution: Any, answer: Any, names: Mapping[str, str]) -> str:
+    """The answer's full label distribution as a small table with bars, the answer in bold."""
+    if not isinstance(distribution, Mapping) or not distribution:
+        return ""
+    chosen = {str(a) for a in answer} if isinstance(answer, (list, tuple)) else {str(answer)}
+    rows = []
+    for label, p in distribution.items():
+        value = float(p) if p is not None else math.nan
+        width = 0 if math.isnan(value) else round(60 * min(max(value, 0.0), 1.0))
+        css = ' class="chosen"' if str(label) in chosen else ""
+        rows.append(
+            f"<tr{css}><td>{_e(_label(label, names))}</td>"
+            f'<td><span class="bar" style="width:{width}px"></span></td><td class="p">{_e(_fmt(p))}</td></tr>'
+        )
+    return f'<table class="dist" title="aggregated probability of each label">{"".join(rows)}</table>'
+
+
+def _neighbour(rank: int, entry: Mapping[str, Any], store: _ImageStore, answer: Any, names: Mapping[str, str]) -> str:
     head = entry.get(keys.NEIGHBOUR_HEAD)
     text = str(entry.get(NEIGHBOUR_TEXT) or "")
-    prediction = _label(entry.get(keys.NEIGHBOUR_LABEL))
-    agrees = "1" if prediction == _label(answer) else "0"  # does this neighbour alone lead to the answer?
+    prediction = _label(entry.get(keys.NEIGHBOUR_PREDICTION), names)
+    kb_label = entry.get(NEIGHBOUR_KB_LABEL)
+    agrees = "1" if prediction == _label(answer, names) else "0"  # does this neighbour alone lead to the answer?
     return (
         f'<figure class="neighbour" data-head="{_e(str(head))}" data-agrees="{agrees}">'
-        f"{_img(store.src(entry.get(NEIGHBOUR_IMAGE_PATH)), f'neighbour {rank}')}"
+        f"{_img(store.image_id(entry.get(NEIGHBOUR_IMAGE_PATH)), f'neighbour {rank}', entry.get(NEIGHBOUR_IMAGE_PATH))}"
         f"<figcaption><b>#{rank} {_e(str(entry.get(keys.NEIGHBOUR_KB_ID)))}</b>"
-        f'<span class="meta">head {_e(str(head or "-"))} · score {_e(_fmt(entry.get(keys.NEIGHBOUR_RETRIEVAL_SCORE)))}</span>'
-        f'<span class="pred">predicts <b>{_e(prediction)}</b> (p = {_e(_fmt(entry.get(keys.NEIGHBOUR_PROBABILITY)))})</span>'
-        f'<span class="caption" title="{_e(text)}">{_e(text)}</span></figcaption></figure>'
+        f'<span class="kb-label">KB label: <b>{_e(_label(kb_label, names))}</b></span>'
+        f'<span class="meta">{_e(str(head or "-"))} head · score {_e(_fmt(entry.get(keys.NEIGHBOUR_RETRIEVAL_SCORE)))}</span>'
+        f'<span class="pred">reader given it alone: <b>{_e(prediction)}</b> '
+        f"(p = {_e(_fmt(entry.get(keys.NEIGHBOUR_PROBABILITY)))})</span>"
+        f'<span class="caption" title="click to show the whole caption">{_e(text)}</span></figcaption></figure>'
     )
 
 
-def _figure(src: str | None, alt: str) -> str:
-    return f'<figure class="query-image">{_img(src, alt)}</figure>'
+def _provenance(facts: Mapping[str, str] | None) -> str:
+    if not facts:
+        return ""
+    items = "".join(f"<dt>{_e(str(name))}</dt><dd>{_e(str(value))}</dd>" for name, value in facts.items())
+    brief = " · ".join(_e(str(facts[k])) for k in ("package", "date") if k in facts)
+    return f'<details class="provenance" open><summary>provenance {brief}</summary><dl class="provenance">{items}</dl></details>'
 
 
-def _img(src: str | None, alt: str) -> str:
-    if src is None:
+def _figure(image_id: str | None, alt: str, path: Any) -> str:
+    return f'<figure class="query-image">{_img(image_id, alt, path)}</figure>'
+
+
+def _img(image_id: str | None, alt: str, path: Any) -> str:
+    if image_id is None:
         return f'<div class="noimage">{_e(alt)}: image unavailable</div>'
-    return f'<img src="{_e(src)}" alt="{_e(alt)}" loading="lazy">'
+    # The script sets src from the page's one table of images, so a repeated image is stored once.
+    return f'<img data-img="{image_id}" alt="{_e(alt)}" data-path="{_e(str(path or ""))}">'
 
 
-def _summary(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] | None) -> str:
+def _summary(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] | None, names: Mapping[str, str]) -> str:
     n = len(rows)
     abstained = sum(bool(row.get(keys.ABSTAIN)) for row in rows)
     inconsistent = sum(row.get(keys.CONSISTENT) is False for row in rows)
@@ -222,16 +305,18 @@ def _summary(rows: Sequence[Mapping[str, Any]], labels: Sequence[str] | None) ->
         right = sum(bool(row[ROW_CORRECT]) for row in scored)
         parts.append(f"accuracy {right}/{len(scored)} = {right / len(scored):.3f}")
     if labels:
-        parts.append("labels: " + ", ".join(str(label) for label in labels))
+        parts.append("labels: " + ", ".join(_label(label, names) for label in labels))
     return " · ".join(parts)
 
 
-def _label(value: Any) -> str:
+def _label(value: Any, names: Mapping[str, str] | None = None) -> str:
+    """A label (or label set) by its display name: ``names[label]`` where given, else the label."""
+    names = names or {}
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) or "(none)"
-    return str(value)
+        return ", ".join(names.get(str(v), str(v)) for v in value) or "(none)"
+    return names.get(str(value), str(value))
 
 
 def _flag(value: Any) -> str:
@@ -248,133 +333,3 @@ def _fmt(value: Any) -> str:
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
-
-
-_STYLE = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-header{position:sticky;top:0;background:#1d2330;color:#fff;padding:10px 18px;z-index:1}
-header h1{font-size:18px;margin:0 0 4px}
-header .summary{margin:0 0 6px;color:#c9cfdb}
-.controls label{margin-right:16px}
-.controls select{font:inherit}
-#count{color:#c9cfdb}
-main{padding:12px 18px}
-.case{display:flex;gap:16px;background:#fff;border-radius:8px;padding:12px;margin:0 0 12px;box-shadow:0 1px 3px #0002;border-left:6px solid #5b8def}
-.case[hidden]{display:none}
-.case[data-abstain="1"]{border-left-color:#e0a100}
-.case[data-correct="0"]{border-left-color:#d64545}
-.case[data-error="1"]{border-left-color:#888}
-.query{display:flex;gap:12px;min-width:400px;max-width:440px}
-figure{margin:0}
-img{display:block;width:150px;height:150px;object-fit:contain;border-radius:4px;background:#000}
-.query-image img{width:180px;height:180px}
-.answer h2{font-size:13px;margin:0 0 4px;word-break:break-all}
-.answer .label{margin:4px 0}
-.answer dl{display:grid;grid-template-columns:auto auto;gap:0 10px;margin:4px 0}
-.answer dt{color:#5a6270}.answer dd{margin:0;font-variant-numeric:tabular-nums}
-.question{font-style:italic;margin:0;color:#5a6270}
-.error{color:#d64545}
-.badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;color:#fff;margin-left:4px}
-.badge.abstain{background:#e0a100}.badge.right{background:#2f9e44}.badge.wrong{background:#d64545}.badge.inconsistent{background:#7a5af8}
-.neighbours{display:flex;gap:10px;flex-wrap:wrap}
-.neighbour{width:170px;font-size:12px}
-.neighbour figcaption span{display:block}
-.neighbour .meta{color:#5a6270}
-.neighbour[data-agrees="0"] .pred{color:#d64545}
-.legend{font-size:12px;color:#c9cfdb;margin-left:12px}
-.legend i{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;vertical-align:middle}
-.neighbour .caption{color:#30384a;max-height:4.2em;overflow:hidden}
-.neighbour[data-head="text"] img{outline:3px solid #7a5af8}
-.neighbour[data-head="image"] img{outline:3px solid #5b8def}
-.noimage{width:140px;height:100px;display:flex;align-items:center;justify-content:center;background:#e4e6eb;color:#5a6270;font-size:12px;text-align:center;border-radius:4px}
-.empty{color:#5a6270}
-"""
-
-_SCRIPT = """
-(function () {
-  var container = document.getElementById("cases");
-  var cards = Array.prototype.slice.call(container.querySelectorAll("article.case"));
-  var filter = document.getElementById("filter");
-  var sort = document.getElementById("sort");
-  var count = document.getElementById("count");
-  var keep = {
-    all: function () { return true; },
-    abstain: function (c) { return c.dataset.abstain === "1"; },
-    answered: function (c) { return c.dataset.abstain === "0"; },
-    correct: function (c) { return c.dataset.correct === "1"; },
-    wrong: function (c) { return c.dataset.correct === "0"; },
-    inconsistent: function (c) { return c.dataset.consistent === "0"; },
-    error: function (c) { return c.dataset.error === "1"; }
-  };
-  function num(c, key) { var v = parseFloat(c.dataset[key]); return isNaN(v) ? -1 : v; }
-  function index(a, b) { return num(a, "index") - num(b, "index"); }
-  var orders = {
-    input: index,
-    "probability-asc": function (a, b) { return num(a, "probability") - num(b, "probability") || index(a, b); },
-    "probability-desc": function (a, b) { return num(b, "probability") - num(a, "probability") || index(a, b); },
-    "support-asc": function (a, b) { return num(a, "support") - num(b, "support") || index(a, b); },
-    "support-desc": function (a, b) { return num(b, "support") - num(a, "support") || index(a, b); }
-  };
-  function apply() {
-    var test = keep[filter.value] || keep.all;
-    var shown = 0;
-    cards.slice().sort(orders[sort.value] || index).forEach(function (c) {
-      container.appendChild(c);
-      c.hidden = !test(c);
-      if (!c.hidden) { shown += 1; }
-    });
-    count.textContent = "showing " + shown + " of " + cards.length;
-    document.body.setAttribute("data-filter", filter.value);
-    document.body.setAttribute("data-sort", sort.value);
-    try { history.replaceState(null, "", "#filter=" + filter.value + "&sort=" + sort.value); } catch (e) { /* file:// may refuse */ }
-  }
-  var params = new URLSearchParams(location.hash.slice(1));
-  if (keep.hasOwnProperty(params.get("filter"))) { filter.value = params.get("filter"); }
-  if (orders.hasOwnProperty(params.get("sort"))) { sort.value = params.get("sort"); }
-  filter.addEventListener("change", apply);
-  sort.addEventListener("change", apply);
-  apply();
-})();
-"""
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="llama-index-lvlm-retriever">
-<title>{title}</title>
-<style>{style}</style>
-</head>
-<body>
-<header>
-<h1>{title}</h1>
-<p class="summary">{summary}</p>
-<div class="controls">
-<label>Show <select id="filter">
-<option value="all">all cases</option>
-<option value="abstain">abstained</option>
-<option value="answered">answered (not abstained)</option>
-<option value="correct"{gold_disabled}>correct</option>
-<option value="wrong"{gold_disabled}>wrong</option>
-<option value="inconsistent">neighbours disagree</option>
-<option value="error">errors</option>
-</select></label>
-<label>Sort by <select id="sort">
-<option value="input">input order</option>
-<option value="probability-asc">probability, lowest first</option>
-<option value="probability-desc">probability, highest first</option>
-<option value="support-asc">support, lowest first</option>
-<option value="support-desc">support, highest first</option>
-</select></label>
-<span id="count"></span>
-<span class="legend">frame: <i style="background:#5b8def"></i>image head <i style="background:#7a5af8"></i>text head; a red prediction disagrees with the answer</span>
-</div>
-</header>
-<main id="cases">
-{cards}
-</main>
-<script>{script}</script>
-</body>
-</html>
-"""

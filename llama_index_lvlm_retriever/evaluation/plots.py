@@ -43,7 +43,8 @@ def save_report_plots(report: ConsistencyReport, directory: Path) -> list[Path]:
         directory: Output folder (created if missing).
 
     Returns:
-        The written paths.
+        The written paths: :data:`PLOT_NAMES` in order, then the clinical plots
+        (``reliability_diagram.png``, ``confusion_<system>.png``; see :mod:`.clinical_plots`).
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -62,7 +63,9 @@ def save_report_plots(report: ConsistencyReport, directory: Path) -> list[Path]:
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
         logger.debug("wrote %s", path)
-    return paths
+    from llama_index_lvlm_retriever.evaluation.clinical_plots import save_clinical_plots
+
+    return paths + save_clinical_plots(report, directory, figure_cls, canvas_cls)
 
 
 def _matplotlib() -> tuple[Any, Any]:

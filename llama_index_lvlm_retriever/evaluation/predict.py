@@ -4,7 +4,7 @@ For every case: retrieve the neighbours (``LVLMAwareRetriever.retrieve_batch``, 
 at a time), let the reader score every label given each neighbour alone (one batched
 ``reader.score`` per batch), and fuse the per-neighbour distributions with the arithmetic
 ``LVLMRerank`` uses (:mod:`~llama_index_lvlm_retriever.aggregation`): the answer, its probability,
-its support among the neighbours (``answer_support``), consistency, and ``abstain`` when the
+its support among the neighbours (``support``), consistency, and ``abstain`` when the
 support is below ``min_support`` (as ``LVLMDiagnosisQueryEngine`` does).
 
 With ``out_dir`` the rows are appended to ``predictions.jsonl`` after every batch (fsynced), so a
@@ -59,6 +59,7 @@ from llama_index_lvlm_retriever.evaluation.protocols import (
     TaskLike,
     log_probs_array,
 )
+from llama_index_lvlm_retriever.evaluation.viewer_header import label_display_names, viewer_header
 from llama_index_lvlm_retriever.provenance import (
     PROVENANCE_KEY,
     collect_provenance,
@@ -200,7 +201,10 @@ def predict(
         bar.close()
     ordered = [done[case.id] for case in cases]
     if out_dir is not None and log is not None:
-        _write_outputs(Path(out_dir), ordered, log, settings, models, provenance, started, viewer, viewer_images, labels)
+        _write_outputs(
+            Path(out_dir), ordered, log, settings, models, provenance, started, viewer, viewer_images, labels,
+            label_display_names(labels, getattr(task, "verbalizers", None)),
+        )
     return ordered
 
 
@@ -335,14 +339,18 @@ def _write_outputs(
     viewer: bool,
     viewer_images: ViewerImages,
     labels: tuple[str, ...],
+    label_names: Mapping[str, str],
 ) -> None:
     log.rewrite(rows)  # case order, stale rows of removed cases dropped
     write_predictions_csv(rows, out_dir / PREDICTIONS_CSV)
-    if viewer:
-        write_evidence_viewer(rows, out_dir / EVIDENCE_HTML, labels=labels, images=viewer_images)
     block = dict(provenance) if provenance is not None else collect_provenance(started_at=started)
     block["models"] = {**dict(block.get("models") or {}), **models}
     block["ended_at"] = utc_now()
+    if viewer:
+        write_evidence_viewer(
+            rows, out_dir / EVIDENCE_HTML, labels=labels, images=viewer_images, label_names=label_names,
+            provenance=viewer_header(block, task=str(settings.get("task") or "") or None),
+        )
     answered = [row for row in rows if row[ROW_ERROR] is None]
     scored = [row for row in answered if row[ROW_CORRECT] is not None]
     summary = {

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from llama_index_lvlm_retriever.evaluation._io import atomic_write_bytes
 from llama_index_lvlm_retriever.evaluation.bootstrap import Estimate
+from llama_index_lvlm_retriever.evaluation.clinical_report import clinical_blocks, clinical_markdown
 from llama_index_lvlm_retriever.evaluation.comparison import PairedComparison, compare_rows
 from llama_index_lvlm_retriever.evaluation.records import CaseResult
 from llama_index_lvlm_retriever.evaluation.system_metrics import AT_K_METRICS, METRIC_DESCRIPTIONS
@@ -79,6 +80,13 @@ class ConsistencyReport:
         baseline: The reference system of ``comparisons`` (it defines the consistency subsets).
         settings: How the report was computed (aggregation method, temperature, bootstrap
             resamples, confidence, seed, ...).
+        subgroups: Per metadata field, per system, per group value: metric -> estimate (see
+            :func:`~llama_index_lvlm_retriever.evaluation.subgroups.subgroup_estimates`); empty
+            unless subgroups were requested.
+        risk_control: Per system, the threshold chosen for a target risk with its bound and the
+            test risk and coverage (:meth:`RiskControl.to_dict
+            <llama_index_lvlm_retriever.evaluation.risk_control.RiskControl.to_dict>`); empty
+            unless requested.
 
     Example:
         .. code-block:: python
@@ -101,6 +109,8 @@ class ConsistencyReport:
     comparisons: tuple[PairedComparison, ...] = ()
     baseline: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    subgroups: dict[str, dict[str, dict[str, dict[str, Estimate]]]] = field(default_factory=dict)
+    risk_control: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_cases(self) -> int:
@@ -205,6 +215,7 @@ class ConsistencyReport:
             "curves": {system: dict(self.curves[system]) for system in self.systems},
             "comparisons": [c.to_dict() for c in self.comparisons],
             "rows": {system: [row.to_dict() for row in self.rows[system]] for system in self.systems},
+            **clinical_blocks(self),
         }
 
     @classmethod
@@ -233,6 +244,14 @@ class ConsistencyReport:
             comparisons=tuple(PairedComparison.from_dict(c) for c in record["comparisons"]),
             baseline=record.get("baseline"),
             settings=dict(record.get("settings", {})),
+            subgroups={
+                f: {
+                    s: {g: {m: Estimate.from_dict(e) for m, e in metrics.items()} for g, metrics in groups.items()}
+                    for s, groups in by_system.items()
+                }
+                for f, by_system in (record.get("subgroups") or {}).items()
+            },
+            risk_control={s: dict(c) for s, c in (record.get("risk_control") or {}).items()},
         )
 
     def to_json(self, path: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
@@ -316,6 +335,7 @@ class ConsistencyReport:
         for system in self.systems:
             cells = [_fmt(self.estimates[system][f"f1_{label}"].value) for label in self.labels]
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines += clinical_markdown(self)
         lines += ["", "## Metric definitions", ""]
         lines += [f"- **{name}**: {text}" for name, text in METRIC_DESCRIPTIONS.items()]
         return "\n".join(lines) + "\n"

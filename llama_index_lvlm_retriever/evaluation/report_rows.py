@@ -80,7 +80,7 @@ def report_viewer_rows(
                 keys.NEIGHBOUR_KB_ID: kb_id,
                 keys.NEIGHBOUR_HEAD: head,
                 keys.NEIGHBOUR_RETRIEVAL_SCORE: score,
-                keys.NEIGHBOUR_LABEL: prediction,
+                keys.NEIGHBOUR_PREDICTION: prediction,
                 keys.NEIGHBOUR_PROBABILITY: confidence,
                 NEIGHBOUR_IMAGE_PATH: (item.image_path or None) if item else None,
                 NEIGHBOUR_TEXT: item.text if item else "",
@@ -92,15 +92,16 @@ def report_viewer_rows(
             ROW_IMAGE_PATH: case.image_path,
             ROW_QUESTION: case.question,
             ROW_GOLD: list(result.gold),
-            keys.LABEL: answer,
-            keys.LABEL_PROBABILITY: result.probability,
+            keys.ANSWER: answer,
+            keys.PROBABILITY: result.probability,
+            keys.DISTRIBUTION: dict(zip(report.labels, result.distribution)),
             keys.SUPPORT: result.support,
             keys.WEIGHTED_SUPPORT: result.weighted_support,
             keys.CONSISTENT: result.consistent,
             keys.ABSTAIN: None if min_support is None else bool(result.support < min_support - 1e-12),
             ROW_CORRECT: bool(result.correct),
             ROW_ERROR: None,
-            keys.NEIGHBOUR_PREDICTIONS: neighbours,
+            keys.NEIGHBOURS: neighbours,
         })
     return rows
 

@@ -13,7 +13,10 @@ Metric names (keys of :func:`system_statistics`; the Markdown report explains ea
   and ``label_recall`` (share of cases with at least one such neighbour), over the cases that have
   labelled neighbours, "@k";
 * selective prediction, abstaining on low agreement: ``aurc`` (area under the risk-coverage
-  curve) and ``disagreement_auroc`` (AUROC of ``1 - agreement`` as a detector of wrong answers).
+  curve) and ``disagreement_auroc`` (AUROC of ``1 - agreement`` as a detector of wrong answers);
+* clinical (:mod:`.clinical_metrics`): ``sensitivity_<label>``, ``specificity_<label>``,
+  ``ppv_<label>``, ``npv_<label>`` one-vs-rest per label, and ``ece`` (expected calibration error
+  of the answer's probability, 10 equal-width bins).
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_index_lvlm_retriever.evaluation.bootstrap import Statistic
+from llama_index_lvlm_retriever.evaluation.clinical_metrics import (
+    CLASS_RATES,
+    DEFAULT_ECE_BINS,
+    class_rates,
+    expected_calibration_error,
+)
 from llama_index_lvlm_retriever.evaluation.metrics import (
     aurc,
     auroc,
@@ -56,8 +65,13 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "accuracy_text_head": "accuracy of the answer from the text head's neighbours alone (paper: acc text)",
     "aurc": "area under the risk-coverage curve when abstaining on low agreement (lower is better)",
     "disagreement_auroc": "AUROC of (1 - agreement) for detecting wrong answers",
+    "ece": f"expected calibration error of the answer's probability ({DEFAULT_ECE_BINS} equal-width bins over [0, 1])",
+    "sensitivity_LABEL": "one-vs-rest TP / (TP + FN) for the label",
+    "specificity_LABEL": "one-vs-rest TN / (TN + FP) for the label",
+    "ppv_LABEL": "positive predictive value TP / (TP + FP) (depends on prevalence)",
+    "npv_LABEL": "negative predictive value TN / (TN + FN) (depends on prevalence)",
 }
-"""What each system metric means (per-label ``f1_<label>`` metrics are not listed)."""
+"""What each system metric means (``LABEL`` stands for each label name; ``f1_<label>`` is not listed)."""
 
 AT_K_METRICS: frozenset[str] = frozenset({"oracle", "all_correct", "oracle_gap", "label_precision", "label_recall"})
 """Metrics that depend on the number of neighbours; flat metric keys carry ``@k`` for them."""
@@ -175,6 +189,10 @@ def system_statistics(rows: Sequence[CaseResult], labels: Sequence[str]) -> dict
     }
     for j, label in enumerate(labels):
         stats[f"f1_{label}"] = _label_f1(a, j)
+        for rate in CLASS_RATES:
+            stats[f"{rate}_{label}"] = _label_rate(a, j, rate)
+    confidence = np.array([row.probability for row in rows], dtype=np.float64)
+    stats["ece"] = lambda w: expected_calibration_error(confidence, a.correct, w, DEFAULT_ECE_BINS)
     return stats
 
 
@@ -198,3 +216,8 @@ def _head_correct(rows: Sequence[CaseResult], head: str) -> np.ndarray:
 def _label_f1(a: CaseArrays, j: int) -> Statistic:
     # A factory so each closure keeps its own label index.
     return lambda w: f1_per_label(a.predicted[:, j : j + 1], a.gold[:, j : j + 1], w)[:, 0]
+
+
+def _label_rate(a: CaseArrays, j: int, rate: str) -> Statistic:
+    # A factory so each closure keeps its own label index and rate.
+    return lambda w: class_rates(a.predicted[:, j : j + 1], a.gold[:, j : j + 1], w)[rate][:, 0]

@@ -108,6 +108,9 @@ def test_diagnose_bad_inputs(setup: dict[str, str], tmp_path: Path) -> None:
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--k-text", "-1"])
     with pytest.raises(CLIError, match=r"--min-support must be in \(0, 1\], got 0.0"):
         _run([*base, "--task", "breastmnist", "--image", setup["image"], "--min-support", "0"])
+    (tmp_path / "t.json").write_text('{"kind": "other"}')
+    with pytest.raises(CLIError, match="--threshold-file: .*t.json' is not a threshold file"):
+        _run([*base, "--task", "breastmnist", "--image", setup["image"], "--threshold-file", str(tmp_path / "t.json")])
 
 
 def test_diagnose_reads_the_task_from_a_reader_folder(setup: dict[str, str], tmp_path: Path,
@@ -134,7 +137,28 @@ def test_diagnose_writes_the_evidence_viewer(setup: dict[str, str], tmp_path: Pa
     assert page.count('<article class="case"') == 1 and '<h2 title="query.png">' in page
     # The query and each neighbour are embedded images, each neighbour with the reader's prediction.
     assert page.count('class="neighbour"') == len(out[keys.NEIGHBOURS]) >= 1
-    assert page.count("src=\"data:image/png;base64,") == 1 + len(out[keys.NEIGHBOURS])
+    assert page.count("data-img=") == 1 + len(out[keys.NEIGHBOURS]) and 1 <= page.count("data:image/jpeg;base64,") <= 1 + len(out[keys.NEIGHBOURS])
+    names = {"malignant": "malignant (yes)", "benign": "benign (no)"}  # breastmnist's labels and verbalizers
     for row in out[keys.NEIGHBOURS]:
-        assert "<b>#" in page and row["kb_id"] in page and f"predicts <b>{row['prediction']}</b>" in page
-    assert f"answer: <b>{out[keys.ANSWER]}</b>" in page
+        assert "<b>#" in page and row[keys.NEIGHBOUR_KB_ID] in page and f"reader given it alone: <b>{names[row[keys.NEIGHBOUR_PREDICTION]]}</b>" in page
+    assert f"answer: <b>{names[out[keys.ANSWER]]}</b>" in page
+    # Review aids: the notice, provenance and the answer's distribution, each neighbour's KB label.
+    assert "Research use only. Not a medical device" in page and "<dt>reader</dt>" in page
+    assert "<dt>knowledge base</dt>" in page and "fingerprint" in page and "<dt>task</dt><dd>breastmnist</dd>" in page
+    assert '<table class="dist"' in page and page.count("KB label: <b>") == len(out[keys.NEIGHBOURS])
+
+
+def test_diagnose_takes_the_threshold_file_of_evaluate(setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from llama_index_lvlm_retriever.evaluation.risk_control import (
+        choose_min_support,
+        save_threshold_file,
+    )
+
+    control = choose_min_support(np.array([1.0] * 30 + [0.5] * 10), np.array([True] * 30 + [True, False] * 5), 0.1, 0.1)
+    threshold = save_threshold_file(tmp_path / "threshold.json", control)  # min_support 0.51
+    assert _run(["diagnose", "--kb", setup["kb"], "--reader", setup["reader"], "--task", "breastmnist", "--image",
+                 setup["image"], "--k-image", "1", "--k-text", "1", "--threshold-file", str(threshold), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[keys.ABSTAIN] == (out[keys.SUPPORT] < 0.51)

@@ -188,3 +188,81 @@ def test_defaults_match_the_paper() -> None:
     args = _parse(["evaluate", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r"])
     assert (args.k_image, args.k_text, args.head_fusion) == (2, 2, "max")  # the paper's 2 + 2, max-normalised
     assert (args.bootstrap, args.seed, args.aggregation, args.system) == (1000, 0, "weighted", [])
+
+
+def test_clinical_metrics_subgroups_and_a_risk_controlled_threshold(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root: Path = world["root"]
+    lines = (root / "data" / "test.jsonl").read_text().splitlines()
+    cases_file = tmp_path / "cases.jsonl"  # the test cases with a site each: north for the first three
+    cases_file.write_text("".join(
+        json.dumps({**json.loads(line), "site": "north" if i < 3 else "south", "image_path": str(root / "data" / json.loads(line)["image_path"])}) + "\n"
+        for i, line in enumerate(lines)
+    ))
+    out = tmp_path / "eval"
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", str(cases_file), "--reader", str(root / "models" / "reader"),
+        "--task", str(root / "data" / "task.json"), "--bootstrap", "20", "--no-closed-book", "--out", str(out),
+        "--no-progress", "--group-by", "site", "--target-risk", "0.9", "--risk-delta", "0.5",
+    ])
+    assert args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Clinical metrics per class" in printed and "## Subgroups by `site`" in printed
+    report = ConsistencyReport.from_json(out / "report.json")
+    labels = report.labels
+    for label in labels:
+        for rate in ("sensitivity", "specificity", "ppv", "npv"):
+            assert f"{rate}_{label}" in report.estimates["standard RAG"]
+    assert math.isfinite(report.estimate("standard RAG", "ece").value)
+    groups = report.subgroups["site"]["standard RAG"]
+    assert (groups["north"]["n"].value, groups["south"]["n"].value) == (3, 5)
+    # 8 cases, half for validation: 4 choose the threshold, 4 test it
+    control = report.risk_control["standard RAG"]
+    assert control["validation_cases"] == 4 and control["test_cases"] == 4 and control["target_risk"] == 0.9
+    assert (out / "reliability_diagram.png").is_file() and (out / "confusion_standard_RAG.png").is_file()
+    if control["threshold"] is not None:
+        saved = json.loads((out / "threshold_standard_RAG.json").read_text())
+        assert saved["min_support"] == control["threshold"] and saved["system"] == "standard RAG"
+        assert f"target risk 0.9 (standard RAG): min_support {control['threshold']:.2f}, bound" in printed
+        # the viewer marks abstentions at the chosen threshold
+        page = (out / "evidence_standard_RAG.html").read_text(encoding="utf-8")
+        rows = report.rows["standard RAG"]
+        n_abstain = sum(row.support < control["threshold"] - 1e-12 for row in rows)
+        assert len(re.findall(r'<article class="case"[^>]* data-abstain="1"', page)) == n_abstain
+    else:
+        assert "no min_support certified" in printed
+
+
+def test_abstention_and_group_options_are_checked(world: dict[str, Any], tmp_path: Path) -> None:
+    root: Path = world["root"]
+    base = ["evaluate", "--kb", str(root / "kb"), "--cases", str(root / "data" / "test.jsonl"), "--reader",
+            str(root / "models" / "reader"), "--task", str(root / "data" / "task.json"), "--out", str(tmp_path)]
+    for extra, message in (
+        (["--target-risk", "1.5"], r"--target-risk must be in \(0, 1\), e.g. 0.1; got 1.5"),
+        (["--risk-delta", "0"], r"--risk-delta must be in \(0, 1\)"),
+        (["--min-support", "0"], r"--min-support must be in \(0, 1\], got 0.0"),
+        (["--validation-fraction", "1"], r"--validation-fraction must be in \(0, 1\)"),
+        (["--validation-cases", "v.jsonl"], "--validation-cases is only used with --target-risk"),
+        (["--group-by", "site"], "--group-by site: no case has the metadata field 'site'"),
+    ):
+        args = _parse([*base, *extra])
+        with pytest.raises(CLIError, match=message):
+            args.handler(args)
+    assert evaluate.threshold_file_name("LVLM-aware RAG") == "threshold_LVLM-aware_RAG.json"
+
+
+def test_target_risk_on_separate_validation_cases(world: dict[str, Any], tmp_path: Path) -> None:
+    root: Path = world["root"]
+    cases = str(root / "data" / "test.jsonl")
+    args = _parse([
+        "evaluate", "--kb", str(root / "kb"), "--cases", cases, "--reader", str(root / "models" / "reader"),
+        "--task", str(root / "data" / "task.json"), "--bootstrap", "5", "--no-closed-book", "--out", str(tmp_path),
+        "--no-progress", "--no-viewer", "--target-risk", "0.9", "--risk-delta", "0.5", "--validation-cases", cases,
+    ])
+    assert args.handler(args) == 0
+    control = ConsistencyReport.from_json(tmp_path / "report.json").risk_control["standard RAG"]
+    # Chosen on the 8 validation cases, tested on all 8 evaluated cases (the same file here).
+    assert control["validation_cases"] == 8 and control["test_cases"] == 8
+    if control["threshold"] is not None:
+        assert control["test_risk"] == control["validation_risk"]  # same cases, same threshold, same risk

@@ -100,7 +100,7 @@ def test_predict_dicom_directory(setup: dict[str, Path], tmp_path: Path) -> None
     assert all(row["error"] is None and row["answer"] in ("malignant", "benign") for row in rows)
     page = (out / "evidence.html").read_text()
     assert page.count('<article class="case"') == len(rows) and "data:image" not in page
-    assert len(list((out / "evidence_files").glob("*.png"))) >= len(rows)
+    assert len(list((out / "evidence_files").glob("*.jpg"))) >= len(rows)
 
 
 def test_predict_case_file_with_gold(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -125,3 +125,22 @@ def test_predict_bad_inputs(setup: dict[str, Path], tmp_path: Path, capsys: pyte
     assert "pass either --heads DIR or --image-head/--text-head" in capsys.readouterr().err
     assert main([*base, "--images", str(setup["images"]), "--k-image", "0", "--k-text", "0"]) == 2
     assert "--k-image and --k-text are both 0" in capsys.readouterr().err
+
+
+def test_predict_takes_the_threshold_file_of_evaluate(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llama_index_lvlm_retriever.evaluation.risk_control import (
+        choose_min_support,
+        save_threshold_file,
+    )
+
+    # 30 unanimous right validation cases, 10 at support 1/2 with 5 errors: min_support 0.51 (test_risk_control)
+    control = choose_min_support(np.array([1.0] * 30 + [0.5] * 10), np.array([True] * 30 + [True, False] * 5), 0.1, 0.1)
+    threshold = save_threshold_file(tmp_path / "threshold.json", control)
+    out = tmp_path / "out"
+    assert main([*_base(setup, out), "--cases", str(setup["cases"]), "--threshold-file", str(threshold)]) == 0
+    assert "(support < 0.51)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["abstain"] == (row["support"] < 0.51) for row in rows)
+    assert json.loads((out / "predict_run.json").read_text())["provenance"]["options"]["min_support"] == 0.51
+    assert main([*_base(setup, tmp_path / "o2"), "--cases", str(setup["cases"]), "--threshold-file", str(tmp_path / "none.json")]) == 2
+    assert "--threshold-file: no threshold file at" in capsys.readouterr().err

@@ -113,7 +113,10 @@ def test_markdown_has_one_row_per_system(report) -> None:
 
 def test_plots_are_valid_pngs(report, tmp_path: Path) -> None:
     paths = report.save_plots(tmp_path / "plots")
-    assert [p.name for p in paths] == ["accuracy_by_consistency.png", "agreement_histogram.png", "risk_coverage.png"]
+    assert [p.name for p in paths] == [
+        "accuracy_by_consistency.png", "agreement_histogram.png", "risk_coverage.png", "reliability_diagram.png",
+        *[f"confusion_{s}.png" for s in report.systems],
+    ]
     for path in paths:
         with Image.open(path) as image:
             image.verify()
@@ -123,7 +126,10 @@ def test_plots_are_valid_pngs(report, tmp_path: Path) -> None:
 
 def test_write_report_writes_everything(report, tmp_path: Path) -> None:
     paths = write_report(report, tmp_path / "out")
-    assert set(paths) == {"json", "markdown", "accuracy_by_consistency", "agreement_histogram", "risk_coverage"}
+    assert set(paths) == {
+        "json", "markdown", "accuracy_by_consistency", "agreement_histogram", "risk_coverage", "reliability_diagram",
+        *[f"confusion_{s}" for s in report.systems],
+    }
     assert all(p.is_file() for p in paths.values())
     assert paths["markdown"].read_text() == report.to_markdown()
     assert ConsistencyReport.from_json(paths["json"]).to_dict() == report.to_dict()
