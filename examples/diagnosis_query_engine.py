@@ -30,11 +30,11 @@ import numpy as np
 from llama_index.core.schema import QueryBundle
 from PIL import Image
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.evaluation.consistency_evaluator import ConsistencyEvaluator
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.tasks import get_task

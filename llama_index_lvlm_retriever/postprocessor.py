@@ -21,7 +21,6 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, ImageNode, NodeWithScore, QueryBundle
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -38,6 +37,7 @@ from llama_index_lvlm_retriever.aggregation import (
 )
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.readers.base import Reader
 from llama_index_lvlm_retriever.retriever.nodes import META_KB_ID, META_LABEL, node_head
 
@@ -101,7 +101,7 @@ class LVLMRerankResult:
     def response_metadata(
         self, *, label_key: str, confidence_key: str, id_key: str, retrieval_score_key: str = "retrieval_score"
     ) -> dict[str, Any]:
-        """The ``Response.metadata`` dict (keys of :mod:`~llama_index_lvlm_retriever.metadata_keys`).
+        """The ``Response.metadata`` dict (keys of :mod:`~llama_index_lvlm_retriever.outputs.metadata_keys`).
 
         Args:
             label_key: Node metadata key holding each node's predicted label.

@@ -20,7 +20,6 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -28,6 +27,7 @@ from llama_index_lvlm_retriever.aggregation import (
 )
 from llama_index_lvlm_retriever.heads import QueryHead
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.postprocessor import (
     NO_IMAGE_MESSAGE,
     LVLMRerank,
@@ -48,7 +48,7 @@ class LVLMDiagnosisQueryEngine(BaseQueryEngine):
 
     ``query(QueryBundle(question, image_path=...))`` returns a ``Response`` whose text is the answer
     in words, whose ``source_nodes`` are the reranked evidence and whose ``metadata`` holds the keys
-    of :mod:`~llama_index_lvlm_retriever.metadata_keys`: the label, its probability, the aggregated
+    of :mod:`~llama_index_lvlm_retriever.outputs.metadata_keys`: the label, its probability, the aggregated
     distribution, the consistency statistics, the answer's support (``support``: the share of
     neighbours whose own prediction is the answer shown, and its retrieval-weighted form), the
     per-neighbour predictions (each with the head that found it) and ``abstain`` (``True`` when the

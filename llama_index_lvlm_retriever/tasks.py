@@ -43,8 +43,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.errors import InputFormatError, UsageError
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

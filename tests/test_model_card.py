@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig, load_head
-from llama_index_lvlm_retriever.model_card import write_model_card
+from llama_index_lvlm_retriever.outputs.model_card import write_model_card
 from llama_index_lvlm_retriever.tasks import get_task
 
 

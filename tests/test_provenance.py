@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
-from llama_index_lvlm_retriever.provenance import (
+from llama_index_lvlm_retriever.outputs.provenance import (
     collect_provenance,
     describe_head,
     describe_model,

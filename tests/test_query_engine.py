@@ -20,10 +20,10 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle
 from PIL import Image
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import aggregate
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.evaluation.consistency_evaluator import ConsistencyEvaluator
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.postprocessor import (
     META_LVLM_DISTRIBUTION,
     META_RETRIEVAL_SCORE,

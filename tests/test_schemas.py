@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_index_lvlm_retriever import metadata_keys as keys
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.schemas import SCHEMA_NAMES, load_schema, schema_path
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the test extra) validates the schemas")

@@ -18,13 +18,13 @@ import logging
 import time
 from pathlib import Path
 
-from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.demo.config import dataset_config
 from llama_index_lvlm_retriever.demo.data import load_demo_data
 from llama_index_lvlm_retriever.demo.miniature import train_small_clip
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.evaluation.kb_diagnostics import diagnose_kb
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.storage.files import atomic_write_json
 
 
 def room(dataset: str, size: int, strength: float, seed: int, out: Path) -> dict[str, float]:

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
 from llama_index_lvlm_retriever.demo.config import dataset_config, quick_config
 from llama_index_lvlm_retriever.demo.pipeline import prepare_seed
 from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
+from llama_index_lvlm_retriever.storage.files import atomic_write_json
 from llama_index_lvlm_retriever.training import (
     RetrieverFinetuneEngine,
     TrainerConfig,

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.errors import UsageError
+from llama_index_lvlm_retriever.storage.files import atomic_write_json
 
 
 class CLIError(UsageError):

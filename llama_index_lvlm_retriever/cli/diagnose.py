@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any, get_args
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -26,6 +25,7 @@ from llama_index_lvlm_retriever.cli._threshold import (
     apply_threshold_file,
 )
 from llama_index_lvlm_retriever.cli.kb import format_table, node_summary
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _provenance(
     args: argparse.Namespace, engine: Any, kb: Any, reader: Any, image_head: str | None, text_head: str | None
 ) -> dict[str, Any]:
     """The provenance block of this run (knowledge base, encoder, reader, heads) for the viewer's header."""
-    from llama_index_lvlm_retriever.provenance import (
+    from llama_index_lvlm_retriever.outputs.provenance import (
         collect_provenance,
         describe_head,
         describe_knowledge_base,

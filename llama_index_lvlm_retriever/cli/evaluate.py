@@ -137,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from llama_index_lvlm_retriever.evaluation.report import write_report
     from llama_index_lvlm_retriever.evaluation.risk_control import save_threshold_file
     from llama_index_lvlm_retriever.evaluation.subgroups import subgroup_estimates
-    from llama_index_lvlm_retriever.provenance import (
+    from llama_index_lvlm_retriever.outputs.provenance import (
         collect_provenance,
         describe_head,
         describe_knowledge_base,

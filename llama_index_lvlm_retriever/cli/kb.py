@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.cli._common import (
     CLIError,
     add_config_option,
@@ -30,6 +29,7 @@ from llama_index_lvlm_retriever.cli._loading import (
 )
 from llama_index_lvlm_retriever.cli._options import add_command_parser, add_deprecated_alias
 from llama_index_lvlm_retriever.errors import DataError, InputFormatError
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 logger = logging.getLogger(__name__)
 

@@ -83,7 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from llama_index_lvlm_retriever import metadata_keys as keys
     from llama_index_lvlm_retriever.cli._loading import (
         heads_dir_paths,
         load_cases,
@@ -101,7 +100,8 @@ def _predict(args: argparse.Namespace) -> int:
         RUN_FILE,
         predict,
     )
-    from llama_index_lvlm_retriever.provenance import collect_provenance
+    from llama_index_lvlm_retriever.outputs import metadata_keys as keys
+    from llama_index_lvlm_retriever.outputs.provenance import collect_provenance
 
     check_retrieval_options(args)
     option, source = _input_option(args)

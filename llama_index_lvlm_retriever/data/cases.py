@@ -9,10 +9,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import Case, resolve_path
 from llama_index_lvlm_retriever.errors import InputFormatError
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes
 from llama_index_lvlm_retriever.data.images import image_content_hash
 from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

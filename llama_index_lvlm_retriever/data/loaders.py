@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes
 from llama_index_lvlm_retriever.data._text import csv_source, read_utf8_text, text_lines
 from llama_index_lvlm_retriever.data.records import KBItem, resolve_path
 from llama_index_lvlm_retriever.errors import InputFormatError, UsageError
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes
 
 __all__ = ["kb_item_from_record", "kb_items_from_records", "load_kb_csv", "load_kb_jsonl", "load_medmnist_npz"]
 

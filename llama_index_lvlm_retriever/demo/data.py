@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes
 from llama_index_lvlm_retriever.data.elpv import ELPV_LICENSE, load_elpv_arrays
 from llama_index_lvlm_retriever.data.fashion_mnist import load_fashion_mnist
 from llama_index_lvlm_retriever.data.loaders import load_medmnist_npz
@@ -33,6 +32,7 @@ from llama_index_lvlm_retriever.demo.roles import (
     check_roles_disjoint,
     role_table,
 )
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
 
 logger = logging.getLogger(__name__)

@@ -26,13 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama_index_lvlm_retriever._dirswap import (
-    remove_leftovers,
-    replace_directory,
-    restore_previous,
-)
-from llama_index_lvlm_retriever._io import atomic_write_json, make_temp_dir
-from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
 from llama_index_lvlm_retriever.demo.config import MINIATURE_DATASETS, DemoConfig
 from llama_index_lvlm_retriever.demo.data import (
@@ -59,6 +52,13 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.cached import CachedReader
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.storage.dirswap import (
+    remove_leftovers,
+    replace_directory,
+    restore_previous,
+)
+from llama_index_lvlm_retriever.storage.files import atomic_write_json, make_temp_dir
+from llama_index_lvlm_retriever.storage.locking import folder_lock
 from llama_index_lvlm_retriever.training.config import FeedbackConfig, TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache

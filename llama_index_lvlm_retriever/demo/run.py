@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from llama_index.core.schema import QueryBundle
 
-from llama_index_lvlm_retriever import metadata_keys as keys
-from llama_index_lvlm_retriever._io import atomic_write_json, atomic_write_text
 from llama_index_lvlm_retriever.demo.config import DemoConfig
 from llama_index_lvlm_retriever.demo.pipeline import (
     AWARE_ROW,
@@ -34,7 +32,9 @@ from llama_index_lvlm_retriever.evaluation.consistency_evaluator import Consiste
 from llama_index_lvlm_retriever.evaluation.predictions import evaluate_predictions
 from llama_index_lvlm_retriever.evaluation.records import CasePrediction
 from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport, write_report
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
+from llama_index_lvlm_retriever.storage.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

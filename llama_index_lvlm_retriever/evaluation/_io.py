@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes
 
 __all__ = ["atomic_write_bytes"]

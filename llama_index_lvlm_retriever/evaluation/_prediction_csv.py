@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever import metadata_keys as keys
-from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 
 # Case-level columns, in order: the row keys themselves (one vocabulary, metadata_keys).
 _CASE_COLUMNS = (

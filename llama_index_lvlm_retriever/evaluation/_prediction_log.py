@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llama_index_lvlm_retriever._io import atomic_write_json, atomic_write_text
+from llama_index_lvlm_retriever.storage.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from llama_index.core.schema import MetadataMode, NodeWithScore
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     aggregate,
     answer_support,
@@ -23,6 +22,7 @@ from llama_index_lvlm_retriever.aggregation import (
     predict_label_set,
 )
 from llama_index_lvlm_retriever.data.records import Case, KBItem
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.retriever import META_KB_ID, META_LABEL, node_head
 
 # Row keys besides the answer keys (the names live in metadata_keys, one vocabulary for every output).

@@ -1,7 +1,7 @@
 """ConsistencyEvaluator: a LlamaIndex evaluator of retrieval consistency for one diagnosis response.
 
 It reads the metadata ``LVLMDiagnosisQueryEngine`` puts on its ``Response`` (keys in
-:mod:`llama_index_lvlm_retriever.metadata_keys`) and needs no LLM: the score is the neighbours'
+:mod:`llama_index_lvlm_retriever.outputs.metadata_keys`) and needs no LLM: the score is the neighbours'
 agreement, the response passes when they all led to the same answer, and the feedback names the
 neighbours that disagreed. It works with ``BatchEvalRunner`` like any core evaluator.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from llama_index.core.base.response.schema import Response
 from llama_index.core.evaluation.base import BaseEvaluator, EvaluationResult
 
-from llama_index_lvlm_retriever import metadata_keys as keys
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 __all__ = ["ConsistencyEvaluator"]
 

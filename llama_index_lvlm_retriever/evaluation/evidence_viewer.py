@@ -34,8 +34,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from llama_index_lvlm_retriever import metadata_keys as keys
-from llama_index_lvlm_retriever._io import atomic_write_bytes, atomic_write_text
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.evaluation._prediction_rows import (
     NEIGHBOUR_IMAGE_PATH,
@@ -55,6 +53,8 @@ from llama_index_lvlm_retriever.evaluation._viewer_assets import (
     SCRIPT,
     STYLE,
 )
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["AUTO_EMBED_MAX_CASES", "JPEG_QUALITY", "RESEARCH_NOTICE", "ViewerImages", "write_evidence_viewer"]
 
@@ -86,7 +86,7 @@ def write_evidence_viewer(
     ``weighted_support``, ``consistent``, ``abstain``, ``gold``, ``correct``, ``error`` and
     ``neighbours`` (each with ``kb_id``, ``kb_label``, ``head``, ``retrieval_score``,
     ``prediction``, ``probability``, ``image_path``, ``text``): the vocabulary of
-    :mod:`~llama_index_lvlm_retriever.metadata_keys`. ``evaluate`` and ``diagnose`` rows use it too.
+    :mod:`~llama_index_lvlm_retriever.outputs.metadata_keys`. ``evaluate`` and ``diagnose`` rows use it too.
 
     Args:
         rows: The cases, in the order the page lists them by default.

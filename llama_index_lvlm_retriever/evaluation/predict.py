@@ -28,8 +28,6 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from tqdm.auto import tqdm
 
-from llama_index_lvlm_retriever import metadata_keys as keys
-from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.aggregation import DEFAULT_TEMPERATURE, AggregationMethod
 from llama_index_lvlm_retriever.data.images import ImageLoadError, load_image
 from llama_index_lvlm_retriever.data.records import Case
@@ -60,7 +58,8 @@ from llama_index_lvlm_retriever.evaluation.protocols import (
     log_probs_array,
 )
 from llama_index_lvlm_retriever.evaluation.viewer_header import label_display_names, viewer_header
-from llama_index_lvlm_retriever.provenance import (
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
+from llama_index_lvlm_retriever.outputs.provenance import (
     PROVENANCE_KEY,
     collect_provenance,
     describe_head,
@@ -68,6 +67,7 @@ from llama_index_lvlm_retriever.provenance import (
     describe_model,
     utc_now,
 )
+from llama_index_lvlm_retriever.storage.files import atomic_write_json
 
 __all__ = [
     "EVIDENCE_HTML",
@@ -142,12 +142,12 @@ def predict(
         viewer_images: How the viewer holds images: ``"embed"`` (data URIs, one file),
             ``"copy"`` (thumbnails in ``evidence_files/`` beside it), ``"auto"`` (embed up to
             200 cases).
-        provenance: A block from :func:`~llama_index_lvlm_retriever.provenance.collect_provenance`
+        provenance: A block from :func:`~llama_index_lvlm_retriever.outputs.provenance.collect_provenance`
             (the CLI adds its command and inputs); the models are filled in here. Default: a new one.
         show_progress: Show a progress bar over cases.
 
     Returns:
-        One dict per case, in case order (keys of :mod:`~llama_index_lvlm_retriever.metadata_keys`,
+        One dict per case, in case order (keys of :mod:`~llama_index_lvlm_retriever.outputs.metadata_keys`,
         schema ``predictions.schema.json``): ``case_id``, ``image_path``, ``question``, ``gold``,
         ``answer`` (a list for multi-label tasks), ``probability``, ``distribution``, ``support``,
         ``weighted_support``, ``consistent``, ``agreement``, ``vote_entropy``, ``n_distinct``,

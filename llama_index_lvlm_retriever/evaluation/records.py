@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import (
     DEFAULT_TEMPERATURE,
     AggregationMethod,
@@ -25,6 +24,7 @@ from llama_index_lvlm_retriever.aggregation import (
     predict_label,
     predict_label_set,
 )
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 __all__ = ["CasePrediction", "CaseResult", "score_case"]
 

@@ -259,7 +259,7 @@ class ConsistencyReport:
 
         Args:
             path: Target file.
-            provenance: A block from :func:`~llama_index_lvlm_retriever.provenance.collect_provenance`,
+            provenance: A block from :func:`~llama_index_lvlm_retriever.outputs.provenance.collect_provenance`,
                 stored under ``"provenance"`` (:meth:`from_json` ignores it).
         """
         path = Path(path)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.aggregation import neighbour_prediction
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.evaluation._prediction_rows import (
@@ -28,6 +27,7 @@ from llama_index_lvlm_retriever.evaluation._prediction_rows import (
     ROW_QUESTION,
 )
 from llama_index_lvlm_retriever.evaluation.report import ConsistencyReport
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 __all__ = ["report_viewer_rows"]
 

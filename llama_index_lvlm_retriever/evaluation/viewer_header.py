@@ -2,7 +2,7 @@
 
 A reviewer must be able to tell which model, knowledge base and heads produced a page.
 :func:`viewer_header` reads a block of
-:func:`~llama_index_lvlm_retriever.provenance.collect_provenance` (``predict``, ``evaluate`` and
+:func:`~llama_index_lvlm_retriever.outputs.provenance.collect_provenance` (``predict``, ``evaluate`` and
 ``diagnose`` all write one) and returns the lines the viewer shows: package version, encoder,
 knowledge base folder and fingerprint, heads, reader, task and date.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llama_index_lvlm_retriever.provenance import utc_now
+from llama_index_lvlm_retriever.outputs.provenance import utc_now
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["label_display_names", "viewer_header"]

@@ -5,7 +5,7 @@ package versions; :func:`load_head` reads that name and hands the folder to the 
 under it, so any saved head loads through one call (and through ``QueryHead.from_pretrained``).
 Every head class registers itself with :func:`register_head` where it is defined.
 
-Saving is versioned (see :mod:`~llama_index_lvlm_retriever._versioned`): the weights go to
+Saving is versioned (see :mod:`~llama_index_lvlm_retriever.storage.versioned`): the weights go to
 ``model.<gen>.safetensors``, then ``config.json`` is replaced with one that names that file and its
 sha256 (under ``files``), then the previous weights are deleted, all under the folder's write lock.
 Re-saving over a head, killed at any point, leaves the old head or the new one; a load reads the
@@ -24,10 +24,11 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_bytes
 
-from llama_index_lvlm_retriever._dirswap import restore_previous
-from llama_index_lvlm_retriever._io import json_bytes
-from llama_index_lvlm_retriever._locking import folder_lock
-from llama_index_lvlm_retriever._versioned import (
+from llama_index_lvlm_retriever.errors import HeadFormatError
+from llama_index_lvlm_retriever.storage.dirswap import restore_previous
+from llama_index_lvlm_retriever.storage.files import json_bytes
+from llama_index_lvlm_retriever.storage.locking import folder_lock
+from llama_index_lvlm_retriever.storage.versioned import (
     FILES_KEY,
     VersionedWriter,
     file_entry,
@@ -35,7 +36,6 @@ from llama_index_lvlm_retriever._versioned import (
     load_consistent,
     read_checked,
 )
-from llama_index_lvlm_retriever.errors import HeadFormatError
 from llama_index_lvlm_retriever.version import package_versions
 
 CONFIG_NAME = "config.json"

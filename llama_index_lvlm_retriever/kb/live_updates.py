@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from llama_index.core.embeddings import MultiModalEmbedding
 
-from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.kb import checks
 from llama_index_lvlm_retriever.kb import encoding as enc
@@ -30,6 +29,7 @@ from llama_index_lvlm_retriever.kb.backends import (
 from llama_index_lvlm_retriever.kb.types import (
     MODALITIES,
 )
+from llama_index_lvlm_retriever.storage.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 

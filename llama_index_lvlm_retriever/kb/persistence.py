@@ -21,7 +21,6 @@ import numpy as np
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.embeddings import MultiModalEmbedding
 
-from llama_index_lvlm_retriever._versioned import load_consistent
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.errors import KBFormatError
 from llama_index_lvlm_retriever.kb import encoding as enc
@@ -40,6 +39,7 @@ from llama_index_lvlm_retriever.kb.types import (
     EncoderMismatchError,
     IndexConfig,
 )
+from llama_index_lvlm_retriever.storage.versioned import load_consistent
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ A flat index has no file: it is rebuilt from (and shares) the vectors on load, s
 stored once; a flat KB written by an earlier version with index files still loads (they are not read).
 
 ``<gen>`` is a fresh tag per write. Every backend is written the same way, in place (see
-:mod:`~llama_index_lvlm_retriever._versioned`): the new files under new names, then the manifest
+:mod:`~llama_index_lvlm_retriever.storage.versioned`): the new files under new names, then the manifest
 replaced atomically, then the previous version's files and any leftovers of killed writes deleted,
 all under the folder's write lock. The folder therefore always holds one complete version, a reader
 never mixes two, and every file is checked against its sha256 on load. A write may be made
@@ -48,17 +48,17 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
-from llama_index_lvlm_retriever._io import naming_path
-from llama_index_lvlm_retriever._locking import LOCK_FILE, folder_lock
-from llama_index_lvlm_retriever._versioned import (
+from llama_index_lvlm_retriever.data.records import KBItem
+from llama_index_lvlm_retriever.errors import ConcurrentUpdateError, KBFormatError
+from llama_index_lvlm_retriever.storage.files import naming_path
+from llama_index_lvlm_retriever.storage.locking import LOCK_FILE, folder_lock
+from llama_index_lvlm_retriever.storage.versioned import (
     VersionedWriter,
     file_entry,
     is_tagged,
     json_record,
     read_checked,
 )
-from llama_index_lvlm_retriever.data.records import KBItem
-from llama_index_lvlm_retriever.errors import ConcurrentUpdateError, KBFormatError
 from llama_index_lvlm_retriever.version import __version__
 
 logger = logging.getLogger(__name__)

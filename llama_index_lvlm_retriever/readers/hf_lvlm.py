@@ -46,7 +46,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers._answer_tokens import (
     answer_prefix_for,
@@ -79,6 +78,7 @@ from llama_index_lvlm_retriever.readers.prompt import (
     ReaderPrompt,
     ReaderPromptConfig,
 )
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.version import __version__
 

@@ -10,7 +10,7 @@ query             the list ``query --json`` prints
 evaluation_row    one per-case row of an evaluation report (``report.json`` ``rows``)
 ================  =====================================================================
 
-All use the field names of :mod:`llama_index_lvlm_retriever.metadata_keys`. Validate with any
+All use the field names of :mod:`llama_index_lvlm_retriever.outputs.metadata_keys`. Validate with any
 JSON Schema (draft 2020-12) validator, e.g. ``jsonschema``:
 
 Example:

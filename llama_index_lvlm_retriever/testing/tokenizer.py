@@ -23,7 +23,7 @@ from pathlib import Path
 from tokenizers import Regex, normalizers, pre_tokenizers
 from transformers import CLIPTokenizer
 
-from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

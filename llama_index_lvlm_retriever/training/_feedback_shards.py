@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as _safetensors_save
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
-from llama_index_lvlm_retriever._io import json_bytes
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes as atomic_write
+from llama_index_lvlm_retriever.storage.files import json_bytes
 from llama_index_lvlm_retriever.training._identity import sha256_json
 
 FORMAT_NAME = "llama-index-lvlm-retriever/feedback-cache"

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, CLIPModel
 from transformers.processing_utils import ProcessorMixin
 
-from llama_index_lvlm_retriever._dirswap import swapped_directory
-from llama_index_lvlm_retriever._io import atomic_write_json
 from llama_index_lvlm_retriever.data.images import load_image
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
+from llama_index_lvlm_retriever.storage.dirswap import swapped_directory
+from llama_index_lvlm_retriever.storage.files import atomic_write_json
 from llama_index_lvlm_retriever.training.losses.multi_positive_infonce import (
     MultiPositiveInfoNCELoss,
 )

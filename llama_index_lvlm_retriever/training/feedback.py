@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.errors import ImageLoadError
+from llama_index_lvlm_retriever.storage.locking import folder_lock
 from llama_index_lvlm_retriever.training._distributed import _DistContext, _distributed_context
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,

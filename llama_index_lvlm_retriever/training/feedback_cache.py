@@ -40,17 +40,17 @@ import numpy as np
 import torch
 from safetensors.torch import load as _safetensors_load
 
-from llama_index_lvlm_retriever._io import naming_path
-from llama_index_lvlm_retriever._locking import folder_lock
-from llama_index_lvlm_retriever._versioned import (
+from llama_index_lvlm_retriever.aggregation import MULTI_LABEL_THRESHOLD
+from llama_index_lvlm_retriever.errors import FeedbackCacheError
+from llama_index_lvlm_retriever.storage.files import naming_path
+from llama_index_lvlm_retriever.storage.locking import folder_lock
+from llama_index_lvlm_retriever.storage.versioned import (
     ChecksumMismatchError,
     MissingStoreFileError,
     fsync_dir,
     load_consistent,
     remove_unreferenced,
 )
-from llama_index_lvlm_retriever.aggregation import MULTI_LABEL_THRESHOLD
-from llama_index_lvlm_retriever.errors import FeedbackCacheError
 from llama_index_lvlm_retriever.training._feedback_manifest import check_feedback_manifest
 from llama_index_lvlm_retriever.training._feedback_shards import (
     FORMAT_NAME,

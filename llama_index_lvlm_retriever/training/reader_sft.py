@@ -36,11 +36,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from llama_index_lvlm_retriever._dirswap import swapped_directory
-from llama_index_lvlm_retriever._io import atomic_write_text
-from llama_index_lvlm_retriever.model_card import write_model_card
+from llama_index_lvlm_retriever.outputs.model_card import write_model_card
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder
+from llama_index_lvlm_retriever.storage.dirswap import swapped_directory
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 from llama_index_lvlm_retriever.training.reporting import reporting_callbacks
 from llama_index_lvlm_retriever.training.sft_batches import IGNORE_INDEX, SFTCollator, SFTDataset
 from llama_index_lvlm_retriever.training.sft_config import ReaderSFTConfig, SFTMode

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llama_index_lvlm_retriever._io import atomic_write_text
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.readers.prompt import PromptBuilder, ReaderPromptConfig
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 from llama_index_lvlm_retriever.tasks import TaskSpec
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only

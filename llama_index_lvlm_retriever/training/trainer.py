@@ -46,15 +46,15 @@ from transformers import (
     get_cosine_with_min_lr_schedule_with_warmup,
 )
 
-from llama_index_lvlm_retriever._dirswap import swapped_directory
-from llama_index_lvlm_retriever._io import atomic_write_bytes as atomic_write
-from llama_index_lvlm_retriever._io import json_bytes
 from llama_index_lvlm_retriever.data.records import Case
 from llama_index_lvlm_retriever.heads import EncoderQueryHead, QueryHead
 from llama_index_lvlm_retriever.heads.kb_match import KB_RECORD_KEY, knowledge_base_record
 from llama_index_lvlm_retriever.kb.encoding import describe_encoder
-from llama_index_lvlm_retriever.model_card import write_model_card
+from llama_index_lvlm_retriever.outputs.model_card import write_model_card
 from llama_index_lvlm_retriever.retriever import HEAD_IMAGE, HEAD_TEXT, LVLMAwareRetriever
+from llama_index_lvlm_retriever.storage.dirswap import swapped_directory
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes as atomic_write
+from llama_index_lvlm_retriever.storage.files import json_bytes
 from llama_index_lvlm_retriever.training.config import TrainerConfig, TrainHead
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 from llama_index_lvlm_retriever.training.head_data import (

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.cli import diagnose
 from llama_index_lvlm_retriever.cli._common import CLIError
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.schemas import load_schema
 from llama_index_lvlm_retriever.tasks import TaskSpec, get_task
 from llama_index_lvlm_retriever.testing import build_tiny_clip, build_tiny_llava

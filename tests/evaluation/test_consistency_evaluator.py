@@ -11,8 +11,8 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.evaluation import BatchEvalRunner
 from llama_index.core.schema import QueryBundle
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.evaluation.consistency_evaluator import ConsistencyEvaluator
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 
 
 def metadata(votes: list[tuple[str, str, float]], label: str, abstain: bool = False) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import pytest
 from llama_index.core.schema import QueryBundle
 from PIL import Image
 
-from llama_index_lvlm_retriever import metadata_keys as keys
 from llama_index_lvlm_retriever.data.folders import cases_from_folder
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
@@ -31,6 +30,7 @@ from llama_index_lvlm_retriever.evaluation.predict import (
     predict,
 )
 from llama_index_lvlm_retriever.kb import KnowledgeBase
+from llama_index_lvlm_retriever.outputs import metadata_keys as keys
 from llama_index_lvlm_retriever.query_engine import LVLMDiagnosisQueryEngine
 from llama_index_lvlm_retriever.readers.hf_lvlm import HFLVLMReader
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever

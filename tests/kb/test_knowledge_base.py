@@ -35,7 +35,6 @@ import pytest
 from llama_index.core.embeddings import MultiModalEmbedding
 from PIL import Image
 
-from llama_index_lvlm_retriever import _io
 from llama_index_lvlm_retriever.data.images import ImageLoadError, image_content_hash, load_image
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.errors import DataError, UsageError
@@ -46,6 +45,7 @@ from llama_index_lvlm_retriever.kb import (
     SearchHit,
 )
 from llama_index_lvlm_retriever.kb.backends import FaissIndex
+from llama_index_lvlm_retriever.storage import files as storage_files
 from llama_index_lvlm_retriever.version import __version__
 
 S2, S3, S5, S15 = math.sqrt(2), math.sqrt(3), math.sqrt(5), math.sqrt(15)
@@ -495,7 +495,7 @@ def test_failed_commit_keeps_the_old_version(kb: KnowledgeBase, folder: Path, tm
     def replace_fails(src: Any, dst: Any) -> None:
         raise OSError("rename failed")
 
-    monkeypatch.setattr(_io.os, "replace", replace_fails)  # the manifest's replace is the commit point
+    monkeypatch.setattr(storage_files.os, "replace", replace_fails)  # the manifest's replace is the commit point
     other = KnowledgeBase.build(_items(folder)[:2], QuadrantEmbedding(), show_progress=False)
     with pytest.raises(OSError, match="rename failed"):
         other.persist(tmp_path / "kb")

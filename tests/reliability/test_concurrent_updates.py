@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llama_index_lvlm_retriever._locking import folder_lock
 from llama_index_lvlm_retriever.cli import main
 from llama_index_lvlm_retriever.data.records import KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.errors import ConcurrentUpdateError, StoreLockedError
 from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.kb.backends import MilvusBackendConfig, QdrantBackendConfig
+from llama_index_lvlm_retriever.storage.locking import folder_lock
 
 BASE, EACH = 60, 150
 
@@ -105,7 +105,7 @@ def test_updating_waits_for_the_lock_and_persists_on_exit(embed: CLIPEmbedding, 
     KnowledgeBase.build(_items(tmp_path / "base", "base", 4, 0), embed, show_progress=False).persist(kb_dir)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from llama_index_lvlm_retriever._locking import folder_lock\n"
+         "import sys; from llama_index_lvlm_retriever.storage.locking import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()", str(kb_dir)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as save_safetensors
 
-from llama_index_lvlm_retriever import _io
 from llama_index_lvlm_retriever.data import images as images_module
 from llama_index_lvlm_retriever.data.images import load_image
 from llama_index_lvlm_retriever.data.records import KBItem
@@ -28,6 +27,7 @@ from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.kb import storage as kb_storage
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
+from llama_index_lvlm_retriever.storage import files as storage_files
 from llama_index_lvlm_retriever.testing.colour import ColourEmbedding
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
 
@@ -110,7 +110,7 @@ def test_a_read_error_while_loading_names_the_file(kb_dir: Path, stubs: Any, mon
 def test_a_too_long_file_name_is_named(tmp_path: Path) -> None:
     target = tmp_path / ("x" * 300 + ".json")
     with pytest.raises(OSError, match=rf"cannot write {tmp_path}/x+\.json: File name too long") as info:
-        _io.atomic_write_bytes(target, b"{}")
+        storage_files.atomic_write_bytes(target, b"{}")
     assert info.value.errno == errno.ENAMETOOLONG
 
 

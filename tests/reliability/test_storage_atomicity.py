@@ -14,12 +14,12 @@ import _tiny
 import numpy as np
 import pytest
 
-from llama_index_lvlm_retriever._locking import LOCK_FILE, StoreLockedError, folder_lock
-from llama_index_lvlm_retriever._versioned import ChecksumMismatchError
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.heads import QueryHead
 from llama_index_lvlm_retriever.heads.query_head import QueryHeadConfig
 from llama_index_lvlm_retriever.kb import IndexConfig, KnowledgeBase
+from llama_index_lvlm_retriever.storage.locking import LOCK_FILE, StoreLockedError, folder_lock
+from llama_index_lvlm_retriever.storage.versioned import ChecksumMismatchError
 
 
 def _files(kb_dir: Path) -> dict[str, str]:
@@ -77,7 +77,7 @@ def test_a_second_writer_gets_a_locked_error_naming_the_holder(embed: CLIPEmbedd
 def test_a_lock_left_by_a_killed_writer_is_taken_over(embed: CLIPEmbedding, images: list[Path], tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from llama_index_lvlm_retriever._locking import folder_lock\n"
+         "import sys, time; from llama_index_lvlm_retriever.storage.locking import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(tmp_path / "kb")],
         stdout=subprocess.PIPE, text=True,
     )

@@ -14,7 +14,7 @@ of killed writes. Hence:
   truncated or swapped file (``image`` index for ``text`` index) raises
   :class:`ChecksumMismatchError` naming it instead of giving silently different results.
 
-Writers hold :func:`~llama_index_lvlm_retriever._locking.folder_lock`; readers take no lock.
+Writers hold :func:`~llama_index_lvlm_retriever.storage.locking.folder_lock`; readers take no lock.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llama_index_lvlm_retriever._io import atomic_write_bytes, honour_umask, naming_path
-from llama_index_lvlm_retriever._locking import LOCK_FILE
 from llama_index_lvlm_retriever.errors import (
     ArtifactError,
     ChecksumMismatchError,
     MissingStoreFileError,
 )
+from llama_index_lvlm_retriever.storage.files import atomic_write_bytes, honour_umask, naming_path
+from llama_index_lvlm_retriever.storage.locking import LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def fsync_dir(folder: Path) -> None:
 class VersionedWriter:
     """Stages the files of one new version of a folder and commits them by replacing its manifest.
 
-    Use under :func:`~llama_index_lvlm_retriever._locking.folder_lock`; :meth:`abort` (or an
+    Use under :func:`~llama_index_lvlm_retriever.storage.locking.folder_lock`; :meth:`abort` (or an
     exception before :meth:`commit`) leaves the folder's current version as it was.
 
     Args:

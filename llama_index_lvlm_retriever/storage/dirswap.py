@@ -7,7 +7,7 @@ the new one in. A kill between them leaves no folder at the path but a complete 
 aside; :func:`restore_previous` (called by readers that find the path missing) renames it back,
 and :func:`remove_leftovers` (called by the next writer, under its lock) deletes ``.<name>.tmp-*``
 and ``.<name>.old-*`` folders of killed writes. Stores read while being rewritten (knowledge
-bases, heads, feedback caches) use :mod:`~llama_index_lvlm_retriever._versioned` instead.
+bases, heads, feedback caches) use :mod:`~llama_index_lvlm_retriever.storage.versioned` instead.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from llama_index_lvlm_retriever._io import make_temp_dir
-from llama_index_lvlm_retriever._versioned import fsync_dir
+from llama_index_lvlm_retriever.storage.files import make_temp_dir
+from llama_index_lvlm_retriever.storage.versioned import fsync_dir
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ SIGKILL), so a lock left by a dead process is simply taken over by the next writ
 guessing. The holder writes ``<pid> <host>`` into the file for the error message and unlinks it on
 release; a locker re-checks after ``flock`` that the file it locked is still the one at the path,
 so an unlink racing a new locker cannot give two holders. Readers never lock: they rely on the
-manifest-last write (see :mod:`~llama_index_lvlm_retriever._versioned`).
+manifest-last write (see :mod:`~llama_index_lvlm_retriever.storage.versioned`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from llama_index_lvlm_retriever._io import atomic_write_text
+from llama_index_lvlm_retriever.storage.files import atomic_write_text
 from llama_index_lvlm_retriever.version import __version__
 
 __all__ = ["MODEL_CARD_NAME", "ModelKind", "write_model_card"]
