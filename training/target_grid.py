@@ -168,6 +168,34 @@ def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None,
     return result
 
 
+def validation_summary(results: list[Path], chosen: str) -> dict[str, Any]:
+    """The validation columns of finished grid runs (no test number), and the point chosen on them.
+
+    Per run and point: the loss's ``frozen_topk_share`` per head, the validation RAG log-likelihood
+    and accuracy at step 0 and at the selected checkpoint (selection half), and the adoption rule's
+    paired log-likelihood gain with its lower bound on the held-out half.
+    """
+    runs = []
+    for path in results:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        points = {}
+        for name, record in result["grid"].items():
+            adoption = record.get("adoption") or {}
+            points[name] = {
+                "settings": record["point"],
+                "frozen_topk_share": {h: d["frozen_topk_share"] for h, d in record["target_diagnostics"].items()},
+                "val_initial": record.get("val_initial"),
+                "val_selected": record.get("val_best"),
+                "holdout_delta_loglik": adoption.get("delta_loglik"),
+                "holdout_delta_loglik_lower_bound": adoption.get("loglik_lower_bound"),
+                "holdout_delta_accuracy": adoption.get("delta_accuracy"),
+                "holdout_cases": adoption.get("n_cases"),
+            }
+        runs.append({"dataset": result["dataset"], "seed": result["seed"], "points": points})
+    return {"chosen": chosen, "rule": "largest mean held-out validation log-likelihood gain over the runs",
+            "script": "training/target_grid.py", "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist", choices=["elpv", "fashion-mnist"])
@@ -176,7 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="Grid points to run (default: all).")
     parser.add_argument("--quick", action="store_true", help="The demo's --quick settings (a small smoke run).")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every point's max_steps.")
+    parser.add_argument("--summarise", type=Path, nargs="*", default=None,
+                        help="Instead of running: the validation columns of these seed<N>.json results, as JSON")
+    parser.add_argument("--chosen", default="lsr, gamma 1, beta 1", help="With --summarise: the chosen point.")
     args = parser.parse_args(argv)
+    if args.summarise is not None:
+        summary = validation_summary(args.summarise, args.chosen)
+        means = {}
+        for run in summary["runs"]:
+            for name, point in run["points"].items():
+                if point["holdout_delta_loglik"] is not None:
+                    means.setdefault(name, []).append(point["holdout_delta_loglik"])
+        summary["mean_holdout_delta_loglik"] = {name: float(np.mean(v)) for name, v in means.items()}
+        print(json.dumps(summary, indent=1))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_grid(args.dataset, args.seed, args.out, args.only, quick=args.quick, steps_scale=args.steps_scale)
     return 0

@@ -96,18 +96,18 @@ class RetrieverTrainingSettings(BaseModel):
         description="Stage-2 target (TrainerConfig.loss): PosteriorKLLoss (the paper), LSRLoss (REPLUG), ReaderRankLoss "
         "(pairwise, the reader's order) or EMDRLoss; chosen on validation (training/target_grid.py).",
     )
-    gamma: float | Literal["auto"] = Field(default="auto", description="Retrieval softmax temperature; auto = from the encoder.")
+    # Target chosen on validation cases only (training/target_grid.py; README "Choosing the training target"):
+    # REPLUG's LSR target with a near-uniform retrieval softmax (gamma 1 on raw cosines, as the paper's code)
+    # gave the largest held-out validation gain on ELPV and Fashion-MNIST; gamma 1 needs a larger step.
+    gamma: float | Literal["auto"] = Field(default=1.0, description="Retrieval softmax temperature; auto = from the encoder.")
     prior_gamma: float | None = Field(default=None, gt=0, description="posterior: prior temperature; None = gamma.")
     beta: float = Field(default=1.0, gt=0, description="lsr: temperature dividing the reader log-likelihoods.")
     inconsistent_weight: float = Field(default=1.0, ge=1, description="Weight of inconsistent training cases.")
     alpha: float = Field(default=0.15, gt=0, le=1, description="Blend weight of the trained tower copy.")
     last_n_blocks: int = Field(default=1, ge=0, description="Trainable blocks of the tower copy.")
-    max_steps: int = Field(default=300, gt=0, description="Optimiser steps.")
+    max_steps: int = Field(default=600, gt=0, description="Optimiser steps.")
     batch_size: int = Field(default=256, gt=0, description="Queries per step.")
-    # Chosen on validation (Fashion-MNIST seed 0, 300 validation cases, test untouched): at 3e-3 with
-    # L2-SP 0.01 the adapter heads did not move (top-4 overlap 1.0); at 3e-2 without decay they moved
-    # (overlap 0.97) and passed the no-regression rule (+0.0027 nats, +0.3 accuracy points).
-    learning_rate: float = Field(default=3e-2, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(default=0.1, gt=0, description="Peak AdamW learning rate (adapter heads).")
     weight_decay: float = Field(default=0.0, ge=0, description="L2-SP strength toward the starting heads.")
     n_train_candidates: int = Field(default=10, gt=0, description="Candidates per query in the loss.")
     refresh_every: int = Field(default=10, ge=0, description="Re-rank the pool with the current head every M steps.")
@@ -240,7 +240,7 @@ def quick_config(**overrides: object) -> DemoConfig:
         "clip": MiniCLIPSettings(stage_a_epochs=6, epochs=6, patch_size=8 if dataset == "elpv" else 4),
         "reader": MiniReaderSettings(epochs=12, lr=3e-3),
         "retriever_training": RetrieverTrainingSettings(
-            n_candidates=8, max_steps=30, batch_size=64, eval_every=10, n_train_candidates=6, rounds=1,
+            n_candidates=16, max_steps=120, batch_size=64, eval_every=20, n_train_candidates=10, rounds=1,
             mode="adapter",
         ),
     }

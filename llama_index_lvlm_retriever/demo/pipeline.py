@@ -318,7 +318,7 @@ def finish_seed(config: DemoConfig, setup: SeedSetup, echo: Echo = print) -> See
                                              validation_cases=data.val)
             engine.finetune()
             with cache.build("heads", head_key) as tmp:
-                engine.save(tmp / "retriever")
+                engine.save(tmp / "retriever", notes={"target_choice": target_choice()})
         aware = _load_retriever(kb, cache.path("heads") / "retriever", config)
         record = json.loads((cache.path("heads") / "retriever" / "trainer_config.json").read_text())
     adoption = record.get("adoption") or {}
@@ -388,6 +388,18 @@ def finish_seed(config: DemoConfig, setup: SeedSetup, echo: Echo = print) -> See
         timings=clock.timings, cached=clock.cached, training=training,
         retriever=aware, reader=reader, data=data,
     )
+
+
+TARGET_CHOICE_FILE = Path(__file__).with_name("target_choice.json")
+
+
+def target_choice() -> dict[str, Any]:
+    """How the demo's stage-2 target was chosen: the grid with each point's validation numbers.
+
+    Written by ``training/target_grid.py`` runs (validation columns only; no test number enters the
+    choice) and shipped with the package, so every saved ``trainer_config.json`` carries it.
+    """
+    return json.loads(TARGET_CHOICE_FILE.read_text(encoding="utf-8"))
 
 
 def _heads(config: DemoConfig) -> tuple[str, ...]:

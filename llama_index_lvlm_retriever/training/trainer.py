@@ -331,38 +331,37 @@ class RetrieverFinetuneEngine:
                                   exclude_self=base.exclude_self, show_progress=base.show_progress,
                                   allow_other_kb=base.allow_other_kb)
 
-    def save(self, output_dir: str | Path) -> Path:
+    def save(self, output_dir: str | Path, *, notes: dict[str, Any] | None = None) -> Path:
         """Write ``image_head/``, ``text_head/``, ``trainer_config.json`` and ``training_history.json``.
 
         A head that was not trained is saved as the retriever has it (the identity when it has none);
         trained heads record the encoder and KB they were trained for (``trained_on`` in their
-        config). ``trainer_config.json`` holds the resolved ``gamma`` per head and the adoption decision.
+        config). ``trainer_config.json`` holds the resolved ``gamma`` per head, the target
+        diagnostics, the adoption decision and ``notes`` (e.g. how the settings were chosen).
 
         Returns:
             The folder.
         """
-        out = Path(output_dir)
-        model = self.get_finetuned_model()
+        out, model = Path(output_dir), self.get_finetuned_model()
         # The heads and the record are written whole and swapped in together: a killed save
         # leaves the previous folder, never a new image head beside an old text head.
         with swapped_directory(out) as tmp:
-            self._write(tmp, model)
+            self._write(tmp, model, notes or {})
         logger.info("saved fine-tuned heads and training record to %s", out)
         return out
 
-    def _write(self, out: Path, model: LVLMAwareRetriever) -> None:
+    def _write(self, out: Path, model: LVLMAwareRetriever, notes: dict[str, Any]) -> None:
         for name, head in ((HEAD_IMAGE, model.image_head), (HEAD_TEXT, model.text_head)):
             (head or QueryHead.identity(int(model.knowledge_base.dim))).save_pretrained(out / _HEAD_DIRS[name])
         record = {
-            "class_name": self.class_name(),
-            "config": self._config.model_dump(mode="json"),
-            "head": self._head_choice,
+            "class_name": self.class_name(), "config": self._config.model_dump(mode="json"), "head": self._head_choice,
             "loss": {"class_name": type(self._losses[self._trained[0]]).__name__,
                      "repr": {name: repr(loss) for name, loss in self._losses.items()}},
             "gamma": self._gammas,
             "target_diagnostics": {name: found.to_dict() for name, found in self._target_diagnostics.items()},
             "adoption": self._decision.to_dict() if self._decision is not None else None,
             "versions": package_versions(),
+            **notes,
         }
         atomic_write(out / TRAINER_CONFIG_FILE, json_bytes(record))
         self._write_cards(out, model)
