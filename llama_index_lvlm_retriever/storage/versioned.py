@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 FILES_KEY = "files"
 """Manifest key: logical file key -> ``{"name", "sha256", "size"}``."""
 _GENERATION_HEX = 12
-_TEMP_LEFTOVER = re.compile(r"^\..+\.tmp(-[0-9a-f]+)?$")  # atomic_write_bytes temps, old manifest temps
+# atomic_write_bytes temps and old manifest temps; and ".tmpXXXXXX", the temp safetensors' save_file
+# (Rust's tempfile crate) writes next to its target and renames: a kill mid-save leaves it behind.
+_TEMP_LEFTOVER = re.compile(r"^(\..+\.tmp(-[0-9a-f]+)?|\.tmp[A-Za-z0-9]{6})$")
 _LOAD_ATTEMPTS = 50
 
 T = TypeVar("T")

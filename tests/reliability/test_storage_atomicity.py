@@ -95,6 +95,7 @@ def test_leftovers_of_killed_writes_are_cleaned_by_the_next_write(embed: CLIPEmb
     kb_dir = tmp_path / "kb"
     _tiny.build("a", embed, images).persist(kb_dir)
     junk = [kb_dir / "items.0123456789ab.jsonl", kb_dir / "image.0123456789ab.faiss", kb_dir / ".manifest.json.x1y2.tmp"]
+    junk.append(kb_dir / ".tmp369sZU")  # safetensors' save_file temp, killed mid-save
     for path in junk:
         path.write_bytes(b"half")
     for name in (".kb.tmp-1234", ".kb.old-abcd"):  # the format-1 swap's folders
