@@ -92,8 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
     data.add_argument("--text-head", default=None, help="text head the feedback was collected with (default: as --image-head)")
     add_allow_other_kb_option(data)
     objective = train.add_argument_group("objective")
-    objective.add_argument("--loss", default="lsr", choices=list(LOSSES),
-                           help="training loss (default lsr: REPLUG's target, chosen on validation; see README)")
+    objective.add_argument("--loss", default="posterior_kl", choices=list(LOSSES),
+                           help="training loss (default posterior_kl with --gamma 1: the paper's code, chosen on "
+                           "validation; see README)")
     objective.add_argument("--prior-gamma", type=float, default=None,
                            help="posterior_kl: temperature of the frozen prior (default: gamma; 1.0 = the paper's code)")
     objective.add_argument("--beta", type=float, default=1.0, help="lsr: temperature dividing the reader log-likelihoods")
@@ -101,15 +102,17 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, argparse.Argum
                            help="rank: smallest reader log-likelihood gap (nats) that makes a pair")
     objective.add_argument("--inconsistent-weight", type=float, default=1.0,
                            help="weight of an inconsistent case relative to a consistent one (soft --only-inconsistent)")
-    objective.add_argument("--gamma", type=_gamma, default="auto",
-                           help="retrieval softmax temperature (divides the scores): a float, or 'auto' = per head, "
-                           "the value giving the frozen softmax half its maximum entropy")
+    objective.add_argument("--gamma", type=_gamma, default=1.0,
+                           help="retrieval softmax temperature (divides the scores; default 1.0 on raw cosines, the "
+                           "paper's code): a float, or 'auto' = per head, the value giving the frozen softmax half its "
+                           "maximum entropy")
     objective.add_argument("--only-inconsistent", action="store_true", help="train only on cases whose reader prediction changes with the candidate")
     objective.add_argument("--head", default="both", choices=["text", "image", "both"], help="heads to train")
     objective.add_argument("--schedule", default="joint", choices=["joint", "sequential"], help="train heads together or text then image")
     optim = train.add_argument_group("optimisation")
-    optim.add_argument("--steps", type=int, default=300, help="optimiser steps per phase")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    optim.add_argument("--steps", type=int, default=600, help="optimiser steps per phase")
+    optim.add_argument("--lr", type=float, default=None,
+                       help="peak AdamW learning rate (default: 0.1 in adapter mode, 3e-3 in encoder mode)")
     optim.add_argument("--batch-size", type=int, default=256, help="training cases per step")
     optim.add_argument("--head-kind", default="linear", choices=["linear", "mlp"], help="residual head architecture")
     optim.add_argument("--alpha", type=float, default=0.15, help="blend weight of a new head (adapter or tower copy)")

@@ -425,7 +425,7 @@ class RetrieverFinetuneEngine:
         if not params:
             raise ValueError(f"the {phase} head has no trainable parameters (an identity head); use head_kind='linear' or 'mlp'")
         # Decay is L2-SP in the loss (toward the initial weights), so AdamW's own (toward 0) is off.
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=cfg.resolved_learning_rate, weight_decay=0.0)
         warmup = int(round(cfg.warmup_ratio * cfg.max_steps))
         scheduler = (
             get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio)

@@ -179,8 +179,9 @@ def test_parsers_default_to_the_papers_settings() -> None:
     collect = _parse(["collect-feedback", "--kb", "kb", "--cases", "c.jsonl", "--reader", "r", "--out", "o"])
     assert (collect.n_candidates, collect.feedback_heads) == (50, ["image", "text"])
     train = _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o"])
-    assert (train.loss, train.head, train.schedule, train.gamma) == ("lsr", "both", "joint", "auto")
+    assert (train.loss, train.head, train.schedule, train.gamma) == ("posterior_kl", "both", "joint", 1.0)
     assert (train.rounds, train.adoption, train.reader, train.weight_decay) == (1, "no_regression", None, 0.01)
+    assert (train.steps, train.lr) == (600, None)  # None: TrainerConfig's rate per mode
     assert _parse(["train-retriever", "--kb", "kb", "--feedback", "f", "--out", "o", "--gamma", "0.02"]).gamma == 0.02
 
 
@@ -208,7 +209,7 @@ def test_train_retriever_validates_on_real_retrieval_with_rounds(recipe_run: dic
         "train-retriever", "--kb", str(workdir / "kb"), "--feedback", str(workdir / "feedback"), "--out", str(out),
         "--cases", str(workdir / "data" / "train.jsonl"), "--reader", str(workdir / "models" / "reader"),
         "--task", str(workdir / "data" / "task.json"), "--rounds", "2", "--steps", "4", "--eval-every", "2",
-        "--batch-size", "8", "--validation-fraction", "0.25", "--no-progress",
+        "--batch-size", "8", "--validation-fraction", "0.25", "--no-progress", "--gamma", "auto",
     ])
     assert args.handler(args) == 0
     record = json.loads((out / "trainer_config.json").read_text())

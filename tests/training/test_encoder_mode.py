@@ -117,9 +117,10 @@ def _mrr(retriever: LVLMAwareRetriever, cases: list[Case]) -> float:
     return float(np.mean([1.0 / r for r in ranks]))
 
 
+# These tests check the tower copy's mechanics, calibrated with LSR at the per-head 'auto' temperature.
 CONFIG = TrainerConfig(
-    mode="encoder", learning_rate=3e-3, max_steps=40, batch_size=32, eval_every=10, validation_fraction=0.25,
-    n_train_candidates=12, refresh_every=10, alpha=0.5, show_progress=False, log_every=1,
+    mode="encoder", loss="lsr", gamma="auto", learning_rate=3e-3, max_steps=40, batch_size=32, eval_every=10,
+    validation_fraction=0.25, n_train_candidates=12, refresh_every=10, alpha=0.5, show_progress=False, log_every=1,
 )
 
 

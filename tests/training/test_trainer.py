@@ -230,7 +230,7 @@ def test_save_load_gives_identical_retrieval(world: dict[str, Any], tmp_path: Pa
                                                      "training_history.json"]
     record = json.loads((out / "trainer_config.json").read_text())
     assert record["head"] == "text" and record["config"]["max_steps"] == 30
-    assert record["loss"]["class_name"] == "LSRLoss"  # TrainerConfig.loss default
+    assert record["loss"]["class_name"] == "PosteriorKLLoss"  # TrainerConfig.loss default
     assert set(record["target_diagnostics"]) == {"text"}
     assert 0.0 <= record["target_diagnostics"]["text"]["frozen_topk_share"] <= 1.0
     assert record["gamma"] == engine.gammas and set(record["gamma"]) == {"text"}

@@ -174,7 +174,7 @@ def test_engine_resolves_gamma_per_head_and_warns_when_uniform(
     world: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     feedback = _collect(world, "fb-small", world["train"][:80], CountingReader())
-    config = FAST.model_copy(update={"max_steps": 2, "validation_fraction": 0.0})
+    config = FAST.model_copy(update={"max_steps": 2, "validation_fraction": 0.0, "gamma": "auto"})
     engine = RetrieverFinetuneEngine(world["retriever"], feedback, config=config)
     temps = {r["head"]: r for r in engine.history if r["event"] == "temperature"}
     assert set(temps) == {"image", "text"} and engine.gammas == {h: temps[h]["gamma"] for h in temps}
