@@ -31,9 +31,9 @@ their scalar ``gamma`` and training and pool validation use the same value. A pe
 (``gamma_i = 3 x std`` of the query's cosines, tried in a probe) leaves ``H`` near ``log n`` whenever
 the top candidates are close together, which is exactly the failure above.
 
-:func:`retrieval_entropy` reports the mean entropy at any ``gamma``; the engine logs a warning when
-it exceeds :data:`UNIFORM_WARNING_SHARE` of ``log n`` (an explicit float ``gamma`` far above the
-scores' spread).
+:func:`retrieval_entropy` reports the mean entropy at any ``gamma``; the engine logs a note (INFO)
+when it exceeds :data:`UNIFORM_WARNING_SHARE` of ``log n`` (a ``gamma`` far above the scores' spread,
+as the default 1.0 on raw cosines is by design: it then needs a large step, see ``TrainerConfig``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 AUTO_ENTROPY_SHARE = 0.5
 """``gamma="auto"`` targets a mean entropy of this share of ``log n`` (``exp(H) = n^0.5`` candidates)."""
 UNIFORM_WARNING_SHARE = 0.9
-"""Warn when the mean entropy of ``P_retr`` exceeds this share of ``log n``: the softmax is ~uniform."""
+"""Note (INFO) when the mean entropy of ``P_retr`` exceeds this share of ``log n``: the softmax is ~uniform."""
 
 # Bisection bracket on gamma: far below any cosine gap a float32 score can resolve, and far above
 # any cosine spread (|cos| <= 1), so the target entropy always lies inside.
@@ -164,10 +164,11 @@ def resolve_gamma(
     logger.info("%s head: gamma %.5g (%s); mean entropy of P_retr over training queries %.3f of log n %.3f",
                 name, value, rule, entropy, log_n)
     if log_n > 0 and entropy > UNIFORM_WARNING_SHARE * log_n:
-        logger.warning(
+        # Info, not a warning: the default (gamma 1 on raw cosines, the paper's code) is near-uniform by design.
+        logger.info(
             "%s head: with gamma=%.4g the retrieval softmax is nearly uniform (mean entropy %.3f > %.0f%% of "
-            "log n = %.3f): gradients are small (Adam rescales them); if training does not move the heads, use "
-            "TrainerConfig(gamma='auto') or a smaller gamma",
+            "log n = %.3f): gradients are small and Adam rescales them (the default learning rate 0.1 relies on "
+            "this); with a small learning rate the heads may not move",
             name, value, entropy, 100 * UNIFORM_WARNING_SHARE, log_n,
         )
     record = {"event": "temperature", "head": name, "gamma": value, "rule": rule, "mean_entropy": entropy,

@@ -180,7 +180,7 @@ def test_engine_resolves_gamma_per_head_and_warns_when_uniform(
     assert set(temps) == {"image", "text"} and engine.gammas == {h: temps[h]["gamma"] for h in temps}
     for record in temps.values():
         assert record["rule"] == "auto" and record["mean_entropy"] == pytest.approx(0.5 * record["mean_log_n"], rel=1e-3)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         fixed = RetrieverFinetuneEngine(world["retriever"], feedback, config=config.model_copy(update={"gamma": 10.0}))
     assert fixed.gammas == {"text": 10.0, "image": 10.0}
     assert "retrieval softmax is nearly uniform" in caplog.text
