@@ -99,6 +99,10 @@ def test_the_default_target_can_change_retrieval_and_the_summary_says_so(quick_r
     overlap = training["overlap_with_reader_best"]
     assert set(overlap) == {"standard RAG", "LVLM-aware RAG", "placebo", "ceiling: oracle-fit head (test feedback)"}
     assert all(0.0 <= value <= 1.0 for value in overlap.values())
+    # Fitted on the test cases' own feedback, the objective moves the neighbours toward the reader's
+    # best. Measured: 0.142 vs 0.119 here (2 threads), 0.177 vs 0.115 with --threads 1; issue 18 asked
+    # for +0.05, which this 125-case run reaches only at 1 thread (README); the old default gave +0.004.
+    assert overlap["ceiling: oracle-fit head (test feedback)"] >= overlap["standard RAG"] + 0.02, overlap
     # The pool measurement counts every labelled candidate of the training pools.
     use = training["neighbour_use"]
     assert use["n_same"] > 0 and use["n_other"] > 0 and 0 < use["same_label"] < 1
