@@ -107,7 +107,9 @@ class RetrieverTrainingSettings(BaseModel):
     last_n_blocks: int = Field(default=1, ge=0, description="Trainable blocks of the tower copy.")
     max_steps: int = Field(default=600, gt=0, description="Optimiser steps.")
     batch_size: int = Field(default=256, gt=0, description="Queries per step.")
-    learning_rate: float = Field(default=0.1, gt=0, description="Peak AdamW learning rate (adapter heads).")
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="Peak AdamW learning rate; None = TrainerConfig's per mode (0.1 adapter, 3e-3 encoder)."
+    )
     weight_decay: float = Field(default=0.0, ge=0, description="L2-SP strength toward the starting heads.")
     n_train_candidates: int = Field(default=10, gt=0, description="Candidates per query in the loss.")
     refresh_every: int = Field(default=10, ge=0, description="Re-rank the pool with the current head every M steps.")
