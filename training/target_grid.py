@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from key_adapter import train_key_adapter  # a sibling script: run as python training/target_grid.py
 
 from llama_index_lvlm_retriever.demo.ceilings import OracleRerankRetriever
 from llama_index_lvlm_retriever.demo.config import dataset_config, quick_config
+from llama_index_lvlm_retriever.demo.data import kb_items_as_cases
 from llama_index_lvlm_retriever.demo.pipeline import prepare_seed
 from llama_index_lvlm_retriever.evaluation.dataset import evaluate_dataset
 from llama_index_lvlm_retriever.storage.files import atomic_write_json
@@ -58,11 +60,37 @@ GRID: dict[str, dict[str, Any]] = {
                                               "max_steps": 600, "inconsistent_weight": 4.0},
     "lsr, gamma 1, beta 1, only inconsistent": {"loss": "lsr", "gamma": 1.0, "beta": 1.0, "learning_rate": 0.1,
                                                 "max_steps": 600, "only_inconsistent": True},
+    # Reach of the query-side adapter: the blend weight bounds how far a head can turn the query
+    # (alpha 0.15 turns it by at most ~10 degrees), and a 10-candidate softmax never sees ranks 11-16
+    # of the pool that the reader's-best ceiling chooses from.
+    "posterior, gamma 1, alpha 0.3": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                      "alpha": 0.3},
+    "posterior, gamma 1, alpha 0.5": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                      "alpha": 0.5},
+    "posterior, gamma 1, all 16 candidates": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                              "max_steps": 600, "n_train_candidates": 16},
+    "posterior, gamma 1, alpha 0.3, all 16 candidates": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                                         "max_steps": 600, "alpha": 0.3, "n_train_candidates": 16},
+    # Capacity of the adapter: a wider residual MLP, a longer run.
+    "posterior, gamma 1, mlp hidden 128": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                           "max_steps": 600, "head_hidden_dim": 128},
+    "posterior, gamma 1, 1200 steps": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 1200},
+    # Generalisation (issue 18, item 8), each with the chosen target: half / all the retriever-training
+    # queries, plus the knowledge base's own items as leave-one-out queries (2x on Fashion-MNIST), and a
+    # KB-side key adapter with a re-index (training/key_adapter.py).
+    "posterior, gamma 1, half the queries": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                             "max_steps": 600, "queries": "half"},
+    "posterior, gamma 1, + KB items as queries": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                                  "max_steps": 600, "queries": "plus_kb"},
+    "posterior, gamma 1, key adapter + re-index": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
+                                                   "max_steps": 600, "key_adapter": True},
     # The paper's head: a trainable copy of the image tower (last block), blended 0.15 with the frozen vector.
     "encoder mode: lsr, gamma 1, beta 1": {"mode": "encoder", "loss": "lsr", "gamma": 1.0, "beta": 1.0,
                                            "learning_rate": 3e-3, "max_steps": 300, "alpha": 0.15,
                                            "encoder_last_n_blocks": 1},
 }
+SPECIAL_KEYS = ("queries", "key_adapter")
+"""Grid point keys that are not TrainerConfig fields: which training queries, and the KB-side adapter."""
 BASE: dict[str, Any] = {
     "schedule": "sequential", "max_steps": 300, "batch_size": 256, "learning_rate": 3e-2, "weight_decay": 0.0,
     "n_train_candidates": 10, "refresh_every": 10, "eval_every": 50, "rounds": 1, "validation_fraction": 0.0,
@@ -74,6 +102,29 @@ def _trainer_config(point: dict[str, Any], seed: int, steps_scale: float = 1.0, 
     values = {**BASE, **point, "seed": seed, **extra}
     values["max_steps"] = max(1, int(values["max_steps"] * steps_scale))
     return TrainerConfig(**values)
+
+
+def training_queries(which: str, setup: Any, folder: Path) -> tuple[FeedbackCache, list[Any]]:
+    """The training feedback and its cases: ``all`` (the demo's), ``half`` (a seeded half) or ``plus_kb``.
+
+    ``plus_kb`` adds the knowledge base's labelled items as leave-one-out queries (each retrieves
+    from the rest, as in real mode); their feedback is collected once per seed under ``folder``.
+    No validation or test case is a query in any of them.
+    """
+    feedback, cases = setup.feedback, list(setup.train_queries)
+    if which == "all":
+        return feedback, cases
+    if which == "half":
+        rows = np.sort(np.random.default_rng([setup.seed, 11]).permutation(len(feedback))[: len(feedback) // 2])
+        return feedback.select(rows.tolist()), cases
+    if which != "plus_kb":
+        raise ValueError(f"queries must be 'all', 'half' or 'plus_kb', got {which!r}")
+    cases = cases + kb_items_as_cases(setup.data.kb)
+    where = folder / "feedback_plus_kb"
+    if (where / "manifest.json").is_file():
+        return FeedbackCache.from_persist_dir(where), cases
+    return collect_feedback(cases, setup.standard, setup.reader, where, setup.feedback_config,
+                            show_progress=False), cases
 
 
 def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None, *, quick: bool = False,
@@ -97,37 +148,55 @@ def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None,
     records: dict[str, Any] = {}
     for name in names or list(GRID):
         point = GRID[name]
+        train_feedback, train_cases = training_queries(point.get("queries", "all"), setup, folder)
+        settings = {key: value for key, value in point.items() if key not in SPECIAL_KEYS}
         start = time.perf_counter()
-        legal = RetrieverFinetuneEngine(standard, setup.feedback, head="both",
-                                        config=_trainer_config(point, seed, steps_scale, adoption="best"),
-                                        reader=reader, cases=setup.train_queries, validation_cases=data.val)
-        legal.finetune()
-        seconds_legal = time.perf_counter() - start
-        start = time.perf_counter()
-        oracle = RetrieverFinetuneEngine(standard, test_feedback, head="both", reader=None,
-                                         config=_trainer_config(point, seed, steps_scale, adoption="best",
-                                                                eval_every=10_000),
-                                         cases=data.test)
-        oracle.finetune()
-        seconds_oracle = time.perf_counter() - start
-        validations = [h for h in legal.history if h.get("event") == "validation"]
-        decision = legal.decision
+        if point.get("key_adapter"):
+            legal_run = train_key_adapter(standard, train_feedback, _trainer_config(settings, seed, steps_scale,
+                                                                                    adoption="best"),
+                                          reader=reader, validation_cases=data.val)
+            seconds_legal = time.perf_counter() - start
+            start = time.perf_counter()
+            oracle_model = train_key_adapter(standard, test_feedback,
+                                             _trainer_config(settings, seed, steps_scale, adoption="best")).trained
+            seconds_oracle = time.perf_counter() - start
+            trained, decision, diagnostics = legal_run.trained, legal_run.decision, {}
+            val_initial = legal_run.initial.summary() if legal_run.initial is not None else None
+            val_best = legal_run.best.summary() if legal_run.best is not None else None
+        else:
+            legal = RetrieverFinetuneEngine(standard, train_feedback, head="both",
+                                            config=_trainer_config(settings, seed, steps_scale, adoption="best"),
+                                            reader=reader, cases=train_cases, validation_cases=data.val)
+            legal.finetune()
+            seconds_legal = time.perf_counter() - start
+            start = time.perf_counter()
+            oracle = RetrieverFinetuneEngine(standard, test_feedback, head="both", reader=None,
+                                             config=_trainer_config(settings, seed, steps_scale, adoption="best",
+                                                                    eval_every=10_000),
+                                             cases=data.test)
+            oracle.finetune()
+            seconds_oracle = time.perf_counter() - start
+            validations = [h for h in legal.history if h.get("event") == "validation"]
+            trained, decision, oracle_model = legal.get_finetuned_model(), legal.decision, oracle.get_finetuned_model()
+            diagnostics = {h: d.to_dict() for h, d in legal.target_diagnostics.items()}
+            val_initial = {k: v for k, v in validations[0].items() if k.startswith("val_")} if validations else None
+            val_best = max(({k: v for k, v in rec.items() if k.startswith("val_")} for rec in validations),
+                           key=lambda r: r.get("val_rag_loglik_selection", -np.inf), default=None)
         records[name] = {
             "point": point,
-            "target_diagnostics": {h: d.to_dict() for h, d in legal.target_diagnostics.items()},
-            "val_initial": {k: v for k, v in validations[0].items() if k.startswith("val_")} if validations else None,
-            "val_best": max(({k: v for k, v in rec.items() if k.startswith("val_")} for rec in validations),
-                            key=lambda r: r.get("val_rag_loglik_selection", -np.inf), default=None),
+            "n_training_queries": len(train_feedback),
+            "target_diagnostics": diagnostics,
+            "val_initial": val_initial,
+            "val_best": val_best,
             "adoption": decision.to_dict() if decision is not None else None,
             "seconds_legal": seconds_legal,
             "seconds_oracle_fit": seconds_oracle,
         }
         # "trained" = the validation-selected checkpoint; "legal" = what the no-regression rule (on the
         # held-out part of validation) keeps: the trained heads or standard RAG.
-        trained = legal.get_finetuned_model()
         systems[f"trained: {name}"] = trained
         systems[f"legal: {name}"] = trained if decision is not None and decision.adopted else standard
-        systems[f"oracle-fit: {name}"] = oracle.get_finetuned_model()
+        systems[f"oracle-fit: {name}"] = oracle_model
         print(f"{name}: {json.dumps(records[name]['target_diagnostics'])[:300]} ... "
               f"adoption {decision.message if decision else None} ({seconds_legal:.0f} + {seconds_oracle:.0f} s)")
     report = evaluate_dataset(data.test, systems, setup.cached_reader, data.task, k=None, closed_book=False,
@@ -149,7 +218,7 @@ def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None,
             "overlap_with_reader_best": overlap_with_best(system),
         }
     result = {"dataset": dataset, "seed": seed, "grid": records, "test": table}
-    atomic_write_json(out / "target_grid" / f"seed{seed}.json", result)
+    atomic_write_json(out / "target_grid" / f"seed{seed}.json", _merged(out / "target_grid" / f"seed{seed}.json", result))
     base = table[STANDARD]["accuracy"]
     ceiling = table[READER_BEST]["accuracy"] - base
     print("\n| system | test acc | delta | delta inconsistent | overlap w/ reader best | val loglik gain (holdout) | adopted |")
@@ -166,6 +235,21 @@ def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None,
               f"{adoption.get('delta_loglik', float('nan')):+.4f} | "
               f"{adoption.get('adopted', '-') if system.startswith('legal') else '-'} |")
     return result
+
+
+def _merged(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` over an earlier run of the same seed (``--only`` adds points instead of dropping the others).
+
+    The shared rows (standard RAG, the reader's-best ceiling) are recomputed identically: the run
+    is deterministic at a fixed thread count.
+    """
+    if not path.is_file():
+        return result
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if (earlier.get("dataset"), earlier.get("seed")) != (result["dataset"], result["seed"]):
+        return result
+    return {**result, "grid": {**earlier.get("grid", {}), **result["grid"]},
+            "test": {**earlier.get("test", {}), **result["test"]}}
 
 
 def validation_summary(results: list[Path], chosen: str | None = None) -> dict[str, Any]:
@@ -201,11 +285,63 @@ def validation_summary(results: list[Path], chosen: str | None = None) -> dict[s
                 means.setdefault(name, []).append(point["holdout_delta_loglik"])
     mean = {name: float(np.mean(v)) for name, v in means.items()}
     # The grid compares targets; encoder mode is another head (a row for its cost), not a candidate default.
-    targets = {name: m for name, m in mean.items() if GRID.get(name, {}).get("mode", "adapter") == "adapter"}
+    # Only points run on every seed compete: a mean over fewer runs is noisier, not comparable.
+    targets = {name: m for name, m in mean.items()
+               if GRID.get(name, {}).get("mode", "adapter") == "adapter" and len(means[name]) == len(runs)}
     best = max(targets, key=targets.__getitem__) if targets else None
     return {"chosen": chosen or best, "best_on_validation": best,
-            "rule": "largest mean held-out validation log-likelihood gain over the runs, among adapter-mode targets",
+            "rule": "largest mean held-out validation log-likelihood gain over the runs, among adapter-mode points "
+                    "run on every seed",
             "script": "training/target_grid.py", "runs": runs, "mean_holdout_delta_loglik": mean}
+
+
+def pooled_table(results: list[Path]) -> str:
+    """A Markdown table of finished grid runs pooled over seeds: validation gain, legal and oracle-fit test deltas.
+
+    Per point: the mean held-out validation gain over every run that has it (what the choice reads),
+    then per dataset, averaged over its seeds (equal test cases per seed): the legal heads' test
+    delta over standard RAG (and on how many seeds the no-regression rule adopted them) and the
+    oracle-fit heads' delta as a share of the reader's-best ceiling. Test columns are reported, not
+    used for any choice.
+    """
+    by_point: dict[str, dict[str, list[dict[str, float]]]] = {}
+    gains: dict[str, list[float]] = {}
+    ceilings: dict[str, list[float]] = {}
+    for path in results:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        test, dataset = result["test"], result["dataset"]
+        base = test[STANDARD]["accuracy"]
+        ceilings.setdefault(dataset, []).append(test[READER_BEST]["accuracy"] - base)
+        for name, record in result["grid"].items():
+            adoption = record.get("adoption") or {}
+            if adoption.get("delta_loglik") is not None:
+                gains.setdefault(name, []).append(adoption["delta_loglik"])
+            by_point.setdefault(name, {}).setdefault(dataset, []).append({
+                "legal": test[f"legal: {name}"]["accuracy"] - base,
+                "oracle": test[f"oracle-fit: {name}"]["accuracy"] - base,
+                "ceiling": test[READER_BEST]["accuracy"] - base,
+                "adopted": float(bool(adoption.get("adopted"))),
+            })
+    datasets = sorted(ceilings)
+    head = "| Point | Runs | Mean val. gain (nats/case) | " + " | ".join(
+        f"{d}: legal Δ test (adopted) | {d}: oracle-fit Δ (% of ceiling)" for d in datasets) + " |"
+    lines = [head, "|---|---:|---:|" + "---:|---:|" * len(datasets)]
+    for name, per in sorted(by_point.items(), key=lambda kv: -float(np.mean(gains.get(kv[0], [-np.inf])))):
+        cells = []
+        for dataset in datasets:
+            rows = per.get(dataset, [])
+            if not rows:
+                cells += ["-", "-"]
+                continue
+            legal, oracle = (100 * float(np.mean([r[k] for r in rows])) for k in ("legal", "oracle"))
+            ceiling = 100 * float(np.mean([r["ceiling"] for r in rows]))
+            adopted = int(sum(r["adopted"] for r in rows))
+            cells += [f"{legal:+.1f} ({adopted}/{len(rows)})", f"{oracle:+.1f} ({100 * oracle / ceiling:.0f}%)"]
+        mean_gain = float(np.mean(gains[name])) if name in gains else float("nan")
+        lines.append(f"| {name} | {len(gains.get(name, []))} | {mean_gain:+.4f} | " + " | ".join(cells) + " |")
+    ceiling_line = ", ".join(f"{d} ceiling {100 * float(np.mean(c)):+.1f} points over {len(c)} seed(s)"
+                             for d, c in ceilings.items())
+    return "\n".join(lines) + f"\n\n({ceiling_line})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,8 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every point's max_steps.")
     parser.add_argument("--summarise", type=Path, nargs="*", default=None,
                         help="Instead of running: the validation columns of these seed<N>.json results, as JSON")
+    parser.add_argument("--table", type=Path, nargs="*", default=None,
+                        help="Instead of running: these seed<N>.json results pooled over seeds, as a Markdown table")
     parser.add_argument("--chosen", default=None, help="With --summarise: the chosen point (default: the best on validation).")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(pooled_table(args.table))
+        return 0
     if args.summarise is not None:
         print(json.dumps(validation_summary(args.summarise, args.chosen), indent=1))
         return 0
