@@ -79,6 +79,9 @@ ORACLE_READER_ROW = "ceiling: reader's best of frozen top-N"
 ORACLE_FIT_ROW = "ceiling: oracle-fit head (test feedback)"
 CEILING_ROWS = (ORACLE_LABEL_ROW, ORACLE_READER_ROW, ORACLE_FIT_ROW)
 """Rows computed with the test cases' labels or feedback: bounds, not legal systems."""
+ORACLE_FIT_LOOP = "legal-loop-rounds"
+"""Version of how the oracle-fit head is trained (part of the evaluation stage's key): with the legal
+loop's feedback rounds; it used to run one round whatever the legal heads ran."""
 _STAGE_FILE = ".stage.json"
 RETRIEVAL_ORDER = "ties-by-other-modality-1"
 """Version of how retrieval orders tied candidates: the reader's SFT neighbours and the feedback pools
@@ -326,7 +329,7 @@ def finish_seed(config: DemoConfig, setup: SeedSetup, echo: Echo = print) -> See
 
     # Placebo, ceilings and evaluation, cached together (they depend on nothing else).
     eval_key = fingerprint("evaluation", head_key, config.k_image, config.k_text, config.ceiling_pool,
-                           config.n_bootstrap, ids(data.test))
+                           config.n_bootstrap, ids(data.test), ORACLE_FIT_LOOP)
     done = cache.done("evaluation", eval_key)
     test_images = [case.image_path for case in data.test]
     with clock.stage("placebo: match the top-k overlap", cached=done):
@@ -350,13 +353,15 @@ def finish_seed(config: DemoConfig, setup: SeedSetup, echo: Echo = print) -> See
             with cache.build("oracle_fit", eval_key) as tmp:
                 test_feedback = collect_feedback(data.test, standard, reader, tmp / "feedback", feedback_config,
                                                  show_progress=progress)
-                # The evaluation reads mostly these pairs again: answer them from the feedback, not the reader.
-                cached_reader.prefill(test_feedback.pair_log_probs())
+                # The same loop as the legal heads, feedback rounds included (the reader scores what the
+                # trained heads newly retrieve), without validation: the last checkpoint is kept.
                 engine = RetrieverFinetuneEngine(standard, test_feedback, head=_train_head(config),
-                                                 config=_trainer_config(config, seed, adoption="best", rounds=1),
-                                                 cases=data.test)
+                                                 config=_trainer_config(config, seed, adoption="best"),
+                                                 cases=data.test, reader=reader)
                 engine.finetune()
                 engine.save(tmp / "retriever")
+                # The evaluation reads mostly these pairs again: answer them from the feedback, not the reader.
+                cached_reader.prefill(engine.feedback.pair_log_probs())
         oracle_fit = _load_retriever(kb, cache.path("oracle_fit") / "retriever", config)
 
     with clock.stage(f"evaluation: {len(SYSTEMS) - 1} systems + ceilings on {len(data.test)} test cases", cached=done):
@@ -411,7 +416,7 @@ def _train_head(config: DemoConfig) -> str:
     return "both" if len(heads) == 2 else heads[0]
 
 
-def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int | None = None) -> TrainerConfig:
+def _trainer_config(config: DemoConfig, seed: int, *, adoption: str) -> TrainerConfig:
     settings = config.retriever_training
     return TrainerConfig(
         mode=settings.mode, alpha=settings.alpha, encoder_last_n_blocks=settings.last_n_blocks,
@@ -421,7 +426,7 @@ def _trainer_config(config: DemoConfig, seed: int, *, adoption: str, rounds: int
         refresh_every=settings.refresh_every, eval_every=settings.eval_every, gamma=settings.gamma,
         loss=settings.loss, prior_gamma=settings.prior_gamma, beta=settings.beta,
         inconsistent_weight=settings.inconsistent_weight,
-        rounds=rounds or settings.rounds, adoption=adoption, validation_fraction=0.0, seed=seed,
+        rounds=settings.rounds, adoption=adoption, validation_fraction=0.0, seed=seed,
         device=config.device, show_progress=config.show_progress,
     )
 
