@@ -8,7 +8,8 @@ system anyone could deploy; they say how much room the frozen retriever leaves:
 * :class:`OracleRerankRetriever` ``rule="reader"``: within the same pool, the pairs with which the
   reader gives the gold label the highest probability;
 * an *oracle-fit head* (built by the pipeline): the LVLM-aware training loop fitted on the test cases'
-  own feedback, selected without validation. It bounds what the loop can reach on these cases.
+  own feedback, feedback rounds included, selected without validation. It bounds what the loop can
+  reach on these cases.
 
 "Share of headroom captured" in the report is (LVLM-aware - standard) / (oracle-fit - standard).
 """
