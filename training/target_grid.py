@@ -75,6 +75,16 @@ GRID: dict[str, dict[str, Any]] = {
     "posterior, gamma 1, mlp hidden 128": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
                                            "max_steps": 600, "head_hidden_dim": 128},
     "posterior, gamma 1, 1200 steps": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 1200},
+    # Regularisation toward the starting heads (L2-SP, TrainerConfig.weight_decay) and dropout: the
+    # usual levers when heads gain on their training pools and not on new queries.
+    "posterior, gamma 1, L2-SP 0.001": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                        "weight_decay": 1e-3},
+    "posterior, gamma 1, L2-SP 0.01": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                       "weight_decay": 1e-2},
+    "posterior, gamma 1, L2-SP 0.1": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                      "weight_decay": 1e-1},
+    "posterior, gamma 1, dropout 0.2": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                        "dropout": 0.2},
     # Generalisation (issue 18, item 8), each with the chosen target: half / all the retriever-training
     # queries, plus the knowledge base's own items as leave-one-out queries (2x on Fashion-MNIST), and a
     # KB-side key adapter with a re-index (training/key_adapter.py).
