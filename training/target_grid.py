@@ -75,6 +75,12 @@ GRID: dict[str, dict[str, Any]] = {
     "posterior, gamma 1, mlp hidden 128": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1,
                                            "max_steps": 600, "head_hidden_dim": 128},
     "posterior, gamma 1, 1200 steps": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 1200},
+    # Feedback rounds (the demo runs 2; the grid's other points 1): each round scores what the moved
+    # heads newly retrieve and trains on it.
+    "posterior, gamma 1, 2 rounds": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                     "rounds": 2},
+    "posterior, gamma 1, 3 rounds": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
+                                     "rounds": 3},
     # Regularisation toward the starting heads (L2-SP, TrainerConfig.weight_decay) and dropout: the
     # usual levers when heads gain on their training pools and not on new queries.
     "posterior, gamma 1, L2-SP 0.001": {"loss": "posterior", "gamma": 1.0, "learning_rate": 0.1, "max_steps": 600,
@@ -182,7 +188,9 @@ def run_grid(dataset: str, seed: int, out: Path, names: list[str] | None = None,
             legal.finetune()
             seconds_legal = time.perf_counter() - start
             start = time.perf_counter()
-            oracle = RetrieverFinetuneEngine(standard, test_feedback, head="both", reader=None,
+            # The reader only for feedback rounds (it scores the test pairs a moved head newly retrieves).
+            oracle = RetrieverFinetuneEngine(standard, test_feedback, head="both",
+                                             reader=reader if settings.get("rounds", BASE["rounds"]) > 1 else None,
                                              config=_trainer_config(settings, seed, steps_scale, adoption="best",
                                                                     eval_every=10_000),
                                              cases=data.test)

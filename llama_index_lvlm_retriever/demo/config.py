@@ -90,6 +90,8 @@ class RetrieverTrainingSettings(BaseModel):
         description="adapter: residual heads on the frozen query embedding (fits the 10-minute budget); "
         "encoder: trainable tower copies (the paper's head, several times slower on CPU).",
     )
+    # Two rounds: the largest mean held-out validation gain over six runs (+0.0138 nats/case; three
+    # +0.0136, one +0.0128; training/target_grid.py).
     rounds: int = Field(default=2, gt=0, description="Feedback rounds (new candidates of the trained heads are read).")
     loss: Literal["posterior", "lsr", "rank", "emdr"] = Field(
         default="posterior",
