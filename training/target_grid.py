@@ -1,4 +1,4 @@
-"""Compare stage-2 training targets on one demo seed: legal (validation-chosen) and oracle-fit heads.
+"""Compare stage-2 training settings on one demo seed: legal (validation-chosen) and oracle-fit heads.
 
 Reuses the demo's cached stages of that seed (data roles, small CLIP, knowledge base, reader,
 training feedback: run ``lvlm-retriever demo`` first, or this script builds them), then for every
@@ -368,7 +368,8 @@ def pooled_table(results: list[Path]) -> str:
             legal, oracle = (100 * float(np.mean([r[k] for r in rows])) for k in ("legal", "oracle"))
             ceiling = 100 * float(np.mean([r["ceiling"] for r in rows]))
             adopted = int(sum(r["adopted"] for r in rows))
-            cells += [f"{legal:+.1f} ({adopted}/{len(rows)})", f"{oracle:+.1f} ({100 * oracle / ceiling:.0f}%)"]
+            share = f"{100 * oracle / ceiling:.0f}%" if ceiling > 0 else "no ceiling"
+            cells += [f"{legal:+.1f} ({adopted}/{len(rows)})", f"{oracle:+.1f} ({share})"]
         mean_gain = float(np.mean(gains[name])) if name in gains else float("nan")
         lines.append(f"| {name} | {len(gains.get(name, []))} | {mean_gain:+.4f} | " + " | ".join(cells) + " |")
     ceiling_line = ", ".join(f"{d} ceiling {100 * float(np.mean(c)):+.1f} points over {len(c)} seed(s)"
