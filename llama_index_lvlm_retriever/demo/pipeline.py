@@ -2,9 +2,10 @@
 
 Per seed: data split -> frozen retriever encoder (small CLIP trained here, or a checkpoint) ->
 knowledge base (built and persisted) -> reader (small LLaVA trained with stage-1 SFT, or a
-checkpoint) -> feedback from the frozen reader -> LVLM-aware retriever training (encoder mode,
-blended tower copy) -> placebo matched in top-k overlap -> evaluation of closed-book, standard
-RAG, LVLM-aware RAG and placebo on the test split. Every stage's output is cached under
+checkpoint) -> feedback from the frozen reader -> LVLM-aware retriever training (adapter heads,
+or the paper's blended tower copy in encoder mode; feedback rounds) -> placebo matched in top-k
+overlap -> the oracle-fit head (the same loop on the test cases' own feedback) -> evaluation of
+closed-book, standard RAG, LVLM-aware RAG, placebo and the ceilings on the test split. Every stage's output is cached under
 ``<output_dir>/cache/seed<N>/`` with a fingerprint of its settings, so a second run goes straight
 to the table; ``fresh=True`` deletes the cache first.
 """
