@@ -21,6 +21,7 @@ from llama_index_lvlm_retriever.testing.idefics3 import build_tiny_idefics3
 from llama_index_lvlm_retriever.testing.llava import build_tiny_llava
 from llama_index_lvlm_retriever.testing.milvus_server import MilvusServer, MilvusServerError
 from llama_index_lvlm_retriever.testing.qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl
+from llama_index_lvlm_retriever.testing.stubs import LabelReader, TableEmbedding, write_table_image
 from llama_index_lvlm_retriever.testing.tokenizer import (
     BPEVocab,
     build_clip_tokenizer,
@@ -30,8 +31,10 @@ from llama_index_lvlm_retriever.testing.tokenizer import (
 
 __all__ = [
     "BPEVocab",
+    "LabelReader",
     "MilvusServer",
     "MilvusServerError",
+    "TableEmbedding",
     "TinyQwen2VLProcessor",
     "build_tiny_idefics3",
     "build_tiny_llava",
@@ -42,4 +45,5 @@ __all__ = [
     "lvlm_corpus",
     "save_clip_tokenizer",
     "train_byte_level_bpe",
+    "write_table_image",
 ]

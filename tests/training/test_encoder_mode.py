@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,10 @@ from llama_index_lvlm_retriever.heads import (
     QueryHead,
 )
 from llama_index_lvlm_retriever.kb import KnowledgeBase
-from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip
+from llama_index_lvlm_retriever.testing.stubs import LabelReader
 from llama_index_lvlm_retriever.training.config import TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
 from llama_index_lvlm_retriever.training.trainer import RetrieverFinetuneEngine
@@ -51,25 +50,6 @@ N_HELD_OUT = 80
 LABELS = tuple(f"g{i}" for i in range(N_LABELS))
 TASK = TaskSpec(name="grade", labels=LABELS, question="Which grade? Answer {options}.")
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], dtype=np.float64)
-
-
-class LabelReader(Reader):
-    """P(candidate's label) = .7, the rest shared equally."""
-
-    def __init__(self) -> None:
-        self.task = TASK
-        self.model_name = "label-reader"
-
-    def score(
-        self, cases: Sequence[Case], candidates: Sequence[Sequence[KBItem | None]], *, show_progress: bool = False
-    ) -> ReaderScores:
-        k = check_inputs(cases, candidates)
-        out = np.full((len(cases), k, N_LABELS), np.log(0.1))
-        for i, row in enumerate(candidates):
-            for j, item in enumerate(row):
-                assert item is not None and item.label is not None
-                out[i, j, TASK.label_index(item.label)] = np.log(0.7)
-        return ReaderScores(log_probs=out, labels=LABELS)
 
 
 def _image(path: Path, label: int, contrast: float, rng: np.random.Generator) -> str:
@@ -102,7 +82,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ]
     retriever = LVLMAwareRetriever(kb, k_image=2, k_text=2)
     feedback = collect_feedback(
-        cases, retriever, LabelReader(), folder / "fb", FeedbackConfig(n_candidates=24, heads=("image",)),
+        cases, retriever, LabelReader(TASK), folder / "fb", FeedbackConfig(n_candidates=24, heads=("image",)),
         show_progress=False,
     )
     return {"folder": folder, "embed": embed, "kb": kb, "cases": cases, "retriever": retriever, "feedback": feedback,

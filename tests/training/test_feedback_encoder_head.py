@@ -8,7 +8,6 @@ frozen one and the test can tell which retrieval the cache holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.embeddings import CLIPEmbedding
 from llama_index_lvlm_retriever.heads import EncoderQueryHead
 from llama_index_lvlm_retriever.kb import KnowledgeBase
-from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
 from llama_index_lvlm_retriever.testing import build_tiny_clip
+from llama_index_lvlm_retriever.testing.stubs import LabelReader
 from llama_index_lvlm_retriever.training._feedback_shards import RETRIEVAL_SCORES
 from llama_index_lvlm_retriever.training.feedback import (
     FeedbackConfig,
@@ -37,25 +36,6 @@ from llama_index_lvlm_retriever.training.feedback import (
 N_KB, N_CASES, N_CANDIDATES = 12, 6, 5
 LABELS = ("a", "b")
 TASK = TaskSpec(name="ab", labels=LABELS, question="Which? Answer {options}.")
-
-
-class _LabelReader(Reader):
-    """P(candidate's label) = .8."""
-
-    def __init__(self) -> None:
-        self.task = TASK
-        self.model_name = "label-reader"
-
-    def score(
-        self, cases: Sequence[Case], candidates: Sequence[Sequence[KBItem | None]], *, show_progress: bool = False
-    ) -> ReaderScores:
-        k = check_inputs(cases, candidates)
-        out = np.full((len(cases), k, len(LABELS)), np.log(0.2))
-        for i, row in enumerate(candidates):
-            for j, item in enumerate(row):
-                assert item is not None and item.label is not None
-                out[i, j, TASK.label_index(item.label)] = np.log(0.8)
-        return ReaderScores(log_probs=out, labels=LABELS)
 
 
 def _image(path: Path, rng: np.random.Generator) -> str:
@@ -106,7 +86,7 @@ def _expected(retriever: LVLMAwareRetriever, cases: list[Case]) -> tuple[list[li
 def test_collect_shard_passes_the_query_images(world: dict[str, Any]) -> None:
     retriever = LVLMAwareRetriever(world["kb"], image_head=world["head"], k_image=2, k_text=2)
     cases: list[Case] = world["cases"]
-    reader = _LabelReader()
+    reader = LabelReader(TASK)
     tensors, candidate_ids = _collect_shard(
         cases, _gold_targets(cases, reader), retriever, reader,
         FeedbackConfig(n_candidates=N_CANDIDATES, heads=("image",)), tqdm(disable=True),
@@ -120,7 +100,7 @@ def test_feedback_with_encoder_head_end_to_end(world: dict[str, Any]) -> None:
     retriever = LVLMAwareRetriever(world["kb"], image_head=world["head"], k_image=2, k_text=2)
     cases: list[Case] = world["cases"]
     cache = collect_feedback(
-        cases, retriever, _LabelReader(), world["folder"] / "fb",
+        cases, retriever, LabelReader(TASK), world["folder"] / "fb",
         FeedbackConfig(n_candidates=N_CANDIDATES, heads=("image",)), show_progress=False,
     )
     assert len(cache) == N_CASES

@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.embeddings import MultiModalEmbedding
-from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.kb import KnowledgeBase
-from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing.stubs import LabelReader, TableEmbedding, write_table_image
 from llama_index_lvlm_retriever.training.config import TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
 
@@ -46,57 +42,6 @@ TAG, SIGNAL = 1.0, 0.8
 LABELS = tuple(f"g{i}" for i in range(N_LABELS))
 TASK = TaskSpec(name="grade", labels=LABELS, question="Which grade? Answer {options}.")
 CHANCE_MRR = math.log(4) / 3
-
-
-class TableEmbedding(MultiModalEmbedding):
-    """Image -> a row of a fixed table; the row index is encoded in the image's first pixel."""
-
-    model_name: str = "table-stub"
-    _table: np.ndarray = PrivateAttr()
-
-    def __init__(self, table: np.ndarray, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._table = table
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "TableEmbedding"
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            r, g, _ = img.convert("RGB").getpixel((0, 0))
-        return self._table[r + 256 * g].tolist()
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-
-class LabelReader(Reader):
-    """P(candidate's label) = .7, the rest shared."""
-
-    def __init__(self) -> None:
-        self.task = TASK
-        self.model_name = "label-reader"
-
-    def score(
-        self, cases: Sequence[Case], candidates: Sequence[Sequence[KBItem | None]], *, show_progress: bool = False
-    ) -> ReaderScores:
-        k = check_inputs(cases, candidates)
-        out = np.full((len(cases), k, N_LABELS), math.log(0.1))
-        for i, row in enumerate(candidates):
-            for j, item in enumerate(row):
-                assert item is not None and item.label is not None
-                out[i, j, TASK.label_index(item.label)] = math.log(0.7)
-        return ReaderScores(log_probs=out, labels=LABELS)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -137,10 +82,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cases = []
     for i in range(n_cases):
         path = folder / f"case{i}.png"
-        Image.new("RGB", (2, 2), (i % 256, i // 256, 0)).save(path)
+        write_table_image(path, i)
         cases.append(Case(id=f"case{i}", image_path=str(path), labels=(LABELS[case_labels[i]],)))
     standard = LVLMAwareRetriever(kb, k_image=2, k_text=2)
-    feedback = collect_feedback(cases[:N_TRAIN], standard, LabelReader(), folder / "fb",
+    feedback = collect_feedback(cases[:N_TRAIN], standard, LabelReader(TASK), folder / "fb",
                                 FeedbackConfig(n_candidates=20, reader_batch_size=512), show_progress=False)
     return {"standard": standard, "feedback": feedback, "cases": cases, "test_embeddings": _unit(queries)[-N_TEST:],
             "test_labels": [c.labels[0] for c in cases[-N_TEST:]]}
@@ -167,7 +112,7 @@ def test_fresh_adapters_reindex_to_standard_rag(world: dict[str, Any]) -> None:
 def test_training_moves_the_keys_and_ranks_the_readers_preferred_items_higher(world: dict[str, Any]) -> None:
     standard, emb, labels = world["standard"], world["test_embeddings"], world["test_labels"]
     val = world["cases"][N_TRAIN : N_TRAIN + N_VAL]
-    run = train_key_adapter(standard, world["feedback"], CONFIG, reader=LabelReader(), validation_cases=val)
+    run = train_key_adapter(standard, world["feedback"], CONFIG, reader=LabelReader(TASK), validation_cases=val)
     for head in ("image", "text"):
         before, after = _mrr(standard, emb, labels, head), _mrr(run.trained, emb, labels, head)
         assert before < CHANCE_MRR + 0.05

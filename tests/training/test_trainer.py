@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from llama_index.core.bridge.pydantic import PrivateAttr, ValidationError
-from llama_index.core.embeddings import MultiModalEmbedding
-from PIL import Image
+from llama_index.core.bridge.pydantic import ValidationError
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
 from llama_index_lvlm_retriever.kb import KnowledgeBase
-from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing.stubs import LabelReader, TableEmbedding, write_table_image
 from llama_index_lvlm_retriever.training.config import TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
 from llama_index_lvlm_retriever.training.losses import EMDRLoss, LSRLoss, PosteriorKLLoss
@@ -49,62 +46,6 @@ TAG, SIGNAL = 1.0, 0.8
 LABELS = tuple(f"g{i}" for i in range(N_LABELS))
 TASK = TaskSpec(name="grade", labels=LABELS, question="Which grade? Answer {options}.")
 CHANCE_MRR = math.log(4) / 3  # label-blind ranking, 1/4 of the KB matches
-
-
-class TableEmbedding(MultiModalEmbedding):
-    """Image -> a row of a fixed table; the row index is encoded in the image's first pixel."""
-
-    model_name: str = "table-stub"
-    _table: np.ndarray = PrivateAttr()
-
-    def __init__(self, table: np.ndarray, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._table = table
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "TableEmbedding"
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            r, g, _ = img.convert("RGB").getpixel((0, 0))
-        return self._table[r + 256 * g].tolist()
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError("the table stub embeds images only")
-
-
-class LabelReader(Reader):
-    """P(candidate's label) = ``hit``, the rest shared; ``inverted`` prefers the other labels."""
-
-    def __init__(self, *, hit: float = 0.7, inverted: bool = False, model_name: str = "label-reader") -> None:
-        self.task = TASK
-        self.hit = hit
-        self.inverted = inverted
-        self.model_name = model_name
-
-    def score(
-        self, cases: Sequence[Case], candidates: Sequence[Sequence[KBItem | None]], *, show_progress: bool = False
-    ) -> ReaderScores:
-        k = check_inputs(cases, candidates)
-        miss = (1.0 - self.hit) / (N_LABELS - 1)
-        out = np.empty((len(cases), k, N_LABELS))
-        for i, row in enumerate(candidates):
-            for j, item in enumerate(row):
-                assert item is not None and item.label is not None
-                probs = np.full(N_LABELS, miss)
-                probs[TASK.label_index(item.label)] = self.hit
-                out[i, j] = np.log(probs[::-1] if self.inverted else probs)
-        return ReaderScores(log_probs=out, labels=LABELS)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -154,11 +95,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cases = []
     for i in range(n_cases):
         path = folder / f"case{i}.png"
-        Image.new("RGB", (2, 2), (i % 256, i // 256, 0)).save(path)
+        write_table_image(path, i)
         cases.append(Case(id=f"case{i}", image_path=str(path), labels=(LABELS[case_labels[i]],)))
     retriever = LVLMAwareRetriever(kb, image_head=_linear_head(), text_head=_linear_head(), k_image=2, k_text=2)
     config = FeedbackConfig(n_candidates=30, shard_size=200, reader_batch_size=512)
-    feedback = collect_feedback(cases[:N_TRAIN], retriever, LabelReader(), folder / "fb", config, show_progress=False)
+    feedback = collect_feedback(cases[:N_TRAIN], retriever, LabelReader(TASK), folder / "fb", config, show_progress=False)
     test_labels = [c.labels[0] for c in cases[N_TRAIN:]]
     return {
         "folder": folder, "kb": kb, "cases": cases, "retriever": retriever, "feedback": feedback,
@@ -201,7 +142,7 @@ def test_best_checkpoint_is_restored_even_when_it_is_the_untrained_head(world: d
     # Validation feedback from a reader with the opposite preference: every step makes it worse,
     # so the best checkpoint is step 0, the untrained ([I; 0]) head.
     validation = collect_feedback(
-        world["cases"][N_TRAIN:], retriever, LabelReader(inverted=True, hit=0.97, model_name="inverted"),
+        world["cases"][N_TRAIN:], retriever, LabelReader(TASK, inverted=True, hit=0.97, model_name="inverted"),
         world["folder"] / "fb-inverted", FeedbackConfig(n_candidates=30), show_progress=False,
     )
     config = FAST.model_copy(update={"patience": 2})
@@ -256,7 +197,7 @@ def test_fresh_heads_for_a_headless_retriever_are_seeded_and_reproducible(world:
     )
     plain = LVLMAwareRetriever(plain_kb)
     feedback = collect_feedback(
-        world["cases"][:60], plain, LabelReader(), world["folder"] / "fb-plain", FeedbackConfig(n_candidates=10),
+        world["cases"][:60], plain, LabelReader(TASK), world["folder"] / "fb-plain", FeedbackConfig(n_candidates=10),
         show_progress=False,
     )
     config = FAST.model_copy(update={"max_steps": 15, "head_kind": "mlp", "head_hidden_dim": 8, "alpha": 0.3,
@@ -339,7 +280,7 @@ def test_bad_settings_are_refused(world: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="collected with another retriever.*image_head"):
         RetrieverFinetuneEngine(other, feedback)
     text_only = collect_feedback(
-        world["cases"][:8], retriever, LabelReader(), world["folder"] / "fb-text",
+        world["cases"][:8], retriever, LabelReader(TASK), world["folder"] / "fb-text",
         FeedbackConfig(n_candidates=5, heads=("text",)), show_progress=False,
     )
     with pytest.raises(ValueError, match="cannot train the image head.*candidates for \\['text'\\] only"):

@@ -19,9 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.embeddings import MultiModalEmbedding
-from PIL import Image
 
 from llama_index_lvlm_retriever.data.records import Case, KBItem
 from llama_index_lvlm_retriever.heads import QueryHead, QueryHeadConfig
@@ -29,6 +26,7 @@ from llama_index_lvlm_retriever.kb import KnowledgeBase
 from llama_index_lvlm_retriever.readers.base import Reader, ReaderScores, check_inputs
 from llama_index_lvlm_retriever.retriever import LVLMAwareRetriever
 from llama_index_lvlm_retriever.tasks import TaskSpec
+from llama_index_lvlm_retriever.testing.stubs import TableEmbedding, write_table_image
 from llama_index_lvlm_retriever.training.config import TrainerConfig
 from llama_index_lvlm_retriever.training.feedback import FeedbackConfig, collect_feedback
 from llama_index_lvlm_retriever.training.feedback_cache import FeedbackCache
@@ -44,34 +42,6 @@ from llama_index_lvlm_retriever.training.validation import ValidationResult, no_
 N_LABELS, DIM, N_KB, N_TRAIN, N_VAL = 4, 16, 240, 360, 120
 LABELS = tuple(f"g{i}" for i in range(N_LABELS))
 TASK = TaskSpec(name="grade", labels=LABELS, question="Which grade? Answer {options}.")
-
-
-class TableEmbedding(MultiModalEmbedding):
-    """Image -> a row of a fixed table; the row index is encoded in the image's first pixel."""
-
-    model_name: str = "table-stub"
-    _table: np.ndarray = PrivateAttr()
-
-    def __init__(self, table: np.ndarray, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._table = table
-
-    def _get_image_embedding(self, img_file_path: Any) -> list[float]:
-        with Image.open(img_file_path) as img:
-            r, g, _ = img.convert("RGB").getpixel((0, 0))
-        return self._table[r + 256 * g].tolist()
-
-    async def _aget_image_embedding(self, img_file_path: Any) -> list[float]:
-        return self._get_image_embedding(img_file_path)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        raise NotImplementedError
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        raise NotImplementedError
 
 
 class CountingReader(Reader):
@@ -131,7 +101,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cases = []
     for i in range(n_cases):
         path = folder / f"case{i}.png"
-        Image.new("RGB", (2, 2), (i % 256, i // 256, 0)).save(path)
+        write_table_image(path, i)
         cases.append(Case(id=f"case{i}", image_path=str(path), labels=(LABELS[case_labels[i]],)))
     retriever = LVLMAwareRetriever(kb, image_head=_linear_head(), text_head=_linear_head(), k_image=2, k_text=2)
     return {"folder": folder, "kb": kb, "retriever": retriever, "train": cases[:N_TRAIN], "val": cases[N_TRAIN:]}
