@@ -5,9 +5,9 @@ knowledge base (built and persisted) -> reader (small LLaVA trained with stage-1
 checkpoint) -> feedback from the frozen reader -> LVLM-aware retriever training (adapter heads,
 or the paper's blended tower copy in encoder mode; feedback rounds) -> placebo matched in top-k
 overlap -> the oracle-fit head (the same loop on the test cases' own feedback) -> evaluation of
-closed-book, standard RAG, LVLM-aware RAG, placebo and the ceilings on the test split. Every stage's output is cached under
-``<output_dir>/cache/seed<N>/`` with a fingerprint of its settings, so a second run goes straight
-to the table; ``fresh=True`` deletes the cache first.
+closed-book, standard RAG, LVLM-aware RAG, placebo and the ceilings on the test split. Every
+stage's output is cached under ``<output_dir>/cache/seed<N>/`` with a fingerprint of its settings,
+so a second run goes straight to the table; ``fresh=True`` deletes the cache first.
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class LabelReader(Reader):
         out = np.empty((len(cases), k, len(labels)))
         for i, row in enumerate(candidates):
             for j, item in enumerate(row):
-                assert item is not None and item.label is not None, "LabelReader reads labelled KB items only"
+                if item is None or item.label is None:
+                    raise ValueError(f"LabelReader reads labelled KB items only; case {cases[i].id!r} got "
+                                     f"{'no candidate' if item is None else f'item {item.id!r} without a label'}")
                 probs = np.full(len(labels), miss)
                 probs[self.task.label_index(item.label)] = self.hit
                 out[i, j] = np.log(probs[::-1] if self.inverted else probs)
